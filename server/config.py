@@ -1,0 +1,91 @@
+"""Server settings: the one home of every knob (env `BONSERVE_*`, overridden by CLI flags)."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+from pydantic import Field, model_validator
+from pydantic_settings import BaseSettings, SettingsConfigDict
+
+from training.base_model import DEFAULT_MODEL_NAME
+from training.registry import default_registry_root
+
+
+class Settings(BaseSettings):
+    model_config = SettingsConfigDict(env_prefix="BONSERVE_", extra="forbid")
+
+    # --- network
+    host: str = Field("127.0.0.1", description="Interface to bind.")
+    port: int = Field(8000, ge=0, le=65535, description="TCP port (0 = any free port).")
+
+    # --- models
+    model: str = Field(
+        DEFAULT_MODEL_NAME,
+        description="Policy: a registry entry name or a path to an HF checkpoint directory.",
+    )
+    served_model_name: str | None = Field(
+        None, description="Name clients send as `model` (default: the registry name or dir name)."
+    )
+    registry: Path = Field(
+        default_factory=default_registry_root, description="Checkpoint registry directory."
+    )
+
+    # --- engine (vLLM)
+    max_model_len: int = Field(2048, ge=64, description="Context length the engine serves.")
+    kv_cache_gib: float = Field(
+        1.0,
+        gt=0,
+        description=(
+            "KV cache size per engine. Explicit rather than a memory fraction: on CPU vLLM "
+            "derives the fraction from one NUMA node, which co-located engines share."
+        ),
+    )
+    dtype: str = Field(
+        "float32",
+        description=(
+            "Weight dtype. float32 by default: vLLM's CPU backend would downcast the "
+            "dequantised SmolLM2 to bfloat16, which changes its greedy answers."
+        ),
+    )
+    enforce_eager: bool = Field(
+        False, description="Skip torch.compile (faster start, slower decode)."
+    )
+    enable_chunked_prefill: bool = Field(
+        False,
+        description=(
+            "Off by default: on the CPU backend of vLLM 0.32 a seeded request whose prefill is "
+            "chunked kills the engine core ('CPU Generator does not use offset')."
+        ),
+    )
+    engine_seed: int = Field(0, description="Engine-level seed for unseeded sampling.")
+    engine_start_timeout_s: float = Field(600, gt=0, description="Give up starting an engine.")
+    engine_restart_backoff_s: float = Field(2.0, ge=0, description="Pause before a restart.")
+
+    # --- request limits
+    max_n: int = Field(16, ge=1, description="Largest `n` a request may ask for.")
+    max_tokens_limit: int = Field(2048, ge=1, description="Largest `max_tokens` a request may ask.")
+    default_max_tokens: int = Field(
+        256, ge=1, description="`max_tokens` when the request does not set it."
+    )
+    max_concurrent_requests: int = Field(
+        64, ge=1, description="Requests admitted into the engine at once."
+    )
+    max_waiting_requests: int = Field(
+        256, ge=0, description="Requests queued for admission; beyond this new ones get 429."
+    )
+    request_timeout_s: float = Field(300, gt=0, description="Per-request deadline (504 after).")
+    max_body_bytes: int = Field(1 << 20, ge=1024, description="Request body cap (413 above).")
+    shutdown_drain_s: float = Field(30, ge=0, description="Drain time for in-flight requests.")
+
+    # --- auth
+    api_key: str | None = Field(None, description="Bearer key for /v1/* (unset: open).")
+    admin_key: str | None = Field(None, description="Bearer key for /admin/* (unset: open).")
+
+    @model_validator(mode="after")
+    def _check(self) -> Settings:
+        if self.default_max_tokens > self.max_tokens_limit:
+            raise ValueError(
+                f"default_max_tokens={self.default_max_tokens} exceeds "
+                f"max_tokens_limit={self.max_tokens_limit}"
+            )
+        return self

@@ -1,0 +1,179 @@
+"""Lifecycle of the in-process vLLM engines: start, watch, restart after death, stop.
+
+vLLM's `AsyncLLM` runs its EngineCore in a child process. If that process dies (e.g. the
+CPU backend's crash under concurrent seeded sampling), every request in flight gets
+`EngineDeadError` and the engine never recovers. `ManagedEngine` turns that into a state
+machine the server can act on: in-flight requests fail with 503, `/ready` turns false, and a
+fresh engine is started in the background, so the server serves again without a restart.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+import time
+from collections.abc import Callable
+from dataclasses import dataclass
+from enum import StrEnum
+from typing import Any
+
+logger = logging.getLogger("bonserve.engines")
+
+
+class EngineState(StrEnum):
+    STARTING = "starting"
+    RUNNING = "running"
+    DEAD = "dead"
+    RESTARTING = "restarting"
+    FAILED = "failed"  # could not start at all: a configuration problem, not retried
+    STOPPED = "stopped"
+
+
+class EngineUnavailable(RuntimeError):
+    """The engine cannot take requests right now (starting, restarting or dead)."""
+
+    def __init__(self, name: str, state: EngineState, detail: str = "") -> None:
+        self.name, self.state = name, state
+        super().__init__(f"engine '{name}' is {state.value}{': ' + detail if detail else ''}")
+
+
+@dataclass
+class EngineInfo:
+    """Facts about a started engine that request handling needs without touching vLLM."""
+
+    max_model_len: int
+    eos_token_id: int | None
+
+
+EngineFactory = Callable[[], Any]
+
+
+def build_async_llm(engine_kwargs: dict[str, Any]) -> Any:
+    """Create a vLLM AsyncLLM from plain AsyncEngineArgs keyword arguments (blocking)."""
+    from vllm.engine.arg_utils import AsyncEngineArgs
+    from vllm.v1.engine.async_llm import AsyncLLM
+
+    return AsyncLLM.from_engine_args(AsyncEngineArgs(**engine_kwargs))
+
+
+class ManagedEngine:
+    """One vLLM engine plus its restart policy.
+
+    `factory` builds a started AsyncLLM (blocking; it runs in a worker thread so the event
+    loop keeps answering health checks while weights load).
+    """
+
+    def __init__(
+        self,
+        name: str,
+        factory: EngineFactory,
+        *,
+        restart_backoff_s: float = 2.0,
+        watch_interval_s: float = 0.5,
+        on_restart: Callable[[str], None] | None = None,
+    ) -> None:
+        self.name = name
+        self._factory = factory
+        self._restart_backoff_s = restart_backoff_s
+        self._watch_interval_s = watch_interval_s
+        self._on_restart = on_restart
+        self.engine: Any = None
+        self.info: EngineInfo | None = None
+        self.state = EngineState.STOPPED
+        self.last_error = ""
+        self.restarts = 0
+        self._lifecycle: asyncio.Task[None] | None = None
+        self._restart_lock = asyncio.Lock()
+
+    # ------------------------------------------------------------------ lifecycle
+
+    async def start(self) -> None:
+        """Start the engine and its watchdog; returns once the first start finished or failed."""
+        self.state = EngineState.STARTING
+        await self._boot()
+        self._lifecycle = asyncio.create_task(self._watch(), name=f"watch-{self.name}")
+
+    async def _boot(self) -> None:
+        t0 = time.monotonic()
+        try:
+            engine = await asyncio.to_thread(self._factory)
+        except Exception as exc:
+            self.state = EngineState.FAILED
+            self.last_error = f"{type(exc).__name__}: {exc}"
+            logger.error("engine %s failed to start: %s", self.name, self.last_error)
+            return
+        self.engine = engine
+        config = engine.model_config
+        tokenizer = engine.get_tokenizer()
+        self.info = EngineInfo(
+            max_model_len=config.max_model_len,
+            eos_token_id=getattr(tokenizer, "eos_token_id", None),
+        )
+        self.state = EngineState.RUNNING
+        logger.info("engine %s running (start %.1fs)", self.name, time.monotonic() - t0)
+
+    async def _watch(self) -> None:
+        while self.state not in (EngineState.STOPPED, EngineState.FAILED):
+            await asyncio.sleep(self._watch_interval_s)
+            if self.state == EngineState.RUNNING and self.engine is not None and self.engine.errored:
+                await self.report_dead("engine core exited")
+
+    async def report_dead(self, reason: str) -> None:
+        """Called by the watchdog or by a request that saw EngineDeadError; restarts once."""
+        async with self._restart_lock:
+            if self.state != EngineState.RUNNING:
+                return
+            self.state = EngineState.DEAD
+            self.last_error = reason
+            logger.error("engine %s died (%s); restarting", self.name, reason)
+            old, self.engine = self.engine, None
+            await asyncio.to_thread(_shutdown_quietly, old)
+            self.state = EngineState.RESTARTING
+            await asyncio.sleep(self._restart_backoff_s)
+            await self._boot()
+            if self.state == EngineState.RUNNING:
+                self.restarts += 1
+                if self._on_restart:
+                    self._on_restart(self.name)
+
+    async def stop(self) -> None:
+        self.state = EngineState.STOPPED
+        if self._lifecycle is not None:
+            self._lifecycle.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await self._lifecycle
+        old, self.engine = self.engine, None
+        await asyncio.to_thread(_shutdown_quietly, old)
+
+    # ------------------------------------------------------------------ use
+
+    def require(self) -> Any:
+        """The running AsyncLLM, or EngineUnavailable (mapped to 503 by the API layer)."""
+        if self.state != EngineState.RUNNING or self.engine is None:
+            raise EngineUnavailable(self.name, self.state, self.last_error)
+        return self.engine
+
+    @property
+    def ready(self) -> bool:
+        return self.state == EngineState.RUNNING
+
+    def status(self) -> dict[str, Any]:
+        unfinished = None
+        if self.ready and self.engine is not None:
+            unfinished = self.engine.get_num_unfinished_requests()
+        return {
+            "state": self.state.value,
+            "restarts": self.restarts,
+            "last_error": self.last_error or None,
+            "unfinished_requests": unfinished,
+        }
+
+
+def _shutdown_quietly(engine: Any) -> None:
+    if engine is None:
+        return
+    try:
+        engine.shutdown()
+    except Exception as exc:
+        logger.warning("engine shutdown raised %s: %s", type(exc).__name__, exc)

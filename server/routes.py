@@ -1,0 +1,113 @@
+"""HTTP routes: thin wrappers that look up state, call serving, and pick the response type."""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+from collections.abc import AsyncIterator, Awaitable
+from typing import Any, TypeVar
+
+from fastapi import APIRouter, Request
+from fastapi.responses import JSONResponse, Response, StreamingResponse
+
+from server import __version__
+from server.deps import ApiKeyDep, StateDep
+from server.protocol import (
+    ChatCompletionRequest,
+    ChatCompletionResponse,
+    CompletionRequest,
+    CompletionResponse,
+    ModelCard,
+    ModelList,
+)
+
+T = TypeVar("T")
+
+openai_router = APIRouter(prefix="/v1", dependencies=[ApiKeyDep])
+ops_router = APIRouter()
+
+
+async def cancel_on_disconnect(request: Request, work: Awaitable[T]) -> T:
+    """Run `work`, cancelling it (and so aborting the engine request) if the client leaves.
+
+    The body is already read, so the next ASGI message can only be `http.disconnect`.
+    """
+    task = asyncio.ensure_future(work)
+
+    async def wait_disconnect() -> None:
+        while (await request.receive())["type"] != "http.disconnect":
+            pass
+
+    watcher = asyncio.ensure_future(wait_disconnect())
+    try:
+        await asyncio.wait({task, watcher}, return_when=asyncio.FIRST_COMPLETED)
+    finally:
+        watcher.cancel()
+    if not task.done():
+        task.cancel()
+        with contextlib.suppress(asyncio.CancelledError):
+            await task
+        raise asyncio.CancelledError("client disconnected")
+    return task.result()
+
+
+def _sse(lines: AsyncIterator[str]) -> StreamingResponse:
+    return StreamingResponse(
+        lines, media_type="text/event-stream", headers={"Cache-Control": "no-cache"}
+    )
+
+
+@openai_router.post("/chat/completions", response_model=ChatCompletionResponse)
+async def chat_completions(body: ChatCompletionRequest, request: Request, state: StateDep) -> Any:
+    result = await cancel_on_disconnect(request, state.chat.create(body))
+    return result if isinstance(result, ChatCompletionResponse) else _sse(result)
+
+
+@openai_router.post("/completions", response_model=CompletionResponse)
+async def completions(body: CompletionRequest, request: Request, state: StateDep) -> Any:
+    result = await cancel_on_disconnect(request, state.completions.create(body))
+    return result if isinstance(result, CompletionResponse) else _sse(result)
+
+
+@openai_router.get("/models", response_model=ModelList)
+async def list_models(state: StateDep) -> ModelList:
+    cards = []
+    for m in state.router.all():
+        info = m.engine.info
+        cards.append(ModelCard(
+            id=m.name, created=m.created, kind=m.kind, parent=m.parent,
+            max_model_len=info.max_model_len if info else None,
+        ))
+    return ModelList(data=cards)
+
+
+@ops_router.get("/health")
+async def health() -> dict[str, str]:
+    """Liveness: the process answers. Engine trouble shows in /ready, not here, so a
+    restarting engine does not get the pod killed."""
+    return {"status": "ok"}
+
+
+@ops_router.get("/ready")
+async def ready(state: StateDep) -> Response:
+    body = {
+        "ready": state.ready,
+        "draining": state.draining,
+        "engines": {name: e.status() for name, e in state.engines.items()},
+        "requests": {"running": state.admission.running, "waiting": state.admission.waiting},
+    }
+    return JSONResponse(body, status_code=200 if state.ready else 503)
+
+
+@ops_router.get("/version")
+async def version() -> dict[str, str]:
+    import vllm
+
+    return {"bonserve": __version__, "vllm": vllm.__version__}
+
+
+@ops_router.get("/metrics")
+async def metrics() -> Response:
+    from prometheus_client import CONTENT_TYPE_LATEST, REGISTRY, generate_latest
+
+    return Response(generate_latest(REGISTRY), media_type=CONTENT_TYPE_LATEST)

@@ -1,0 +1,554 @@
+"""Request handling that knows nothing of HTTP: validate against limits, build sampling
+parameters, run the engine, assemble OpenAI responses or SSE chunks.
+
+Routes call `ChatServing.create` / `CompletionServing.create`; each returns a response model
+or an async iterator of SSE lines. Every failure is an `APIError`.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+from collections.abc import AsyncIterator, Sequence
+from dataclasses import dataclass, field
+from typing import Any
+
+from server.config import Settings
+from server.engines import EngineUnavailable, ManagedEngine
+from server.errors import APIError, bad_request, unavailable
+from server.protocol import (
+    ChatChoice,
+    ChatChunkChoice,
+    ChatCompletionChunk,
+    ChatCompletionRequest,
+    ChatCompletionResponse,
+    ChoiceLogprobs,
+    CompletionChoice,
+    CompletionLogprobs,
+    CompletionRequest,
+    CompletionResponse,
+    DeltaMessage,
+    ResponseMessage,
+    SamplingFields,
+    TokenLogprob,
+    TopLogprob,
+    Usage,
+    UsageBreakdown,
+    new_id,
+    now,
+)
+
+logger = logging.getLogger("bonserve.serving")
+
+
+# --------------------------------------------------------------------------- admission
+
+
+class Admission:
+    """Bounded admission: `max_concurrent` requests in the engine, `max_waiting` queued.
+
+    Beyond that a request is refused at once with 429, so overload shows up as fast,
+    retryable errors instead of unbounded latency.
+    """
+
+    def __init__(self, max_concurrent: int, max_waiting: int) -> None:
+        self._slots = asyncio.Semaphore(max_concurrent)
+        self.max_waiting = max_waiting
+        self.waiting = 0
+        self.running = 0
+
+    def check(self) -> None:
+        """Refuse now if the queue is full (called before a stream's 200 header goes out)."""
+        if self._slots.locked() and self.waiting >= self.max_waiting:
+            raise APIError(
+                429,
+                f"server is at capacity ({self.running} running, {self.waiting} waiting); retry",
+                type="rate_limit_error",
+                code="queue_full",
+                headers={"Retry-After": "1"},
+            )
+
+    @contextlib.asynccontextmanager
+    async def slot(self) -> AsyncIterator[None]:
+        self.check()
+        self.waiting += 1
+        try:
+            await self._slots.acquire()
+        finally:
+            self.waiting -= 1
+        self.running += 1
+        try:
+            yield
+        finally:
+            self.running -= 1
+            self._slots.release()
+
+
+# --------------------------------------------------------------------------- models
+
+
+@dataclass
+class ServedModel:
+    """A name clients may send as `model`, and what serves it."""
+
+    name: str
+    engine: ManagedEngine
+    kind: str = "base"
+    parent: str | None = None
+    created: int = field(default_factory=now)
+
+
+class ModelRouter:
+    def __init__(self) -> None:
+        self._models: dict[str, ServedModel] = {}
+
+    def add(self, model: ServedModel) -> None:
+        self._models[model.name] = model
+
+    def resolve(self, name: str) -> ServedModel:
+        try:
+            return self._models[name]
+        except KeyError:
+            known = ", ".join(sorted(self._models)) or "none"
+            raise APIError(
+                404,
+                f"The model '{name}' does not exist. Served models: {known}",
+                param="model",
+                code="model_not_found",
+            ) from None
+
+    def all(self) -> list[ServedModel]:
+        return list(self._models.values())
+
+
+# --------------------------------------------------------------------------- engine calls
+
+
+@dataclass
+class PreparedRequest:
+    """Everything the engine needs for one request, validated."""
+
+    model: ServedModel
+    engine: Any
+    prompt_ids: list[int]
+    params: Any  # vllm.SamplingParams
+    n: int
+    request_id: str
+
+
+def _engine_error(model: ServedModel, exc: BaseException) -> APIError:
+    """Map vLLM's exceptions to client-visible errors; schedule a restart on engine death."""
+    from vllm.v1.engine.exceptions import EngineDeadError
+
+    if isinstance(exc, EngineDeadError):
+        asyncio.get_running_loop().create_task(model.engine.report_dead(str(exc)))
+        return unavailable(f"the engine serving '{model.name}' died and is restarting; retry")
+    if isinstance(exc, ValueError):  # vLLM's input validation (VLLMValidationError et al.)
+        return bad_request(str(exc))
+    logger.exception("engine error for %s", model.name, exc_info=exc)
+    return APIError(500, f"engine error: {type(exc).__name__}", type="server_error")
+
+
+async def run_to_completion(prep: PreparedRequest) -> Any:
+    """Run a request with FINAL_ONLY output and check every candidate arrived."""
+    final = None
+    try:
+        async for out in prep.engine.generate(
+            {"prompt_token_ids": prep.prompt_ids}, prep.params, prep.request_id
+        ):
+            final = out
+    except asyncio.CancelledError:
+        raise
+    except Exception as exc:
+        raise _engine_error(prep.model, exc) from exc
+    if final is None or len(final.outputs) != prep.params.n:
+        got = 0 if final is None else len(final.outputs)
+        raise APIError(
+            500, f"engine returned {got} of {prep.params.n} candidates", type="server_error"
+        )
+    return final
+
+
+async def stream_deltas(prep: PreparedRequest) -> AsyncIterator[Any]:
+    try:
+        async for out in prep.engine.generate(
+            {"prompt_token_ids": prep.prompt_ids}, prep.params, prep.request_id
+        ):
+            yield out
+    except (asyncio.CancelledError, GeneratorExit):
+        raise
+    except Exception as exc:
+        raise _engine_error(prep.model, exc) from exc
+
+
+# --------------------------------------------------------------------------- shared logic
+
+
+class BaseServing:
+    def __init__(self, settings: Settings, router: ModelRouter, admission: Admission) -> None:
+        self.settings = settings
+        self.router = router
+        self.admission = admission
+
+    def _engine_for(self, model: ServedModel) -> Any:
+        try:
+            return model.engine.require()
+        except EngineUnavailable as exc:
+            raise unavailable(str(exc)) from exc
+
+    def _check_limits(self, req: SamplingFields) -> None:
+        self.admission.check()
+        if req.n > self.settings.max_n:
+            raise bad_request(f"n={req.n} exceeds this server's limit of {self.settings.max_n}", "n")
+        if req.best_of is not None and req.best_of > req.n:
+            raise bad_request(
+                "best_of > n needs a reward model to rerank candidates; this server has none",
+                "best_of",
+            )
+
+    def _max_tokens(self, requested: int | None, prompt_len: int, max_model_len: int) -> int:
+        if requested is not None and requested > self.settings.max_tokens_limit:
+            raise bad_request(
+                f"max_tokens={requested} exceeds this server's limit of "
+                f"{self.settings.max_tokens_limit}",
+                "max_tokens",
+            )
+        room = max_model_len - prompt_len
+        if room < 1:
+            raise bad_request(
+                f"This model's maximum context length is {max_model_len} tokens; the prompt has "
+                f"{prompt_len} tokens.",
+                "messages",
+                "context_length_exceeded",
+            )
+        if requested is None:
+            return min(self.settings.default_max_tokens, room)
+        if requested > room:
+            raise bad_request(
+                f"This model's maximum context length is {max_model_len} tokens. However, you "
+                f"requested {prompt_len + requested} tokens ({prompt_len} in the prompt, "
+                f"{requested} for the completion).",
+                "max_tokens",
+                "context_length_exceeded",
+            )
+        return requested
+
+    def _sampling_params(
+        self, req: SamplingFields, *, max_tokens: int, logprobs: int | None, stream: bool,
+        vocab_size: int, structured: Any = None,
+    ) -> Any:
+        from vllm import SamplingParams
+        from vllm.sampling_params import RequestOutputKind
+
+        logit_bias = None
+        if req.logit_bias:
+            logit_bias = {int(k): v for k, v in req.logit_bias.items()}
+            bad = [k for k in logit_bias if not 0 <= k < vocab_size]
+            if bad:
+                raise bad_request(f"logit_bias has token ids outside the vocabulary: {bad}",
+                                  "logit_bias")
+        stop = [req.stop] if isinstance(req.stop, str) else req.stop
+        return SamplingParams(
+            n=req.best_of or req.n,
+            temperature=1.0 if req.temperature is None else req.temperature,
+            top_p=1.0 if req.top_p is None else req.top_p,
+            top_k=req.top_k or 0,
+            min_p=req.min_p or 0.0,
+            repetition_penalty=req.repetition_penalty or 1.0,
+            presence_penalty=req.presence_penalty,
+            frequency_penalty=req.frequency_penalty,
+            max_tokens=max_tokens,
+            stop=stop,
+            seed=req.seed,
+            logprobs=logprobs,
+            logit_bias=logit_bias,
+            structured_outputs=structured,
+            output_kind=RequestOutputKind.DELTA if stream else RequestOutputKind.FINAL_ONLY,
+        )
+
+    @contextlib.asynccontextmanager
+    async def _deadline(self) -> AsyncIterator[None]:
+        try:
+            async with asyncio.timeout(self.settings.request_timeout_s):
+                yield
+        except TimeoutError:
+            raise APIError(
+                504,
+                f"request exceeded the server's {self.settings.request_timeout_s:g}s timeout",
+                type="timeout_error",
+                code="request_timeout",
+            ) from None
+
+    def _usage(self, prompt_len: int, outputs: Sequence[Any], n_returned: int) -> Usage:
+        decoded = sum(len(o.token_ids) for o in outputs)
+        delivered = sum(len(o.token_ids) for o in outputs[:n_returned])
+        return Usage(
+            prompt_tokens=prompt_len,
+            completion_tokens=decoded,
+            total_tokens=prompt_len + decoded,
+            bonserve=UsageBreakdown(
+                candidates=len(outputs), delivered_tokens=delivered, decoded_tokens=decoded
+            ),
+        )
+
+
+def sse(payload: Any) -> str:
+    if hasattr(payload, "model_dump_json"):
+        return f"data: {payload.model_dump_json(exclude_none=True)}\n\n"
+    import json
+
+    return f"data: {json.dumps(payload)}\n\n"
+
+
+SSE_DONE = "data: [DONE]\n\n"
+
+
+async def guarded_stream(lines: AsyncIterator[str]) -> AsyncIterator[str]:
+    """Errors after the 200 header has gone out travel in the stream as an error event."""
+    try:
+        async for line in lines:
+            yield line
+    except APIError as exc:
+        yield sse(exc.envelope())
+        yield SSE_DONE
+
+
+# --------------------------------------------------------------------------- chat
+
+
+def _structured_outputs(req: ChatCompletionRequest) -> Any:
+    fmt = req.response_format
+    if fmt is None or fmt.type == "text":
+        return None
+    from vllm.sampling_params import StructuredOutputsParams
+
+    if fmt.type == "json_object":
+        return StructuredOutputsParams(json_object=True)
+    assert fmt.json_schema is not None
+    return StructuredOutputsParams(json=fmt.json_schema.schema_ or {"type": "object"})
+
+
+def _chat_logprobs(output: Any, top_n: int) -> ChoiceLogprobs | None:
+    if output.logprobs is None:
+        return None
+    content = []
+    for token_id, entries in zip(output.token_ids, output.logprobs, strict=False):
+        chosen = entries[token_id]
+        text = chosen.decoded_token or ""
+        ranked = sorted(entries.values(), key=lambda lp: lp.rank or 0)[:top_n]
+        content.append(
+            TokenLogprob(
+                token=text,
+                logprob=max(chosen.logprob, -9999.0),
+                bytes=list(text.encode()),
+                top_logprobs=[
+                    TopLogprob(
+                        token=lp.decoded_token or "",
+                        logprob=max(lp.logprob, -9999.0),
+                        bytes=list((lp.decoded_token or "").encode()),
+                    )
+                    for lp in ranked
+                ],
+            )
+        )
+    return ChoiceLogprobs(content=content)
+
+
+class ChatServing(BaseServing):
+    def _prepare(self, req: ChatCompletionRequest) -> PreparedRequest:
+        model = self.router.resolve(req.model)
+        self._check_limits(req)
+        engine = self._engine_for(model)
+        assert model.engine.info is not None
+        tokenizer = engine.get_tokenizer()
+        messages = [
+            {"role": "system" if m.role == "developer" else m.role, "content": m.text()}
+            for m in req.messages
+        ]
+        try:
+            prompt_ids = tokenizer.apply_chat_template(
+                messages, add_generation_prompt=True, tokenize=True, return_dict=False
+            )
+        except Exception as exc:  # template errors are caused by the conversation's shape
+            raise bad_request(f"the chat template rejected these messages: {exc}",
+                              "messages") from exc
+        max_tokens = self._max_tokens(
+            req.requested_max_tokens, len(prompt_ids), model.engine.info.max_model_len
+        )
+        logprobs = (req.top_logprobs or 0) if req.logprobs else None
+        params = self._sampling_params(
+            req, max_tokens=max_tokens, logprobs=logprobs, stream=req.stream,
+            vocab_size=len(tokenizer), structured=_structured_outputs(req),
+        )
+        return PreparedRequest(model, engine, list(prompt_ids), params, req.n, new_id("chatcmpl"))
+
+    async def create(self, req: ChatCompletionRequest) -> ChatCompletionResponse | AsyncIterator[str]:
+        prep = self._prepare(req)
+        if req.stream:
+            return guarded_stream(self._stream(req, prep))
+        async with self.admission.slot(), self._deadline():
+            final = await run_to_completion(prep)
+        return self._response(req, prep, final.outputs)
+
+    def _response(
+        self, req: ChatCompletionRequest, prep: PreparedRequest, outputs: Sequence[Any]
+    ) -> ChatCompletionResponse:
+        top_n = req.top_logprobs or 0
+        choices = [
+            ChatChoice(
+                index=i,
+                message=ResponseMessage(content=o.text),
+                logprobs=_chat_logprobs(o, top_n) if req.logprobs else None,
+                finish_reason=o.finish_reason or "stop",
+            )
+            for i, o in enumerate(outputs[: prep.n])
+        ]
+        return ChatCompletionResponse(
+            id=prep.request_id,
+            created=now(),
+            model=prep.model.name,
+            choices=choices,
+            usage=self._usage(len(prep.prompt_ids), outputs, prep.n),
+        )
+
+    async def _stream(self, req: ChatCompletionRequest, prep: PreparedRequest) -> AsyncIterator[str]:
+        created = now()
+        include_usage = bool(req.stream_options and req.stream_options.include_usage)
+        tokens = [0] * prep.n
+
+        def chunk(choices: list[ChatChunkChoice]) -> str:
+            return sse(ChatCompletionChunk(
+                id=prep.request_id, created=created, model=prep.model.name, choices=choices
+            ))
+
+        async with self.admission.slot(), self._deadline():
+            for i in range(prep.n):
+                yield chunk([ChatChunkChoice(index=i, delta=DeltaMessage(role="assistant",
+                                                                         content=""))])
+            async for out in stream_deltas(prep):
+                for o in out.outputs:
+                    tokens[o.index] += len(o.token_ids)
+                    if not o.text and not o.finish_reason:
+                        continue
+                    yield chunk([ChatChunkChoice(
+                        index=o.index,
+                        delta=DeltaMessage(content=o.text or None),
+                        logprobs=_chat_logprobs(o, req.top_logprobs or 0) if req.logprobs
+                        else None,
+                        finish_reason=o.finish_reason,
+                    )])
+        if include_usage:
+            decoded = sum(tokens)
+            usage = Usage(
+                prompt_tokens=len(prep.prompt_ids), completion_tokens=decoded,
+                total_tokens=len(prep.prompt_ids) + decoded,
+                bonserve=UsageBreakdown(candidates=prep.n, delivered_tokens=decoded,
+                                        decoded_tokens=decoded),
+            )
+            yield sse(ChatCompletionChunk(id=prep.request_id, created=created,
+                                          model=prep.model.name, choices=[], usage=usage))
+        yield SSE_DONE
+
+
+# --------------------------------------------------------------------------- completions
+
+
+def _completion_logprobs(output: Any, top_n: int, offset: int) -> CompletionLogprobs | None:
+    if output.logprobs is None:
+        return None
+    result = CompletionLogprobs()
+    for token_id, entries in zip(output.token_ids, output.logprobs, strict=False):
+        chosen = entries[token_id]
+        text = chosen.decoded_token or ""
+        result.tokens.append(text)
+        result.token_logprobs.append(max(chosen.logprob, -9999.0))
+        ranked = sorted(entries.values(), key=lambda lp: lp.rank or 0)[: max(top_n, 1)]
+        result.top_logprobs.append({lp.decoded_token or "": lp.logprob for lp in ranked})
+        result.text_offset.append(offset)
+        offset += len(text)
+    return result
+
+
+class CompletionServing(BaseServing):
+    def _prepare(self, req: CompletionRequest) -> tuple[PreparedRequest, str]:
+        model = self.router.resolve(req.model)
+        self._check_limits(req)
+        if req.echo and req.stream:
+            raise bad_request("echo is not supported with stream", "echo")
+        engine = self._engine_for(model)
+        assert model.engine.info is not None
+        tokenizer = engine.get_tokenizer()
+        prompt = req.prompt[0] if isinstance(req.prompt, list) and isinstance(req.prompt[0], str) \
+            else req.prompt
+        if isinstance(prompt, str):
+            prompt_ids = tokenizer.encode(prompt)
+            prompt_text = prompt
+        else:
+            vocab = len(tokenizer)
+            if any(not 0 <= t < vocab for t in prompt):
+                raise bad_request("prompt has token ids outside the vocabulary", "prompt")
+            prompt_ids = list(prompt)
+            prompt_text = tokenizer.decode(prompt_ids)
+        if not prompt_ids:
+            raise bad_request("prompt must not be empty", "prompt")
+        max_tokens = self._max_tokens(
+            req.requested_max_tokens if req.max_tokens is not None else None,
+            len(prompt_ids), model.engine.info.max_model_len,
+        )
+        params = self._sampling_params(
+            req, max_tokens=max_tokens, logprobs=req.logprobs, stream=req.stream,
+            vocab_size=len(tokenizer),
+        )
+        return PreparedRequest(model, engine, prompt_ids, params, req.n, new_id("cmpl")), prompt_text
+
+    async def create(self, req: CompletionRequest) -> CompletionResponse | AsyncIterator[str]:
+        prep, prompt_text = self._prepare(req)
+        if req.stream:
+            return guarded_stream(self._stream(req, prep))
+        async with self.admission.slot(), self._deadline():
+            final = await run_to_completion(prep)
+        outputs = final.outputs
+        prefix = prompt_text if req.echo else ""
+        choices = [
+            CompletionChoice(
+                index=i,
+                text=prefix + o.text,
+                logprobs=_completion_logprobs(o, req.logprobs or 0, len(prefix))
+                if req.logprobs is not None else None,
+                finish_reason=o.finish_reason or "stop",
+            )
+            for i, o in enumerate(outputs[: prep.n])
+        ]
+        return CompletionResponse(
+            id=prep.request_id, created=now(), model=prep.model.name, choices=choices,
+            usage=self._usage(len(prep.prompt_ids), outputs, prep.n),
+        )
+
+    async def _stream(self, req: CompletionRequest, prep: PreparedRequest) -> AsyncIterator[str]:
+        created = now()
+        include_usage = bool(req.stream_options and req.stream_options.include_usage)
+        tokens = [0] * prep.n
+        async with self.admission.slot(), self._deadline():
+            async for out in stream_deltas(prep):
+                for o in out.outputs:
+                    tokens[o.index] += len(o.token_ids)
+                    if not o.text and not o.finish_reason:
+                        continue
+                    yield sse(CompletionResponse(
+                        id=prep.request_id, created=created, model=prep.model.name,
+                        choices=[CompletionChoice(
+                            index=o.index, text=o.text,
+                            logprobs=_completion_logprobs(o, req.logprobs or 0, 0)
+                            if req.logprobs is not None else None,
+                            finish_reason=o.finish_reason,
+                        )],
+                    ))
+        if include_usage:
+            decoded = sum(tokens)
+            yield sse(CompletionResponse(
+                id=prep.request_id, created=created, model=prep.model.name, choices=[],
+                usage=Usage(prompt_tokens=len(prep.prompt_ids), completion_tokens=decoded,
+                            total_tokens=len(prep.prompt_ids) + decoded),
+            ))
+        yield SSE_DONE

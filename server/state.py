@@ -1,0 +1,28 @@
+"""Everything a running server owns, built once per app and stored on `app.state`."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+
+from server.config import Settings
+from server.engines import ManagedEngine
+from server.serving import Admission, ChatServing, CompletionServing, ModelRouter
+
+
+@dataclass
+class AppState:
+    settings: Settings
+    router: ModelRouter
+    engines: dict[str, ManagedEngine]
+    admission: Admission
+    chat: ChatServing = field(init=False)
+    completions: CompletionServing = field(init=False)
+    draining: bool = False
+
+    def __post_init__(self) -> None:
+        self.chat = ChatServing(self.settings, self.router, self.admission)
+        self.completions = CompletionServing(self.settings, self.router, self.admission)
+
+    @property
+    def ready(self) -> bool:
+        return not self.draining and all(e.ready for e in self.engines.values())

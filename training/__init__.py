@@ -1,0 +1,1 @@
+"""Training side of bonserve: data, verifiable tasks, trainers and the checkpoint registry."""
