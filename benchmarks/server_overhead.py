@@ -1,0 +1,115 @@
+"""bonserve (n=1) against vLLM's own OpenAI server: same engine config, same prompts, one run.
+
+    python benchmarks/server_overhead.py --requests 48 --rounds 3 --out docs/benchmarks/server_overhead.json
+
+Both servers run at once (idle while the other is measured); each round measures every
+concurrency level on A then B, alternating the order, so machine drift hits both alike.
+Greedy decoding makes both servers generate identical tokens. Prints per-level medians over
+rounds and the ratios bonserve/vLLM (throughput: want >= 0.95; p50 latency: want <= 1.05).
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import json
+import statistics
+import tempfile
+import time
+from pathlib import Path
+
+from openai import AsyncOpenAI
+
+from loadtests.servers import start_bonserve, start_vllm
+from loadtests.stats import summarize
+from training.base_model import DEFAULT_MODEL_NAME
+from training.registry import Registry
+
+PROMPTS = [f"What is {a} + {b}? Reply with just the number." for a, b in
+           [(12, 35), (47, 18), (63, 29), (81, 14), (25, 56), (38, 44), (72, 19), (90, 7)]] + [
+    "Name three colours.", "What is the capital of Italy?", "Write a haiku about rain.",
+    "Give one tip for writing clean code.", "What does a reward model do?",
+    "Explain what a GPU is in one sentence.", "List two prime numbers.", "Say hello in French.",
+]
+
+
+async def run_level(base_url: str, model: str, concurrency: int, n_requests: int,
+                    max_tokens: int) -> dict[str, float]:
+    client = AsyncOpenAI(base_url=base_url + "/v1", api_key="unused", max_retries=0, timeout=300)
+    sem = asyncio.Semaphore(concurrency)
+    latencies: list[float] = []
+    tokens = 0
+
+    async def one(i: int) -> None:
+        nonlocal tokens
+        async with sem:
+            t0 = time.perf_counter()
+            r = await client.chat.completions.create(
+                model=model, messages=[{"role": "user", "content": PROMPTS[i % len(PROMPTS)]}],
+                max_tokens=max_tokens, temperature=0,
+            )
+            latencies.append(time.perf_counter() - t0)
+            tokens += r.usage.completion_tokens
+
+    t0 = time.perf_counter()
+    await asyncio.gather(*(one(i) for i in range(n_requests)))
+    wall = time.perf_counter() - t0
+    await client.close()
+    return {"req_per_s": n_requests / wall, "tok_per_s": tokens / wall, **summarize(latencies)}
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--requests", type=int, default=48)
+    parser.add_argument("--rounds", type=int, default=3)
+    parser.add_argument("--concurrency", type=int, nargs="+", default=[1, 4, 16])
+    parser.add_argument("--max-tokens", type=int, default=64)
+    parser.add_argument("--bonserve-flags", default="", help="extra flags for bonserve serve")
+    parser.add_argument("--out", type=Path, default=None)
+    args = parser.parse_args()
+
+    entry = Registry().load(DEFAULT_MODEL_NAME)
+    log_dir = Path(tempfile.mkdtemp(prefix="bench-"))
+    servers = {
+        "bonserve": start_bonserve(log_dir, *args.bonserve_flags.split()),
+        "vllm": start_vllm(log_dir, entry.path, DEFAULT_MODEL_NAME),
+    }
+    results: dict[str, dict[int, list[dict[str, float]]]] = {k: {} for k in servers}
+    try:
+        for s in servers.values():
+            s.wait_ready()
+        for s in servers.values():  # warm-up: first requests pay one-off costs
+            asyncio.run(run_level(s.base_url, DEFAULT_MODEL_NAME, 4, 8, args.max_tokens))
+        for rnd in range(args.rounds):
+            order = list(servers) if rnd % 2 == 0 else list(reversed(servers))
+            for c in args.concurrency:
+                for name in order:
+                    r = asyncio.run(run_level(servers[name].base_url, DEFAULT_MODEL_NAME, c,
+                                              args.requests, args.max_tokens))
+                    results[name].setdefault(c, []).append(r)
+                    print(f"round {rnd} c={c:<3} {name:<9} {r['req_per_s']:.2f} req/s "
+                          f"p50 {r['p50']:.3f}s p99 {r['p99']:.3f}s", flush=True)
+    finally:
+        for s in servers.values():
+            s.stop()
+
+    report = {"config": vars(args) | {"out": str(args.out)}, "levels": {}}
+    print(f"\n{'conc':>4} {'metric':<10} {'bonserve':>10} {'vllm':>10} {'ratio':>7}")
+    for c in args.concurrency:
+        level = {}
+        for metric in ("req_per_s", "p50", "p99"):
+            ours = statistics.median(r[metric] for r in results["bonserve"][c])
+            ref = statistics.median(r[metric] for r in results["vllm"][c])
+            # Ratio per round, then the median: robust to drift across rounds.
+            ratios = [a[metric] / b[metric] for a, b in
+                      zip(results["bonserve"][c], results["vllm"][c], strict=True)]
+            level[metric] = {"bonserve": ours, "vllm": ref, "ratio": statistics.median(ratios)}
+            print(f"{c:>4} {metric:<10} {ours:>10.3f} {ref:>10.3f} {statistics.median(ratios):>7.3f}")
+        report["levels"][c] = level
+    if args.out:
+        args.out.parent.mkdir(parents=True, exist_ok=True)
+        args.out.write_text(json.dumps(report, indent=2))
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,93 @@
+"""Start and stop servers for benchmarks and load tests: bonserve and vLLM's own OpenAI server.
+
+Both run as child processes in their own process group (vLLM spawns workers), bound to
+127.0.0.1, and are always killed as a group.
+"""
+
+from __future__ import annotations
+
+import os
+import signal
+import socket
+import subprocess
+import sys
+import time
+from collections.abc import Sequence
+from dataclasses import dataclass
+from pathlib import Path
+
+import httpx
+
+
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+@dataclass
+class ServerProcess:
+    name: str
+    base_url: str
+    process: subprocess.Popen[bytes]
+    log: Path
+    ready_path: str
+
+    def wait_ready(self, timeout_s: float = 600) -> None:
+        deadline = time.monotonic() + timeout_s
+        while time.monotonic() < deadline:
+            if self.process.poll() is not None:
+                raise RuntimeError(f"{self.name} exited early; log tail:\n{self.log.read_text()[-3000:]}")
+            try:
+                if httpx.get(self.base_url + self.ready_path, timeout=5).status_code == 200:
+                    return
+            except httpx.HTTPError:
+                pass
+            time.sleep(0.5)
+        raise TimeoutError(f"{self.name} not ready after {timeout_s}s")
+
+    def stop(self, timeout_s: float = 60) -> None:
+        if self.process.poll() is None:
+            self.process.send_signal(signal.SIGTERM)
+            try:
+                self.process.wait(timeout=timeout_s)
+            except subprocess.TimeoutExpired:
+                pass
+        try:
+            os.killpg(self.process.pid, signal.SIGKILL)
+        except ProcessLookupError:
+            pass
+        self.process.wait(timeout=10)
+
+
+def _spawn(name: str, cmd: Sequence[str], log_dir: Path, port: int, ready_path: str,
+           env: dict[str, str] | None = None) -> ServerProcess:
+    log = log_dir / f"{name}-{port}.log"
+    process = subprocess.Popen(
+        list(cmd), stdout=log.open("wb"), stderr=subprocess.STDOUT, start_new_session=True,
+        env={**os.environ, **(env or {})},
+    )
+    return ServerProcess(name, f"http://127.0.0.1:{port}", process, log, ready_path)
+
+
+def start_bonserve(log_dir: Path, *flags: str, env: dict[str, str] | None = None) -> ServerProcess:
+    port = free_port()
+    cmd = [sys.executable, "-m", "server.cli", "serve", "--port", str(port), *flags]
+    return _spawn("bonserve", cmd, log_dir, port, "/ready", env)
+
+
+def start_vllm(log_dir: Path, model_path: Path, served_name: str, *, max_model_len: int = 2048,
+               kv_cache_gib: float = 1.0, dtype: str = "float32", extra: Sequence[str] = (),
+               name: str = "vllm", env: dict[str, str] | None = None) -> ServerProcess:
+    """vLLM's own OpenAI server with the engine configured like bonserve's."""
+    port = free_port()
+    cmd = [
+        sys.executable, "-m", "vllm.entrypoints.openai.api_server",
+        "--host", "127.0.0.1", "--port", str(port),
+        "--model", str(model_path), "--served-model-name", served_name,
+        "--dtype", dtype, "--max-model-len", str(max_model_len),
+        "--kv-cache-memory-bytes", str(int(kv_cache_gib * (1 << 30))),
+        "--no-enable-chunked-prefill", "--max-num-batched-tokens", str(max(max_model_len, 2048)),
+        "--seed", "0", "--disable-uvicorn-access-log", *extra,
+    ]
+    return _spawn(name, cmd, log_dir, port, "/health", env)

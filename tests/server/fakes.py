@@ -1,0 +1,82 @@
+"""Named fakes of vLLM's AsyncLLM for fast unit tests of the HTTP and serving layers.
+
+They model only what bonserve touches: `generate` as an async iterator of RequestOutput-like
+objects, `errored`, `get_tokenizer`, `model_config`, `shutdown`. Real behaviour is covered by
+the engine tests, which start real vLLM engines.
+"""
+
+from __future__ import annotations
+
+import asyncio
+from collections.abc import AsyncIterator
+from dataclasses import dataclass, field
+from types import SimpleNamespace
+from typing import Any
+
+
+class FakeTokenizer:
+    eos_token_id = 0
+
+    def __len__(self) -> int:
+        return 1000
+
+    def apply_chat_template(self, messages: list[dict[str, str]], **_: Any) -> list[int]:
+        text = " ".join(m["content"] for m in messages)
+        return [1 + (ord(c) % 900) for c in text] or [1]
+
+    def encode(self, text: str) -> list[int]:
+        return [1 + (ord(c) % 900) for c in text]
+
+    def decode(self, ids: list[int]) -> str:
+        return "x" * len(ids)
+
+
+@dataclass
+class FakeCompletion:
+    index: int
+    text: str
+    token_ids: list[int]
+    finish_reason: str | None = "stop"
+    logprobs: Any = None
+
+
+@dataclass
+class FakeAsyncLLM:
+    """Answers every request with `reply` per candidate after `delay_s`."""
+
+    reply: str = "fake answer"
+    delay_s: float = 0.0
+    max_model_len: int = 128
+    die_on_generate: bool = False
+    errored: bool = False
+    requests: list[Any] = field(default_factory=list)
+    aborted: int = 0
+
+    def __post_init__(self) -> None:
+        self.model_config = SimpleNamespace(max_model_len=self.max_model_len)
+
+    def get_tokenizer(self) -> FakeTokenizer:
+        return FakeTokenizer()
+
+    def get_num_unfinished_requests(self) -> int:
+        return 0
+
+    def shutdown(self) -> None:
+        self.errored = True
+
+    async def generate(self, prompt: Any, params: Any, request_id: str) -> AsyncIterator[Any]:
+        from vllm.v1.engine.exceptions import EngineDeadError
+
+        self.requests.append(params)
+        if self.die_on_generate:
+            self.errored = True
+            raise EngineDeadError()
+        try:
+            await asyncio.sleep(self.delay_s)
+        except asyncio.CancelledError:
+            self.aborted += 1
+            raise
+        words = self.reply.split()
+        outs = [FakeCompletion(i, f"{self.reply} {i}", list(range(1, len(words) + 2)))
+                for i in range(params.n)]
+        yield SimpleNamespace(outputs=outs, finished=True)

@@ -1,0 +1,136 @@
+"""Robustness against a real engine: engine death and restart, overload, auth, fuzzing."""
+
+from __future__ import annotations
+
+import asyncio
+import time
+from collections.abc import Iterator
+from pathlib import Path
+
+import httpx
+import openai
+import psutil
+import pytest
+import schemathesis
+from hypothesis import HealthCheck, settings
+
+from tests.conftest import RunningServer, start_server, stop_server
+
+pytestmark = [pytest.mark.engine, pytest.mark.timeout(900)]
+
+API_KEY = "test-key"
+# Small caps keep every valid fuzzed request cheap; eager mode starts the engine faster.
+STRICT_FLAGS = ("--enforce-eager", "--max-tokens-limit", "8", "--default-max-tokens", "8",
+                "--max-n", "2", "--max-concurrent-requests", "1", "--max-waiting-requests", "1",
+                "--max-body-bytes", "16384", "--api-key", API_KEY, "--max-model-len", "512")
+
+
+@pytest.fixture(scope="module")
+def strict_server(default_model: Path, tmp_path_factory: pytest.TempPathFactory) -> Iterator[RunningServer]:
+    srv = start_server(tmp_path_factory.mktemp("strict"), *STRICT_FLAGS)
+    yield srv
+    stop_server(srv)
+
+
+def _chat(srv: RunningServer, **kw: object) -> dict:
+    return {"model": srv.model, "messages": [{"role": "user", "content": "Say hi."}], **kw}
+
+
+def test_api_key_enforced(strict_server: RunningServer) -> None:
+    url = strict_server.v1 + "/chat/completions"
+    assert httpx.post(url, json=_chat(strict_server)).status_code == 401
+    r = httpx.post(url, json=_chat(strict_server), headers={"Authorization": f"Bearer {API_KEY}"},
+                   timeout=60)
+    assert r.status_code == 200
+    assert httpx.get(strict_server.base_url + "/ready").status_code == 200
+
+
+def test_overload_gets_429_and_everything_else_succeeds(strict_server: RunningServer) -> None:
+    async def burst() -> list[httpx.Response]:
+        headers = {"Authorization": f"Bearer {API_KEY}"}
+        async with httpx.AsyncClient(headers=headers, timeout=60) as c:
+            return await asyncio.gather(*(
+                c.post(strict_server.v1 + "/chat/completions", json=_chat(strict_server, n=2))
+                for _ in range(8)))
+
+    codes = [r.status_code for r in asyncio.run(burst())]
+    assert set(codes) <= {200, 429} and codes.count(200) >= 2 and codes.count(429) >= 1, codes
+
+
+def test_oversized_body_is_413(strict_server: RunningServer) -> None:
+    big = _chat(strict_server, messages=[{"role": "user", "content": "z" * 20000}])
+    r = httpx.post(strict_server.v1 + "/chat/completions", json=big,
+                   headers={"Authorization": f"Bearer {API_KEY}"})
+    assert r.status_code == 413 and r.json()["error"]["code"] == "request_too_large"
+
+
+api_schema = schemathesis.pytest.from_fixture("openapi_schema")
+
+
+@pytest.fixture(scope="module")
+def openapi_schema(strict_server: RunningServer) -> schemathesis.BaseSchema:
+    return schemathesis.openapi.from_url(strict_server.base_url + "/openapi.json")
+
+
+@api_schema.parametrize()
+@settings(max_examples=25, deadline=None, suppress_health_check=list(HealthCheck), derandomize=True)
+def test_fuzz_openapi_no_server_errors(case: schemathesis.Case, strict_server: RunningServer) -> None:
+    response = case.call(base_url=strict_server.base_url,
+                         headers={"Authorization": f"Bearer {API_KEY}"}, timeout=60)
+    assert response.status_code < 500 or response.status_code == 429, (
+        f"{case.method} {case.path} -> {response.status_code}: {response.text[:500]}")
+    if response.status_code >= 400:
+        assert set(response.json()["error"]) == {"message", "type", "param", "code"}
+
+
+def test_server_serves_after_fuzzing(strict_server: RunningServer) -> None:
+    c = openai.OpenAI(base_url=strict_server.v1, api_key=API_KEY, max_retries=0, timeout=60)
+    r = c.chat.completions.create(model=strict_server.model, max_tokens=4,
+                                  messages=[{"role": "user", "content": "hi"}])
+    assert r.choices[0].message.content
+    assert strict_server.ready()["engines"]["policy"]["restarts"] == 0
+
+
+def _engine_core(srv: RunningServer) -> psutil.Process:
+    for child in psutil.Process(srv.process.pid).children(recursive=True):
+        if "EngineCore" in child.name() or "EngineCore" in " ".join(child.cmdline()):
+            return child
+    raise AssertionError("no EngineCore child process found")
+
+
+def test_dead_engine_fails_inflight_with_503_and_restarts(
+    default_model: Path, tmp_path_factory: pytest.TempPathFactory
+) -> None:
+    srv = start_server(tmp_path_factory.mktemp("restart"), "--enforce-eager",
+                       "--engine-restart-backoff-s", "0.5")
+    try:
+        body = {"model": srv.model, "max_tokens": 1000, "logit_bias": {"2": -100},
+                "messages": [{"role": "user", "content": "Write a long story."}]}
+
+        async def inflight_then_kill() -> httpx.Response:
+            async with httpx.AsyncClient(timeout=120) as c:
+                task = asyncio.create_task(c.post(srv.v1 + "/chat/completions", json=body))
+                await asyncio.sleep(1.5)
+                _engine_core(srv).kill()
+                return await task
+
+        r = asyncio.run(inflight_then_kill())
+        assert r.status_code == 503, r.text
+        assert r.json()["error"]["code"] == "engine_unavailable"
+        assert r.headers["retry-after"]
+        assert httpx.get(srv.base_url + "/health").status_code == 200
+        # while restarting: not ready, and new requests get a fast 503
+        ready = httpx.get(srv.base_url + "/ready")
+        if ready.status_code == 503:
+            assert ready.json()["engines"]["policy"]["state"] in ("dead", "restarting")
+        body_ok = {**body, "max_tokens": 4, "logit_bias": None}
+        deadline = time.monotonic() + 300
+        while not srv.ready()["ready"]:
+            assert time.monotonic() < deadline, "engine did not come back"
+            assert httpx.post(srv.v1 + "/chat/completions", json=body_ok).status_code == 503
+            time.sleep(0.5)
+        assert srv.ready()["engines"]["policy"]["restarts"] == 1
+        ok = httpx.post(srv.v1 + "/chat/completions", json=body_ok, timeout=60)
+        assert ok.status_code == 200, ok.text
+    finally:
+        assert stop_server(srv) is not None
