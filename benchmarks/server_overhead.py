@@ -15,13 +15,12 @@ import asyncio
 import json
 import statistics
 import tempfile
-import time
 from pathlib import Path
 
 from openai import AsyncOpenAI
 
+from loadtests.closed_loop import closed_loop
 from loadtests.servers import start_bonserve, start_vllm
-from loadtests.stats import summarize
 from training.base_model import DEFAULT_MODEL_NAME
 from training.registry import Registry
 
@@ -35,27 +34,17 @@ PROMPTS = [f"What is {a} + {b}? Reply with just the number." for a, b in
 
 async def run_level(base_url: str, model: str, concurrency: int, n_requests: int,
                     max_tokens: int) -> dict[str, float]:
-    client = AsyncOpenAI(base_url=base_url + "/v1", api_key="unused", max_retries=0, timeout=300)
-    sem = asyncio.Semaphore(concurrency)
-    latencies: list[float] = []
-    tokens = 0
+    async with AsyncOpenAI(base_url=base_url + "/v1", api_key="unused", max_retries=0,
+                           timeout=300) as client:
 
-    async def one(i: int) -> None:
-        nonlocal tokens
-        async with sem:
-            t0 = time.perf_counter()
+        async def call(i: int) -> int:
             r = await client.chat.completions.create(
                 model=model, messages=[{"role": "user", "content": PROMPTS[i % len(PROMPTS)]}],
                 max_tokens=max_tokens, temperature=0,
             )
-            latencies.append(time.perf_counter() - t0)
-            tokens += r.usage.completion_tokens
+            return r.usage.completion_tokens
 
-    t0 = time.perf_counter()
-    await asyncio.gather(*(one(i) for i in range(n_requests)))
-    wall = time.perf_counter() - t0
-    await client.close()
-    return {"req_per_s": n_requests / wall, "tok_per_s": tokens / wall, **summarize(latencies)}
+        return await closed_loop(call, n_requests, concurrency)
 
 
 def main() -> None:

@@ -6,6 +6,7 @@ Both run as child processes in their own process group (vLLM spawns workers), bo
 
 from __future__ import annotations
 
+import contextlib
 import os
 import signal
 import socket
@@ -32,6 +33,15 @@ class ServerProcess:
     process: subprocess.Popen[bytes]
     log: Path
     ready_path: str
+    model: str = "smollm2-135m-instruct"
+
+    @property
+    def v1(self) -> str:
+        return f"{self.base_url}/v1"
+
+    def ready(self) -> dict:
+        """bonserve's /ready body (200 or 503)."""
+        return httpx.get(f"{self.base_url}/ready", timeout=5).json()
 
     def wait_ready(self, timeout_s: float = 600) -> None:
         deadline = time.monotonic() + timeout_s
@@ -46,18 +56,16 @@ class ServerProcess:
             time.sleep(0.5)
         raise TimeoutError(f"{self.name} not ready after {timeout_s}s")
 
-    def stop(self, timeout_s: float = 60) -> None:
+    def stop(self, timeout_s: float = 60) -> int | None:
+        """SIGTERM (graceful drain), then SIGKILL the whole process group (vLLM workers too)."""
         if self.process.poll() is None:
             self.process.send_signal(signal.SIGTERM)
-            try:
+            with contextlib.suppress(subprocess.TimeoutExpired):
                 self.process.wait(timeout=timeout_s)
-            except subprocess.TimeoutExpired:
-                pass
-        try:
+        with contextlib.suppress(ProcessLookupError):
             os.killpg(self.process.pid, signal.SIGKILL)
-        except ProcessLookupError:
-            pass
         self.process.wait(timeout=10)
+        return self.process.returncode
 
 
 def _spawn(name: str, cmd: Sequence[str], log_dir: Path, port: int, ready_path: str,
@@ -71,9 +79,16 @@ def _spawn(name: str, cmd: Sequence[str], log_dir: Path, port: int, ready_path: 
 
 
 def start_bonserve(log_dir: Path, *flags: str, env: dict[str, str] | None = None) -> ServerProcess:
+    """Start `bonserve serve` and return once /ready says every engine is up."""
     port = free_port()
     cmd = [sys.executable, "-m", "server.cli", "serve", "--port", str(port), *flags]
-    return _spawn("bonserve", cmd, log_dir, port, "/ready", env)
+    server = _spawn("bonserve", cmd, log_dir, port, "/ready", env)
+    try:
+        server.wait_ready()
+    except BaseException:
+        server.stop()
+        raise
+    return server
 
 
 def start_vllm(log_dir: Path, model_path: Path, served_name: str, *, max_model_len: int = 2048,

@@ -19,6 +19,7 @@ from server import __version__
 from server.config import Settings
 from server.engines import ManagedEngine, build_async_llm
 from server.errors import APIError
+from server.reward import RewardScorer
 from server.routes import openai_router, ops_router
 from server.serving import Admission, ModelRouter, ServedModel
 from server.state import AppState
@@ -30,31 +31,49 @@ logger = logging.getLogger("bonserve.app")
 # --------------------------------------------------------------------------- models
 
 
-def resolve_model_path(settings: Settings) -> tuple[Path, str]:
-    """`--model` is a registry entry name or a checkpoint directory; returns (path, name)."""
-    candidate = Path(settings.model).expanduser()
+def resolve_checkpoint(settings: Settings, spec: str, flag: str) -> tuple[Path, str]:
+    """A registry entry name or a checkpoint directory -> (path, name)."""
+    candidate = Path(spec).expanduser()
     if candidate.is_dir():
-        return candidate.resolve(), settings.served_model_name or candidate.name
+        if not (candidate / "config.json").is_file():
+            raise SystemExit(f"{flag} {spec!r}: directory has no config.json (not an HF checkpoint)")
+        return candidate.resolve(), candidate.name
     try:
-        entry = Registry(settings.registry).load(settings.model)
+        entry = Registry(settings.registry).load(spec)
     except RegistryError as exc:
         raise SystemExit(
-            f"--model {settings.model!r} is neither a checkpoint directory nor a valid registry "
-            f"entry ({exc}). Run `bonserve models prepare` for the default model."
+            f"{flag} {spec!r} is neither a checkpoint directory nor a valid registry entry "
+            f"({exc}). Run `bonserve models prepare` for the default model."
         ) from exc
-    return entry.path, settings.served_model_name or entry.name
+    return entry.path, entry.name
 
 
 def policy_engine_kwargs(settings: Settings, model_path: Path) -> dict[str, Any]:
+    return {
+        **_common_engine_kwargs(settings, model_path),
+        "enable_chunked_prefill": settings.enable_chunked_prefill,
+        # Without chunked prefill a whole prompt must fit in one batch.
+        "max_num_batched_tokens": max(settings.max_model_len, 2048),
+        "enforce_eager": settings.enforce_eager,
+    }
+
+
+def reward_engine_kwargs(settings: Settings, model_path: Path) -> dict[str, Any]:
+    # Pooling does one forward pass per sequence; torch.compile would only slow its start.
+    return {**_common_engine_kwargs(settings, model_path), "runner": "pooling",
+            "enforce_eager": True, "max_num_batched_tokens": max(settings.max_model_len, 2048)}
+
+
+def reward_engine_env(settings: Settings) -> dict[str, str]:
+    return {"VLLM_CPU_OMP_THREADS_BIND": "nobind", "OMP_NUM_THREADS": str(settings.reward_omp_threads)}
+
+
+def _common_engine_kwargs(settings: Settings, model_path: Path) -> dict[str, Any]:
     return {
         "model": str(model_path),
         "served_model_name": None,
         "max_model_len": settings.max_model_len,
         "kv_cache_memory_bytes": int(settings.kv_cache_gib * (1 << 30)),
-        "enable_chunked_prefill": settings.enable_chunked_prefill,
-        # Without chunked prefill a whole prompt must fit in one batch.
-        "max_num_batched_tokens": max(settings.max_model_len, 2048),
-        "enforce_eager": settings.enforce_eager,
         "dtype": settings.dtype,
         "seed": settings.engine_seed,
         "disable_log_stats": False,
@@ -148,20 +167,32 @@ def _install_error_handlers(app: FastAPI, settings: Settings) -> None:
 
 
 def build_state(settings: Settings) -> AppState:
-    model_path, served_name = resolve_model_path(settings)
+    model_path, name = resolve_checkpoint(settings, settings.model, "--model")
     policy_kwargs = policy_engine_kwargs(settings, model_path)
-    policy = ManagedEngine(
-        "policy",
-        lambda: build_async_llm(policy_kwargs),
+    engines = {"policy": ManagedEngine(
+        "policy", lambda: build_async_llm(policy_kwargs),
         restart_backoff_s=settings.engine_restart_backoff_s,
-    )
+    )}
+    reward = None
+    if settings.reward_model:
+        rm_path, rm_name = resolve_checkpoint(settings, settings.reward_model, "--reward-model")
+        rm_kwargs = reward_engine_kwargs(settings, rm_path)
+        rm_env = reward_engine_env(settings)
+        engines["reward"] = ManagedEngine(
+            "reward", lambda: build_async_llm(rm_kwargs, rm_env),
+            restart_backoff_s=settings.engine_restart_backoff_s,
+        )
+        reward = RewardScorer(engines["reward"], rm_name)
+    elif settings.default_best_of.strip() not in ("", "1"):
+        raise SystemExit("--default-best-of needs --reward-model to rerank candidates")
     router = ModelRouter()
-    router.add(ServedModel(name=served_name, engine=policy))
+    router.add(ServedModel(name=settings.served_model_name or name, engine=engines["policy"]))
     return AppState(
         settings=settings,
         router=router,
-        engines={"policy": policy},
+        engines=engines,
         admission=Admission(settings.max_concurrent_requests, settings.max_waiting_requests),
+        reward=reward,
     )
 
 
@@ -172,7 +203,11 @@ def build_app(settings: Settings, state: AppState | None = None) -> FastAPI:
     async def lifespan(app: FastAPI) -> AsyncIterator[None]:
         # Engines start in the background: /health answers at once and /ready turns true
         # when every engine is up (what Kubernetes' startup and readiness probes expect).
-        starting = [asyncio.create_task(e.start()) for e in state.engines.values()]
+        async def start_all() -> None:
+            for engine in state.engines.values():  # one at a time: they share the CPU
+                await engine.start()
+
+        starting = [asyncio.create_task(start_all())]
         try:
             yield
         finally:

@@ -73,6 +73,7 @@ def cmd_serve(args: argparse.Namespace) -> int:
         port=settings.port,
         timeout_graceful_shutdown=int(settings.shutdown_drain_s),
         log_level=args.log_level,
+        access_log=False,  # request logging is bonserve's own (structured, with request ids)
     )
     DrainingServer(config).run()
     return 0
@@ -87,6 +88,20 @@ def cmd_models_prepare(args: argparse.Namespace) -> int:
     except RegistryError as exc:
         print(f"error: {exc}", file=sys.stderr)
         return 1
+    return 0
+
+
+def cmd_models_init_reward(args: argparse.Namespace) -> int:
+    from training.registry import Registry, RegistryError
+    from training.reward import init_reward_model
+
+    try:
+        path = init_reward_model(Registry(args.registry) if args.registry else Registry(),
+                                 args.base, args.name, seed=args.seed)
+    except RegistryError as exc:
+        print(f"error: {exc}", file=sys.stderr)
+        return 1
+    print(f"[models init-reward] wrote {path}")
     return 0
 
 
@@ -107,6 +122,13 @@ def make_parser() -> argparse.ArgumentParser:
                          help="Registry directory (default $BONSERVE_HOME/registry).")
     prepare.add_argument("--force", action="store_true", help="Rebuild even if valid.")
     prepare.set_defaults(func=cmd_models_prepare)
+    init_rm = models_sub.add_parser(
+        "init-reward", help="Make an (untrained) reward model from a base: score head on top.")
+    init_rm.add_argument("--base", default="smollm2-135m-instruct", help="Registry entry to start from.")
+    init_rm.add_argument("--name", required=True, help="Name of the new registry entry.")
+    init_rm.add_argument("--seed", type=int, default=0, help="Seed of the score head's init.")
+    init_rm.add_argument("--registry", type=Path, default=None, help="Registry directory.")
+    init_rm.set_defaults(func=cmd_models_init_reward)
     return parser
 
 

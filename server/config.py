@@ -30,6 +30,35 @@ class Settings(BaseSettings):
         default_factory=default_registry_root, description="Checkpoint registry directory."
     )
 
+    reward_model: str | None = Field(
+        None,
+        description="Reward model for Best-of-N: registry entry name or checkpoint directory.",
+    )
+
+    # --- Best-of-N
+    default_best_of: str = Field(
+        "1",
+        description=(
+            "Candidates sampled when a request sets no best_of: 'N' for every model, "
+            "'NAME=N,...' per served model, or both ('1,policy=8')."
+        ),
+    )
+    max_best_of: int = Field(16, ge=1, description="Largest best_of a request may ask for.")
+    length_penalty: float = Field(
+        0.0,
+        ge=0,
+        description="Subtracted from the reward of candidates cut by max_tokens (0 = off).",
+    )
+    reward_omp_threads: int = Field(
+        1,
+        ge=1,
+        description=(
+            "OpenMP threads of the reward engine. On CPU both engines would otherwise pin "
+            "threads to the same cores; an unbound single-threaded scorer leaves them to the "
+            "policy."
+        ),
+    )
+
     # --- engine (vLLM)
     max_model_len: int = Field(2048, ge=64, description="Context length the engine serves.")
     kv_cache_gib: float = Field(
@@ -81,8 +110,29 @@ class Settings(BaseSettings):
     api_key: str | None = Field(None, description="Bearer key for /v1/* (unset: open).")
     admin_key: str | None = Field(None, description="Bearer key for /admin/* (unset: open).")
 
+    def best_of_for(self, served_name: str) -> int:
+        """The default candidate count for one served model (see `default_best_of`)."""
+        default = 1
+        for part in filter(None, (p.strip() for p in self.default_best_of.split(","))):
+            name, sep, value = part.rpartition("=")
+            if not sep:
+                default = int(value)
+            elif name == served_name:
+                return int(value)
+        return default
+
     @model_validator(mode="after")
     def _check(self) -> Settings:
+        try:
+            values = [int(p.rpartition("=")[2]) for p in self.default_best_of.split(",") if p.strip()]
+        except ValueError:
+            raise ValueError(
+                f"default_best_of={self.default_best_of!r}: expected 'N' or 'NAME=N,...'"
+            ) from None
+        if any(not 1 <= v <= self.max_best_of for v in values):
+            raise ValueError(
+                f"default_best_of={self.default_best_of!r}: values must lie in 1..{self.max_best_of}"
+            )
         if self.default_max_tokens > self.max_tokens_limit:
             raise ValueError(
                 f"default_max_tokens={self.default_max_tokens} exceeds "

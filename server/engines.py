@@ -12,6 +12,8 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import logging
+import os
+import threading
 import time
 from collections.abc import Callable
 from dataclasses import dataclass
@@ -49,12 +51,30 @@ class EngineInfo:
 EngineFactory = Callable[[], Any]
 
 
-def build_async_llm(engine_kwargs: dict[str, Any]) -> Any:
-    """Create a vLLM AsyncLLM from plain AsyncEngineArgs keyword arguments (blocking)."""
+_SPAWN_LOCK = threading.Lock()
+
+
+def build_async_llm(engine_kwargs: dict[str, Any], env: dict[str, str] | None = None) -> Any:
+    """Create a vLLM AsyncLLM from plain AsyncEngineArgs keyword arguments (blocking).
+
+    `env` is applied only while the engine's processes are spawned (they inherit it): the
+    way to give co-located engines different thread settings. The lock keeps two engines
+    from seeing each other's overrides.
+    """
     from vllm.engine.arg_utils import AsyncEngineArgs
     from vllm.v1.engine.async_llm import AsyncLLM
 
-    return AsyncLLM.from_engine_args(AsyncEngineArgs(**engine_kwargs))
+    with _SPAWN_LOCK:
+        saved = {k: os.environ.get(k) for k in env or {}}
+        os.environ.update(env or {})
+        try:
+            return AsyncLLM.from_engine_args(AsyncEngineArgs(**engine_kwargs))
+        finally:
+            for key, value in saved.items():
+                if value is None:
+                    os.environ.pop(key, None)
+                else:
+                    os.environ[key] = value
 
 
 class ManagedEngine:

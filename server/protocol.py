@@ -53,6 +53,10 @@ class ChatMessage(_Strict):
             return self.content
         return "".join(part.text for part in self.content)
 
+    def as_dict(self) -> dict[str, str]:
+        """The message as a chat template expects it ('developer' is a system turn)."""
+        return {"role": "system" if self.role == "developer" else self.role, "content": self.text()}
+
 
 class StreamOptions(_Strict):
     include_usage: bool = False
@@ -299,3 +303,35 @@ class ModelCard(BaseModel):
 class ModelList(BaseModel):
     object: Literal["list"] = "list"
     data: list[ModelCard]
+
+
+# --------------------------------------------------------------------------- rewards (extension)
+
+
+class RewardItem(_Strict):
+    messages: list[ChatMessage] = Field(..., min_length=1)
+    response: str
+
+
+class RewardRequest(_Strict):
+    """Score (conversation, response) pairs with the server's reward model."""
+
+    model: str | None = Field(None, description="Reward model name (optional: the only one).")
+    items: list[RewardItem] = Field(..., min_length=1, max_length=64)
+
+
+class RewardScore(BaseModel):
+    index: int
+    reward: float
+
+
+class RewardUsage(BaseModel):
+    prompt_tokens: int
+    total_tokens: int
+
+
+class RewardResponse(BaseModel):
+    object: Literal["list"] = "list"
+    model: str
+    data: list[RewardScore]
+    usage: RewardUsage

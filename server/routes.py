@@ -12,6 +12,7 @@ from fastapi.responses import JSONResponse, Response, StreamingResponse
 
 from server import __version__
 from server.deps import ApiKeyDep, StateDep
+from server.errors import APIError
 from server.protocol import (
     ChatCompletionRequest,
     ChatCompletionResponse,
@@ -19,6 +20,11 @@ from server.protocol import (
     CompletionResponse,
     ModelCard,
     ModelList,
+    RewardRequest,
+    RewardResponse,
+    RewardScore,
+    RewardUsage,
+    new_id,
 )
 
 T = TypeVar("T")
@@ -67,6 +73,27 @@ async def chat_completions(body: ChatCompletionRequest, request: Request, state:
 async def completions(body: CompletionRequest, request: Request, state: StateDep) -> Any:
     result = await cancel_on_disconnect(request, state.completions.create(body))
     return result if isinstance(result, CompletionResponse) else _sse(result)
+
+
+@openai_router.post("/rewards", response_model=RewardResponse)
+async def rewards(body: RewardRequest, state: StateDep) -> RewardResponse:
+    """Score conversations with the reward model (bonserve extension, for evaluation and
+    debugging BoN): the same inputs and engine that rerank candidates."""
+    scorer = state.reward
+    if scorer is None:
+        raise APIError(404, "this server has no reward model (start it with --reward-model)",
+                       param="model", code="model_not_found")
+    if body.model is not None and body.model != scorer.name:
+        raise APIError(404, f"The reward model '{body.model}' does not exist. Served: {scorer.name}",
+                       param="model", code="model_not_found")
+    inputs = [scorer.conversation_ids([m.as_dict() for m in item.messages], item.response)
+              for item in body.items]
+    async with state.admission.slot():
+        scores = await scorer.score(inputs, new_id("rwd"))
+    tokens = sum(map(len, inputs))
+    return RewardResponse(model=scorer.name,
+                          data=[RewardScore(index=i, reward=r) for i, r in enumerate(scores)],
+                          usage=RewardUsage(prompt_tokens=tokens, total_tokens=tokens))
 
 
 @openai_router.get("/models", response_model=ModelList)

@@ -38,6 +38,7 @@ from server.protocol import (
     new_id,
     now,
 )
+from server.reward import Ranked, RewardScorer, rank_candidates
 
 logger = logging.getLogger("bonserve.serving")
 
@@ -132,9 +133,15 @@ class PreparedRequest:
     model: ServedModel
     engine: Any
     prompt_ids: list[int]
-    params: Any  # vllm.SamplingParams
-    n: int
+    params: Any  # vllm.SamplingParams; params.n is the number of candidates sampled
+    n: int  # choices returned
     request_id: str
+    messages: list[dict[str, str]] | None = None  # chat: what the reward model sees
+    prompt_text: str = ""
+
+    @property
+    def best_of(self) -> int:
+        return self.params.n
 
 
 def _engine_error(model: ServedModel, exc: BaseException) -> APIError:
@@ -186,10 +193,12 @@ async def stream_deltas(prep: PreparedRequest) -> AsyncIterator[Any]:
 
 
 class BaseServing:
-    def __init__(self, settings: Settings, router: ModelRouter, admission: Admission) -> None:
+    def __init__(self, settings: Settings, router: ModelRouter, admission: Admission,
+                 reward: RewardScorer | None = None) -> None:
         self.settings = settings
         self.router = router
         self.admission = admission
+        self.reward = reward
 
     def _engine_for(self, model: ServedModel) -> Any:
         try:
@@ -197,15 +206,43 @@ class BaseServing:
         except EngineUnavailable as exc:
             raise unavailable(str(exc)) from exc
 
-    def _check_limits(self, req: SamplingFields) -> None:
+    def _candidates(self, req: SamplingFields, model: ServedModel) -> int:
+        """How many candidates to sample: the request's best_of, else the model's default."""
         self.admission.check()
         if req.n > self.settings.max_n:
             raise bad_request(f"n={req.n} exceeds this server's limit of {self.settings.max_n}", "n")
-        if req.best_of is not None and req.best_of > req.n:
-            raise bad_request(
-                "best_of > n needs a reward model to rerank candidates; this server has none",
-                "best_of",
-            )
+        if req.best_of is not None:
+            if req.best_of > self.settings.max_best_of:
+                raise bad_request(f"best_of={req.best_of} exceeds this server's limit of "
+                                  f"{self.settings.max_best_of}", "best_of")
+            if req.best_of > req.n and self.reward is None:
+                raise bad_request(
+                    "best_of > n needs a reward model to rerank candidates; this server has none "
+                    "(start it with --reward-model)", "best_of")
+            return req.best_of
+        default = self.settings.best_of_for(model.name) if self.reward is not None else 1
+        return max(req.n, default)
+
+    async def _rank(self, prep: PreparedRequest, outputs: Sequence[Any]) -> Ranked:
+        """Score every candidate with the reward model and order them best first."""
+        assert self.reward is not None
+        if prep.messages is not None:
+            inputs = [self.reward.conversation_ids(prep.messages, o.text) for o in outputs]
+        else:
+            inputs = [self.reward.text_ids(prep.prompt_text + o.text) for o in outputs]
+        rewards = await self.reward.score(inputs, prep.request_id)
+        order = rank_candidates(rewards, [o.finish_reason for o in outputs],
+                                self.settings.length_penalty)
+        return Ranked(order=order, rewards=rewards, reward_tokens=sum(map(len, inputs)))
+
+    async def _generate_ranked(self, prep: PreparedRequest) -> tuple[list[Any], Ranked | None]:
+        """Run the request; with best_of > n, rerank. Returns (all candidates, ranking)."""
+        async with self.admission.slot(), self._deadline():
+            final = await run_to_completion(prep)
+            outputs = list(final.outputs)
+            if prep.best_of == prep.n:
+                return outputs, None
+            return outputs, await self._rank(prep, outputs)
 
     def _max_tokens(self, requested: int | None, prompt_len: int, max_model_len: int) -> int:
         if requested is not None and requested > self.settings.max_tokens_limit:
@@ -235,8 +272,8 @@ class BaseServing:
         return requested
 
     def _sampling_params(
-        self, req: SamplingFields, *, max_tokens: int, logprobs: int | None, stream: bool,
-        vocab_size: int, structured: Any = None,
+        self, req: SamplingFields, *, candidates: int, max_tokens: int, logprobs: int | None,
+        stream: bool, vocab_size: int, structured: Any = None,
     ) -> Any:
         from vllm import SamplingParams
         from vllm.sampling_params import RequestOutputKind
@@ -250,7 +287,7 @@ class BaseServing:
                                   "logit_bias")
         stop = [req.stop] if isinstance(req.stop, str) else req.stop
         return SamplingParams(
-            n=req.best_of or req.n,
+            n=candidates,
             temperature=1.0 if req.temperature is None else req.temperature,
             top_p=1.0 if req.top_p is None else req.top_p,
             top_k=req.top_k or 0,
@@ -280,17 +317,29 @@ class BaseServing:
                 code="request_timeout",
             ) from None
 
-    def _usage(self, prompt_len: int, outputs: Sequence[Any], n_returned: int) -> Usage:
+    @staticmethod
+    def _usage(prompt_len: int, outputs: Sequence[Any], delivered: Sequence[Any],
+               reward_tokens: int = 0) -> Usage:
+        """completion_tokens counts every decoded candidate (as OpenAI billed best_of)."""
         decoded = sum(len(o.token_ids) for o in outputs)
-        delivered = sum(len(o.token_ids) for o in outputs[:n_returned])
         return Usage(
             prompt_tokens=prompt_len,
             completion_tokens=decoded,
             total_tokens=prompt_len + decoded,
             bonserve=UsageBreakdown(
-                candidates=len(outputs), delivered_tokens=delivered, decoded_tokens=decoded
+                candidates=len(outputs),
+                delivered_tokens=sum(len(o.token_ids) for o in delivered),
+                decoded_tokens=decoded,
+                reward_model_tokens=reward_tokens,
             ),
         )
+
+
+def select(outputs: Sequence[Any], ranked: Ranked | None, n: int) -> list[tuple[Any, float | None]]:
+    """The n choices to return with their rewards: best first under BoN, else as sampled."""
+    if ranked is None:
+        return [(o, None) for o in outputs[:n]]
+    return [(outputs[i], ranked.rewards[i]) for i in ranked.order[:n]]
 
 
 def sse(payload: Any) -> str:
@@ -358,14 +407,11 @@ def _chat_logprobs(output: Any, top_n: int) -> ChoiceLogprobs | None:
 class ChatServing(BaseServing):
     def _prepare(self, req: ChatCompletionRequest) -> PreparedRequest:
         model = self.router.resolve(req.model)
-        self._check_limits(req)
+        candidates = self._candidates(req, model)
         engine = self._engine_for(model)
         assert model.engine.info is not None
         tokenizer = engine.get_tokenizer()
-        messages = [
-            {"role": "system" if m.role == "developer" else m.role, "content": m.text()}
-            for m in req.messages
-        ]
+        messages = [m.as_dict() for m in req.messages]
         try:
             prompt_ids = tokenizer.apply_chat_template(
                 messages, add_generation_prompt=True, tokenize=True, return_dict=False
@@ -377,40 +423,69 @@ class ChatServing(BaseServing):
             req.requested_max_tokens, len(prompt_ids), model.engine.info.max_model_len
         )
         logprobs = (req.top_logprobs or 0) if req.logprobs else None
+        # Best-of-N needs whole candidates before it can choose, so it never streams deltas.
+        bon = candidates > req.n
         params = self._sampling_params(
-            req, max_tokens=max_tokens, logprobs=logprobs, stream=req.stream,
-            vocab_size=len(tokenizer), structured=_structured_outputs(req),
+            req, candidates=candidates, max_tokens=max_tokens, logprobs=logprobs,
+            stream=req.stream and not bon, vocab_size=len(tokenizer),
+            structured=_structured_outputs(req),
         )
-        return PreparedRequest(model, engine, list(prompt_ids), params, req.n, new_id("chatcmpl"))
+        return PreparedRequest(model, engine, list(prompt_ids), params, req.n, new_id("chatcmpl"),
+                               messages=messages)
 
     async def create(self, req: ChatCompletionRequest) -> ChatCompletionResponse | AsyncIterator[str]:
         prep = self._prepare(req)
-        if req.stream:
+        if req.stream and prep.best_of == prep.n:
             return guarded_stream(self._stream(req, prep))
-        async with self.admission.slot(), self._deadline():
-            final = await run_to_completion(prep)
-        return self._response(req, prep, final.outputs)
+        outputs, ranked = await self._generate_ranked(prep)
+        response = self._response(req, prep, outputs, ranked)
+        if req.stream:
+            return guarded_stream(self._replay(req, response))
+        return response
 
     def _response(
-        self, req: ChatCompletionRequest, prep: PreparedRequest, outputs: Sequence[Any]
+        self, req: ChatCompletionRequest, prep: PreparedRequest, outputs: Sequence[Any],
+        ranked: Ranked | None,
     ) -> ChatCompletionResponse:
         top_n = req.top_logprobs or 0
+        chosen = select(outputs, ranked, prep.n)
         choices = [
             ChatChoice(
                 index=i,
                 message=ResponseMessage(content=o.text),
                 logprobs=_chat_logprobs(o, top_n) if req.logprobs else None,
                 finish_reason=o.finish_reason or "stop",
+                reward=reward,
             )
-            for i, o in enumerate(outputs[: prep.n])
+            for i, (o, reward) in enumerate(chosen)
         ]
         return ChatCompletionResponse(
             id=prep.request_id,
             created=now(),
             model=prep.model.name,
             choices=choices,
-            usage=self._usage(len(prep.prompt_ids), outputs, prep.n),
+            usage=self._usage(len(prep.prompt_ids), outputs, [o for o, _ in chosen],
+                              ranked.reward_tokens if ranked else 0),
         )
+
+    async def _replay(self, req: ChatCompletionRequest, response: ChatCompletionResponse
+                      ) -> AsyncIterator[str]:
+        """Stream a finished Best-of-N response: each selected choice as role, content and
+        finish chunks (the winner is only known once every candidate is scored)."""
+        def chunk(choices: list[ChatChunkChoice], usage: Usage | None = None) -> str:
+            return sse(ChatCompletionChunk(id=response.id, created=response.created,
+                                           model=response.model, choices=choices, usage=usage))
+
+        for c in response.choices:
+            yield chunk([ChatChunkChoice(index=c.index, delta=DeltaMessage(role="assistant",
+                                                                           content=""))])
+            yield chunk([ChatChunkChoice(index=c.index, delta=DeltaMessage(content=c.message.content),
+                                         logprobs=c.logprobs)])
+            yield chunk([ChatChunkChoice(index=c.index, delta=DeltaMessage(),
+                                         finish_reason=c.finish_reason, reward=c.reward)])
+        if req.stream_options and req.stream_options.include_usage:
+            yield chunk([], usage=response.usage)
+        yield SSE_DONE
 
     async def _stream(self, req: ChatCompletionRequest, prep: PreparedRequest) -> AsyncIterator[str]:
         created = now()
@@ -471,9 +546,9 @@ def _completion_logprobs(output: Any, top_n: int, offset: int) -> CompletionLogp
 
 
 class CompletionServing(BaseServing):
-    def _prepare(self, req: CompletionRequest) -> tuple[PreparedRequest, str]:
+    def _prepare(self, req: CompletionRequest) -> PreparedRequest:
         model = self.router.resolve(req.model)
-        self._check_limits(req)
+        candidates = self._candidates(req, model)
         if req.echo and req.stream:
             raise bad_request("echo is not supported with stream", "echo")
         engine = self._engine_for(model)
@@ -496,20 +571,23 @@ class CompletionServing(BaseServing):
             req.requested_max_tokens if req.max_tokens is not None else None,
             len(prompt_ids), model.engine.info.max_model_len,
         )
+        if req.stream and candidates > req.n:
+            raise bad_request("streaming with best_of > n is supported on /v1/chat/completions "
+                              "only", "stream")
         params = self._sampling_params(
-            req, max_tokens=max_tokens, logprobs=req.logprobs, stream=req.stream,
-            vocab_size=len(tokenizer),
+            req, candidates=candidates, max_tokens=max_tokens, logprobs=req.logprobs,
+            stream=req.stream, vocab_size=len(tokenizer),
         )
-        return PreparedRequest(model, engine, prompt_ids, params, req.n, new_id("cmpl")), prompt_text
+        return PreparedRequest(model, engine, prompt_ids, params, req.n, new_id("cmpl"),
+                               prompt_text=prompt_text)
 
     async def create(self, req: CompletionRequest) -> CompletionResponse | AsyncIterator[str]:
-        prep, prompt_text = self._prepare(req)
+        prep = self._prepare(req)
         if req.stream:
             return guarded_stream(self._stream(req, prep))
-        async with self.admission.slot(), self._deadline():
-            final = await run_to_completion(prep)
-        outputs = final.outputs
-        prefix = prompt_text if req.echo else ""
+        outputs, ranked = await self._generate_ranked(prep)
+        chosen = select(outputs, ranked, prep.n)
+        prefix = prep.prompt_text if req.echo else ""
         choices = [
             CompletionChoice(
                 index=i,
@@ -517,12 +595,14 @@ class CompletionServing(BaseServing):
                 logprobs=_completion_logprobs(o, req.logprobs or 0, len(prefix))
                 if req.logprobs is not None else None,
                 finish_reason=o.finish_reason or "stop",
+                reward=reward,
             )
-            for i, o in enumerate(outputs[: prep.n])
+            for i, (o, reward) in enumerate(chosen)
         ]
         return CompletionResponse(
             id=prep.request_id, created=now(), model=prep.model.name, choices=choices,
-            usage=self._usage(len(prep.prompt_ids), outputs, prep.n),
+            usage=self._usage(len(prep.prompt_ids), outputs, [o for o, _ in chosen],
+                              ranked.reward_tokens if ranked else 0),
         )
 
     async def _stream(self, req: CompletionRequest, prep: PreparedRequest) -> AsyncIterator[str]:

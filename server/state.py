@@ -6,6 +6,7 @@ from dataclasses import dataclass, field
 
 from server.config import Settings
 from server.engines import ManagedEngine
+from server.reward import RewardScorer
 from server.serving import Admission, ChatServing, CompletionServing, ModelRouter
 
 
@@ -15,13 +16,15 @@ class AppState:
     router: ModelRouter
     engines: dict[str, ManagedEngine]
     admission: Admission
+    reward: RewardScorer | None = None
     chat: ChatServing = field(init=False)
     completions: CompletionServing = field(init=False)
     draining: bool = False
 
     def __post_init__(self) -> None:
-        self.chat = ChatServing(self.settings, self.router, self.admission)
-        self.completions = CompletionServing(self.settings, self.router, self.admission)
+        self.chat = ChatServing(self.settings, self.router, self.admission, self.reward)
+        self.completions = CompletionServing(self.settings, self.router, self.admission,
+                                             self.reward)
 
     @property
     def ready(self) -> bool:

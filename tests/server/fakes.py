@@ -80,3 +80,45 @@ class FakeAsyncLLM:
         outs = [FakeCompletion(i, f"{self.reply} {i}", list(range(1, len(words) + 2)))
                 for i in range(params.n)]
         yield SimpleNamespace(outputs=outs, finished=True)
+
+
+@dataclass
+class FakeRewardLLM:
+    """A fake pooling engine: the reward of a sequence is its length minus `offset`."""
+
+    offset: float = 0.0
+    max_model_len: int = 4096
+    errored: bool = False
+
+    def __post_init__(self) -> None:
+        self.model_config = SimpleNamespace(max_model_len=self.max_model_len)
+
+    def get_tokenizer(self) -> FakeTokenizer:
+        return FakeTokenizer()
+
+    def get_num_unfinished_requests(self) -> int:
+        return 0
+
+    def shutdown(self) -> None:
+        self.errored = True
+
+    async def encode(self, prompt: Any, params: Any, request_id: str) -> AsyncIterator[Any]:
+        import torch
+
+        score = float(len(prompt["prompt_token_ids"])) - self.offset
+        yield SimpleNamespace(outputs=SimpleNamespace(data=torch.tensor([score])), finished=True)
+
+
+@dataclass
+class FakeVaryingLLM(FakeAsyncLLM):
+    """Candidate i answers with i+1 words, so a length-based fake reward prefers the last."""
+
+    finish_reasons: tuple[str, ...] = ()
+
+    async def generate(self, prompt: Any, params: Any, request_id: str) -> AsyncIterator[Any]:
+        self.requests.append(params)
+        outs = []
+        for i in range(params.n):
+            reason = self.finish_reasons[i] if i < len(self.finish_reasons) else "stop"
+            outs.append(FakeCompletion(i, " ".join(["w"] * (i + 1)), list(range(i + 1)), reason))
+        yield SimpleNamespace(outputs=outs, finished=True)

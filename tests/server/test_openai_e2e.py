@@ -11,7 +11,7 @@ import httpx
 import openai
 import pytest
 
-from tests.conftest import RunningServer
+from loadtests.servers import ServerProcess as RunningServer
 
 pytestmark = [pytest.mark.engine, pytest.mark.timeout(900)]
 

@@ -14,7 +14,8 @@ import pytest
 import schemathesis
 from hypothesis import HealthCheck, settings
 
-from tests.conftest import RunningServer, start_server, stop_server
+from loadtests.servers import ServerProcess as RunningServer
+from loadtests.servers import start_bonserve
 
 pytestmark = [pytest.mark.engine, pytest.mark.timeout(900)]
 
@@ -27,9 +28,9 @@ STRICT_FLAGS = ("--enforce-eager", "--max-tokens-limit", "8", "--default-max-tok
 
 @pytest.fixture(scope="module")
 def strict_server(default_model: Path, tmp_path_factory: pytest.TempPathFactory) -> Iterator[RunningServer]:
-    srv = start_server(tmp_path_factory.mktemp("strict"), *STRICT_FLAGS)
+    srv = start_bonserve(tmp_path_factory.mktemp("strict"), *STRICT_FLAGS)
     yield srv
-    stop_server(srv)
+    srv.stop()
 
 
 def _chat(srv: RunningServer, **kw: object) -> dict:
@@ -101,7 +102,7 @@ def _engine_core(srv: RunningServer) -> psutil.Process:
 def test_dead_engine_fails_inflight_with_503_and_restarts(
     default_model: Path, tmp_path_factory: pytest.TempPathFactory
 ) -> None:
-    srv = start_server(tmp_path_factory.mktemp("restart"), "--enforce-eager",
+    srv = start_bonserve(tmp_path_factory.mktemp("restart"), "--enforce-eager",
                        "--engine-restart-backoff-s", "0.5")
     try:
         body = {"model": srv.model, "max_tokens": 1000, "logit_bias": {"2": -100},
@@ -133,4 +134,4 @@ def test_dead_engine_fails_inflight_with_503_and_restarts(
         ok = httpx.post(srv.v1 + "/chat/completions", json=body_ok, timeout=60)
         assert ok.status_code == 200, ok.text
     finally:
-        assert stop_server(srv) is not None
+        srv.stop()

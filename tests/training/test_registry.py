@@ -42,7 +42,7 @@ def test_directory_without_manifest_is_not_an_entry(tmp_path: Path) -> None:
     reg = Registry(tmp_path)
     (tmp_path / "partial").mkdir()
     (tmp_path / "partial" / "model.safetensors").write_bytes(b"x")
-    with pytest.raises(RegistryError, match="no manifest.json"):
+    with pytest.raises(RegistryError, match=r"no manifest\.json"):
         reg.load("partial")
     assert reg.entries() == []
     assert "partial" in reg.problems()

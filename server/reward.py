@@ -1,0 +1,84 @@
+"""Reward scoring on the co-located pooling engine, and Best-of-N selection."""
+
+from __future__ import annotations
+
+import asyncio
+from collections.abc import Sequence
+from dataclasses import dataclass
+from typing import Any
+
+from server.engines import EngineUnavailable, ManagedEngine
+from server.errors import APIError, bad_request, unavailable
+from training.reward import reward_text
+
+
+class RewardScorer:
+    """Scores token sequences with a `*ForSequenceClassification` (one label) vLLM engine."""
+
+    def __init__(self, engine: ManagedEngine, name: str) -> None:
+        self.engine = engine
+        self.name = name
+
+    def _require(self) -> Any:
+        try:
+            return self.engine.require()
+        except EngineUnavailable as exc:
+            raise unavailable(str(exc)) from exc
+
+    def conversation_ids(self, messages: list[dict[str, str]], response: str) -> list[int]:
+        """The full conversation with `response` as the last assistant turn, templated."""
+        return reward_text(self._require().get_tokenizer(), messages, response)
+
+    def text_ids(self, text: str) -> list[int]:
+        return list(self._require().get_tokenizer().encode(text))
+
+    async def score(self, sequences: Sequence[list[int]], request_id: str) -> list[float]:
+        """Raw reward logits, one per sequence. All are submitted at once so the engine
+        schedules them in the same batch."""
+        from vllm import PoolingParams
+        from vllm.v1.engine.exceptions import EngineDeadError
+
+        engine = self._require()
+        assert self.engine.info is not None
+        too_long = [i for i, s in enumerate(sequences) if len(s) > self.engine.info.max_model_len]
+        if too_long:
+            raise bad_request(
+                f"sequences {too_long} exceed the reward model's context of "
+                f"{self.engine.info.max_model_len} tokens"
+            )
+        params = PoolingParams(task="classify", use_activation=False)
+
+        async def one(i: int, ids: list[int]) -> float:
+            final = None
+            async for out in engine.encode({"prompt_token_ids": ids}, params, f"{request_id}-rm{i}"):
+                final = out
+            assert final is not None
+            return float(final.outputs.data.reshape(-1)[0])
+
+        try:
+            return list(await asyncio.gather(*(one(i, s) for i, s in enumerate(sequences))))
+        except EngineDeadError as exc:
+            asyncio.get_running_loop().create_task(self.engine.report_dead(str(exc)))
+            raise unavailable("the reward engine died and is restarting; retry") from exc
+        except APIError:
+            raise
+        except ValueError as exc:
+            raise bad_request(f"reward model rejected the input: {exc}") from exc
+
+
+@dataclass
+class Ranked:
+    """Candidates in reward order (best first), with what the ranking cost."""
+
+    order: list[int]
+    rewards: list[float]  # per candidate index, after any length penalty
+    reward_tokens: int
+
+
+def rank_candidates(rewards: Sequence[float], finish_reasons: Sequence[str | None],
+                    length_penalty: float) -> list[int]:
+    """Indices best-first. Candidates cut by max_tokens may be penalised; ties go to the
+    lower candidate index, so the order is deterministic."""
+    adjusted = [r - (length_penalty if f == "length" else 0.0)
+                for r, f in zip(rewards, finish_reasons, strict=True)]
+    return sorted(range(len(adjusted)), key=lambda i: (-adjusted[i], i))

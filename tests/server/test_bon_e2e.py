@@ -1,0 +1,137 @@
+"""Best-of-N against real engines: policy + pooling reward model in one `bonserve serve`.
+
+The reward checkpoint is made from the base model (`init_reward_model`: real
+LlamaForSequenceClassification weights loaded by vLLM's pooling runner); its scores are
+recomputed independently with transformers.
+"""
+
+from __future__ import annotations
+
+import json
+import time
+from collections.abc import Iterator
+from pathlib import Path
+
+import httpx
+import openai
+import psutil
+import pytest
+
+from loadtests.servers import ServerProcess, start_bonserve
+from training.registry import Registry
+from training.reward import init_reward_model, transformers_rewards
+
+pytestmark = [pytest.mark.engine, pytest.mark.timeout(900)]
+
+RM = "rm-test-init"
+MESSAGES = [{"role": "user", "content": "Suggest a name for a pet goldfish."}]
+
+
+@pytest.fixture(scope="module")
+def reward_registry(default_model: Path, tmp_path_factory: pytest.TempPathFactory) -> Registry:
+    registry = Registry(tmp_path_factory.mktemp("registry"))
+    init_reward_model(Registry(default_model.parent), default_model.name, RM, seed=0,
+                      out=registry)
+    return registry
+
+
+@pytest.fixture(scope="module")
+def bon_server(default_model: Path, reward_registry: Registry,
+               tmp_path_factory: pytest.TempPathFactory) -> Iterator[ServerProcess]:
+    srv = start_bonserve(tmp_path_factory.mktemp("bon"), "--model", str(default_model),
+                         "--served-model-name", "smollm2-135m-instruct",
+                         "--registry", str(reward_registry.root), "--reward-model", RM,
+                         "--enforce-eager")
+    yield srv
+    srv.stop()
+
+
+def client(srv: ServerProcess) -> openai.OpenAI:
+    return openai.OpenAI(base_url=srv.v1, api_key="unused", max_retries=0, timeout=120)
+
+
+def test_openai_client_best_of_extra_body(bon_server: ServerProcess) -> None:
+    r = client(bon_server).chat.completions.create(
+        model=bon_server.model, messages=MESSAGES, n=2, max_tokens=16, temperature=1.0, seed=5,
+        extra_body={"best_of": 4})
+    assert len(r.choices) == 2
+    rewards = [ch.model_extra["reward"] for ch in r.choices]
+    assert rewards[0] >= rewards[1]
+    extra = r.usage.model_extra["bonserve"]
+    assert extra["candidates"] == 4
+    assert r.usage.completion_tokens == extra["decoded_tokens"] >= extra["delivered_tokens"]
+    assert extra["reward_model_tokens"] > 0
+
+
+def test_reranking_matches_transformers(bon_server: ServerProcess,
+                                        reward_registry: Registry) -> None:
+    """Same seed, best_of=n=4 (no rerank) gives all candidates; BoN n=2 must return the two
+    that transformers scores highest, best first, with matching rewards."""
+    c = client(bon_server)
+    common = {"model": bon_server.model, "messages": MESSAGES, "max_tokens": 16,
+              "temperature": 1.0, "seed": 1234}
+    everything = c.chat.completions.create(n=4, extra_body={"best_of": 4}, **common)
+    candidates = [ch.message.content for ch in everything.choices]
+    assert len(set(candidates)) >= 2, candidates
+    reference = transformers_rewards(reward_registry.path_of(RM), MESSAGES, candidates)
+    expected = sorted(range(4), key=lambda i: (-reference[i], i))[:2]
+
+    bon = c.chat.completions.create(n=2, extra_body={"best_of": 4}, **common)
+    assert [ch.message.content for ch in bon.choices] == [candidates[i] for i in expected]
+    for ch, i in zip(bon.choices, expected, strict=True):
+        assert ch.model_extra["reward"] == pytest.approx(reference[i], abs=2e-3, rel=2e-3)
+
+
+def test_rewards_endpoint_matches_transformers(bon_server: ServerProcess,
+                                               reward_registry: Registry) -> None:
+    responses = ["Bubbles.", "I would call it Captain Fin.", "no"]
+    body = httpx.post(bon_server.v1 + "/rewards", timeout=60, json={
+        "items": [{"messages": MESSAGES, "response": r} for r in responses]}).json()
+    reference = transformers_rewards(reward_registry.path_of(RM), MESSAGES, responses)
+    assert [d["reward"] for d in body["data"]] == pytest.approx(reference, abs=2e-3, rel=2e-3)
+    assert body["model"] == RM and body["usage"]["prompt_tokens"] > 0
+
+
+def test_streaming_best_of_streams_the_winner(bon_server: ServerProcess) -> None:
+    c = client(bon_server)
+    common = {"model": bon_server.model, "messages": MESSAGES, "max_tokens": 16,
+              "temperature": 1.0, "seed": 77, "extra_body": {"best_of": 3}}
+    full = c.chat.completions.create(**common)
+    chunks = list(c.chat.completions.create(stream=True, stream_options={"include_usage": True},
+                                            **common))
+    text = "".join(ch.choices[0].delta.content or "" for ch in chunks if ch.choices)
+    assert text == full.choices[0].message.content
+    assert chunks[-1].usage.model_extra["bonserve"]["candidates"] == 3
+
+
+@pytest.mark.parametrize("extra,status", [
+    ({"best_of": 1, "n": 2}, 400), ({"best_of": 0}, 400), ({"best_of": 17}, 400),
+    ({"best_of": "many"}, 400),
+])
+def test_bad_best_of(bon_server: ServerProcess, extra: dict, status: int) -> None:
+    body = {"model": bon_server.model, "messages": MESSAGES, "max_tokens": 4, **extra}
+    r = httpx.post(bon_server.v1 + "/chat/completions", json=body, timeout=60)
+    assert r.status_code == status, r.text
+    assert json.loads(r.text)["error"]["param"] in ("best_of", "n")
+
+
+def test_reward_engine_death_is_503_then_recovers(bon_server: ServerProcess) -> None:
+    reward_core = next(
+        p for p in psutil.Process(bon_server.process.pid).children(recursive=True)
+        if "EngineCore" in p.name() and p.environ().get("OMP_NUM_THREADS") == "1")
+    reward_core.kill()
+    body = {"model": bon_server.model, "messages": MESSAGES, "max_tokens": 4, "best_of": 2}
+    deadline = time.monotonic() + 300
+    saw_503 = False
+    while True:
+        r = httpx.post(bon_server.v1 + "/chat/completions", json=body, timeout=60)
+        if r.status_code == 200:
+            break
+        assert r.status_code == 503, r.text
+        saw_503 = True
+        assert time.monotonic() < deadline, "reward engine did not come back"
+        time.sleep(1)
+    assert saw_503
+    ready = bon_server.ready()
+    assert ready["engines"]["reward"]["restarts"] == 1
+    assert ready["engines"]["policy"]["restarts"] == 0

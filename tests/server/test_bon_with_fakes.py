@@ -1,0 +1,112 @@
+"""Best-of-N selection logic over named fakes (reward = sequence length): defaults, order,
+length penalty, ties, usage accounting, and the /v1/rewards contract."""
+
+from __future__ import annotations
+
+from collections.abc import AsyncIterator, Callable
+from typing import Any
+
+import httpx
+import pytest
+
+from server.app import build_app
+from server.config import Settings
+from server.engines import ManagedEngine
+from server.reward import RewardScorer, rank_candidates
+from server.serving import Admission, ModelRouter, ServedModel
+from server.state import AppState
+from tests.server.fakes import FakeRewardLLM, FakeVaryingLLM
+
+CHAT = {"model": "fake", "messages": [{"role": "user", "content": "hello"}], "max_tokens": 8}
+
+
+@pytest.fixture
+async def bon_client() -> AsyncIterator[Callable[..., Any]]:
+    engines: list[ManagedEngine] = []
+
+    async def make(policy: Any = None, reward: Any = None, **overrides: Any) -> httpx.AsyncClient:
+        settings = Settings(**overrides)
+        p = ManagedEngine("policy", lambda: policy or FakeVaryingLLM(), restart_backoff_s=0)
+        r = ManagedEngine("reward", lambda: reward or FakeRewardLLM(), restart_backoff_s=0)
+        for e in (p, r):
+            await e.start()
+            engines.append(e)
+        router = ModelRouter()
+        router.add(ServedModel(name="fake", engine=p))
+        router.add(ServedModel(name="tuned", engine=p))
+        state = AppState(settings=settings, router=router, engines={"policy": p, "reward": r},
+                         admission=Admission(8, 8), reward=RewardScorer(r, "fake-rm"))
+        return httpx.AsyncClient(transport=httpx.ASGITransport(app=build_app(settings, state)),
+                                 base_url="http://t")
+
+    yield make
+    for e in engines:
+        await e.stop()
+
+
+async def test_best_of_returns_top_n_best_first_with_rewards(bon_client: Callable[..., Any]) -> None:
+    c = await bon_client()
+    body = (await c.post("/v1/chat/completions", json={**CHAT, "n": 2, "best_of": 4})).json()
+    texts = [ch["message"]["content"] for ch in body["choices"]]
+    assert texts == ["w w w w", "w w w"]  # longest = highest fake reward
+    rewards = [ch["reward"] for ch in body["choices"]]
+    assert rewards[0] > rewards[1]
+    usage = body["usage"]
+    assert usage["completion_tokens"] == 1 + 2 + 3 + 4  # every decoded candidate is billed
+    assert usage["bonserve"]["candidates"] == 4
+    assert usage["bonserve"]["delivered_tokens"] == 4 + 3
+    assert usage["bonserve"]["reward_model_tokens"] > 0
+
+
+async def test_default_best_of_global_and_per_model(bon_client: Callable[..., Any]) -> None:
+    policy = FakeVaryingLLM()
+    c = await bon_client(policy=policy, default_best_of="2,tuned=6")
+    await c.post("/v1/chat/completions", json=CHAT)
+    await c.post("/v1/chat/completions", json={**CHAT, "model": "tuned"})
+    await c.post("/v1/chat/completions", json={**CHAT, "model": "tuned", "best_of": 1})
+    await c.post("/v1/chat/completions", json={**CHAT, "n": 3})
+    assert [p.n for p in policy.requests] == [2, 6, 1, 3]
+
+
+async def test_length_penalty_demotes_truncated(bon_client: Callable[..., Any]) -> None:
+    policy = FakeVaryingLLM(finish_reasons=("stop", "stop", "length"))
+    c = await bon_client(policy=policy, length_penalty=100)
+    body = (await c.post("/v1/chat/completions", json={**CHAT, "best_of": 3})).json()
+    assert body["choices"][0]["message"]["content"] == "w w"
+
+
+def test_ties_break_by_candidate_index() -> None:
+    assert rank_candidates([1.0, 2.0, 2.0, 1.0], ["stop"] * 4, 0.0) == [1, 2, 0, 3]
+
+
+async def test_bad_best_of_values(bon_client: Callable[..., Any]) -> None:
+    c = await bon_client(max_best_of=8)
+    for patch in ({"best_of": 9}, {"best_of": 0}, {"best_of": "x"}, {"n": 3, "best_of": 2}):
+        r = await c.post("/v1/chat/completions", json={**CHAT, **patch})
+        assert r.status_code == 400 and r.json()["error"]["param"] in ("best_of", None), r.text
+
+
+async def test_streaming_best_of_replays_winner(bon_client: Callable[..., Any]) -> None:
+    c = await bon_client()
+    body = {**CHAT, "best_of": 3, "stream": True, "stream_options": {"include_usage": True}}
+    async with c.stream("POST", "/v1/chat/completions", json=body) as r:
+        lines = [ln[6:] async for ln in r.aiter_lines() if ln.startswith("data: ")]
+    import json
+
+    chunks = [json.loads(x) for x in lines[:-1]]
+    text = "".join(ch["choices"][0]["delta"].get("content") or "" for ch in chunks if ch["choices"])
+    assert text == "w w w"
+    assert chunks[-1]["usage"]["bonserve"]["candidates"] == 3
+    assert lines[-1] == "[DONE]"
+
+
+async def test_rewards_endpoint(bon_client: Callable[..., Any]) -> None:
+    c = await bon_client()
+    items = [{"messages": CHAT["messages"], "response": r} for r in ("a", "abc")]
+    body = (await c.post("/v1/rewards", json={"items": items})).json()
+    assert [d["index"] for d in body["data"]] == [0, 1]
+    assert body["data"][1]["reward"] - body["data"][0]["reward"] == 2.0
+    assert body["model"] == "fake-rm"
+    r = await c.post("/v1/rewards", json={"model": "other", "items": items})
+    assert r.status_code == 404
+    assert (await c.post("/v1/rewards", json={"items": []})).status_code == 400
