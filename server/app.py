@@ -16,9 +16,11 @@ from starlette.exceptions import HTTPException as StarletteHTTPException
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
 from server import __version__
+from server.access_log import AccessLogMiddleware
 from server.config import Settings
 from server.engines import ManagedEngine, build_async_llm
 from server.errors import APIError
+from server.protocol import ParamError
 from server.reward import RewardScorer
 from server.routes import openai_router, ops_router
 from server.serving import Admission, ModelRouter, ServedModel
@@ -143,6 +145,9 @@ def _install_error_handlers(app: FastAPI, settings: Settings) -> None:
                             code="invalid_json").response()
         loc = [str(p) for p in first.get("loc", ()) if p != "body"]
         param = ".".join(loc) or None
+        cause = (first.get("ctx") or {}).get("error")
+        if isinstance(cause, ParamError):
+            return APIError(400, str(cause), param=cause.param, code="invalid_value").response()
         if first.get("type") == "extra_forbidden":
             message = f"Unrecognized request argument supplied: {param}"
         elif first.get("type") == "missing":
@@ -223,4 +228,5 @@ def build_app(settings: Settings, state: AppState | None = None) -> FastAPI:
     app.include_router(ops_router)
     _install_error_handlers(app, settings)
     app.add_middleware(BodyLimitMiddleware, max_bytes=settings.max_body_bytes)
+    app.add_middleware(AccessLogMiddleware)  # outermost: sees every response, 413s included
     return app

@@ -17,6 +17,15 @@ from typing import Annotated, Any, Literal
 from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
 
 
+class ParamError(ValueError):
+    """A cross-field validation error that knows which parameter is at fault (pydantic's
+    model-level errors have no location, but OpenAI's envelope names the `param`)."""
+
+    def __init__(self, param: str, message: str) -> None:
+        super().__init__(message)
+        self.param = param
+
+
 class _Strict(BaseModel):
     model_config = ConfigDict(extra="forbid")
 
@@ -76,7 +85,8 @@ class ResponseFormat(_Strict):
     @model_validator(mode="after")
     def _schema_present(self) -> ResponseFormat:
         if self.type == "json_schema" and self.json_schema is None:
-            raise ValueError("response_format.type 'json_schema' needs a 'json_schema' object")
+            raise ParamError("response_format",
+                             "response_format.type 'json_schema' needs a 'json_schema' object")
         return self
 
 
@@ -130,9 +140,9 @@ class SamplingFields(_Strict):
     @model_validator(mode="after")
     def _stream_options_need_stream(self) -> SamplingFields:
         if self.stream_options is not None and not self.stream:
-            raise ValueError("stream_options is only allowed when stream is true")
+            raise ParamError("stream_options", "stream_options is only allowed when stream is true")
         if self.best_of is not None and self.best_of < self.n:
-            raise ValueError(f"best_of ({self.best_of}) must be >= n ({self.n})")
+            raise ParamError("best_of", f"best_of ({self.best_of}) must be >= n ({self.n})")
         return self
 
 
@@ -146,9 +156,9 @@ class ChatCompletionRequest(SamplingFields):
     @model_validator(mode="after")
     def _chat_rules(self) -> ChatCompletionRequest:
         if self.top_logprobs is not None and not self.logprobs:
-            raise ValueError("top_logprobs requires logprobs to be true")
+            raise ParamError("top_logprobs", "top_logprobs requires logprobs to be true")
         if self.max_tokens is not None and self.max_completion_tokens is not None:
-            raise ValueError("set max_tokens or max_completion_tokens, not both")
+            raise ParamError("max_tokens", "set max_tokens or max_completion_tokens, not both")
         return self
 
     @property

@@ -63,14 +63,21 @@ def _sse(lines: AsyncIterator[str]) -> StreamingResponse:
     )
 
 
+def _log_fields(request: Request, body: Any) -> None:
+    request.scope["state"]["access_log"].update(
+        model=body.model, n=body.n, best_of=body.best_of, stream=body.stream, user=body.user)
+
+
 @openai_router.post("/chat/completions", response_model=ChatCompletionResponse)
 async def chat_completions(body: ChatCompletionRequest, request: Request, state: StateDep) -> Any:
+    _log_fields(request, body)
     result = await cancel_on_disconnect(request, state.chat.create(body))
     return result if isinstance(result, ChatCompletionResponse) else _sse(result)
 
 
 @openai_router.post("/completions", response_model=CompletionResponse)
 async def completions(body: CompletionRequest, request: Request, state: StateDep) -> Any:
+    _log_fields(request, body)
     result = await cancel_on_disconnect(request, state.completions.create(body))
     return result if isinstance(result, CompletionResponse) else _sse(result)
 

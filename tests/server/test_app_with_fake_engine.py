@@ -79,6 +79,8 @@ async def test_chat_shape_and_usage(client_for: Callable[..., Any]) -> None:
     ({**CHAT, "best_of": 4}, 400, "best_of"),
     ({**CHAT, "logit_bias": {"5000": 1}}, 400, "logit_bias"),
     ({**CHAT, "temperature": "hot"}, 400, "temperature"),
+    ({**CHAT, "n": 2, "best_of": 1}, 400, "best_of"),
+    ({**CHAT, "top_logprobs": 2}, 400, "top_logprobs"),
 ])
 async def test_bad_requests_get_envelopes(client_for: Callable[..., Any], body: dict[str, Any],
                                           status: int, param: str) -> None:
@@ -159,3 +161,12 @@ async def test_unknown_route_and_method_use_envelope(client_for: Callable[..., A
     assert_envelope(await c.get("/v1/nothing"), 404)
     assert_envelope(await c.get("/v1/chat/completions"), 405)
 
+
+
+async def test_request_id_is_echoed_or_generated(client_for: Callable[..., Any]) -> None:
+    c = await client_for()
+    r = await c.post("/v1/chat/completions", json=CHAT, headers={"X-Request-Id": "abc-123"})
+    assert r.headers["x-request-id"] == "abc-123"
+    r = await c.post("/v1/chat/completions", json=CHAT, headers={"X-Request-Id": "bad id\n"})
+    assert r.headers["x-request-id"] != "bad id\n" and len(r.headers["x-request-id"]) == 32
+    assert (await c.get("/nope")).headers["x-request-id"]
