@@ -137,12 +137,14 @@ class ManagedEngine:
         while self.state not in (EngineState.STOPPED, EngineState.FAILED):
             await asyncio.sleep(self._watch_interval_s)
             if self.state == EngineState.RUNNING and self.engine is not None and self.engine.errored:
-                await self.report_dead("engine core exited")
+                await self.report_dead("engine core exited", self.engine)
 
-    async def report_dead(self, reason: str) -> None:
-        """Called by the watchdog or by a request that saw EngineDeadError; restarts once."""
+    async def report_dead(self, reason: str, failed: Any) -> None:
+        """Called by the watchdog or by a request that saw EngineDeadError from engine
+        instance `failed`; restarts once per dead instance (later reports about an instance
+        already replaced are ignored)."""
         async with self._restart_lock:
-            if self.state != EngineState.RUNNING:
+            if self.state != EngineState.RUNNING or self.engine is not failed:
                 return
             self.state = EngineState.DEAD
             self.last_error = reason

@@ -36,6 +36,7 @@ class RewardScorer:
         """Raw reward logits, one per sequence. All are submitted at once so the engine
         schedules them in the same batch."""
         from vllm import PoolingParams
+        from vllm.exceptions import VLLMClientError
         from vllm.v1.engine.exceptions import EngineDeadError
 
         engine = self._require()
@@ -58,11 +59,11 @@ class RewardScorer:
         try:
             return list(await asyncio.gather(*(one(i, s) for i, s in enumerate(sequences))))
         except EngineDeadError as exc:
-            asyncio.get_running_loop().create_task(self.engine.report_dead(str(exc)))
+            asyncio.get_running_loop().create_task(self.engine.report_dead(str(exc), engine))
             raise unavailable("the reward engine died and is restarting; retry") from exc
         except APIError:
             raise
-        except ValueError as exc:
+        except (VLLMClientError, ValueError) as exc:
             raise bad_request(f"reward model rejected the input: {exc}") from exc
 
 

@@ -144,14 +144,17 @@ class PreparedRequest:
         return self.params.n
 
 
-def _engine_error(model: ServedModel, exc: BaseException) -> APIError:
+def _engine_error(model: ServedModel, engine: Any, exc: BaseException) -> APIError:
     """Map vLLM's exceptions to client-visible errors; schedule a restart on engine death."""
+    from vllm.exceptions import GracefulHTTPError, VLLMClientError
     from vllm.v1.engine.exceptions import EngineDeadError
 
     if isinstance(exc, EngineDeadError):
-        asyncio.get_running_loop().create_task(model.engine.report_dead(str(exc)))
+        asyncio.get_running_loop().create_task(model.engine.report_dead(str(exc), engine))
         return unavailable(f"the engine serving '{model.name}' died and is restarting; retry")
-    if isinstance(exc, ValueError):  # vLLM's input validation (VLLMValidationError et al.)
+    if isinstance(exc, GracefulHTTPError):
+        return APIError(int(exc.http_status), exc.message, type="server_error")
+    if isinstance(exc, VLLMClientError | ValueError):  # vLLM's request validation
         return bad_request(str(exc))
     logger.exception("engine error for %s", model.name, exc_info=exc)
     return APIError(500, f"engine error: {type(exc).__name__}", type="server_error")
@@ -168,7 +171,7 @@ async def run_to_completion(prep: PreparedRequest) -> Any:
     except asyncio.CancelledError:
         raise
     except Exception as exc:
-        raise _engine_error(prep.model, exc) from exc
+        raise _engine_error(prep.model, prep.engine, exc) from exc
     if final is None or len(final.outputs) != prep.params.n:
         got = 0 if final is None else len(final.outputs)
         raise APIError(
@@ -186,7 +189,7 @@ async def stream_deltas(prep: PreparedRequest) -> AsyncIterator[Any]:
     except (asyncio.CancelledError, GeneratorExit):
         raise
     except Exception as exc:
-        raise _engine_error(prep.model, exc) from exc
+        raise _engine_error(prep.model, prep.engine, exc) from exc
 
 
 # --------------------------------------------------------------------------- shared logic
@@ -276,6 +279,7 @@ class BaseServing:
         stream: bool, vocab_size: int, structured: Any = None,
     ) -> Any:
         from vllm import SamplingParams
+        from vllm.exceptions import VLLMClientError
         from vllm.sampling_params import RequestOutputKind
 
         logit_bias = None
@@ -286,23 +290,26 @@ class BaseServing:
                 raise bad_request(f"logit_bias has token ids outside the vocabulary: {bad}",
                                   "logit_bias")
         stop = [req.stop] if isinstance(req.stop, str) else req.stop
-        return SamplingParams(
-            n=candidates,
-            temperature=1.0 if req.temperature is None else req.temperature,
-            top_p=1.0 if req.top_p is None else req.top_p,
-            top_k=req.top_k or 0,
-            min_p=req.min_p or 0.0,
-            repetition_penalty=req.repetition_penalty or 1.0,
-            presence_penalty=req.presence_penalty,
-            frequency_penalty=req.frequency_penalty,
-            max_tokens=max_tokens,
-            stop=stop,
-            seed=req.seed,
-            logprobs=logprobs,
-            logit_bias=logit_bias,
-            structured_outputs=structured,
-            output_kind=RequestOutputKind.DELTA if stream else RequestOutputKind.FINAL_ONLY,
-        )
+        try:
+                return SamplingParams(
+                n=candidates,
+                temperature=1.0 if req.temperature is None else req.temperature,
+                top_p=1.0 if req.top_p is None else req.top_p,
+                top_k=req.top_k or 0,
+                min_p=req.min_p or 0.0,
+                repetition_penalty=req.repetition_penalty or 1.0,
+                presence_penalty=req.presence_penalty,
+                frequency_penalty=req.frequency_penalty,
+                max_tokens=max_tokens,
+                stop=stop,
+                seed=req.seed,
+                logprobs=logprobs,
+                logit_bias=logit_bias,
+                structured_outputs=structured,
+                output_kind=RequestOutputKind.DELTA if stream else RequestOutputKind.FINAL_ONLY,
+            )
+        except (VLLMClientError, ValueError) as exc:  # vLLM's own checks (e.g. empty stop)
+            raise bad_request(str(exc), getattr(exc, "parameter", None)) from exc
 
     @contextlib.asynccontextmanager
     async def _deadline(self) -> AsyncIterator[None]:

@@ -170,3 +170,21 @@ async def test_request_id_is_echoed_or_generated(client_for: Callable[..., Any])
     r = await c.post("/v1/chat/completions", json=CHAT, headers={"X-Request-Id": "bad id\n"})
     assert r.headers["x-request-id"] != "bad id\n" and len(r.headers["x-request-id"]) == 32
     assert (await c.get("/nope")).headers["x-request-id"]
+
+
+async def test_duplicate_death_reports_restart_once() -> None:
+    """The watchdog and every failed request may report the same dead engine; only the
+    first report restarts it, and reports about a replaced instance are ignored."""
+    made: list[FakeAsyncLLM] = []
+
+    def factory() -> FakeAsyncLLM:
+        made.append(FakeAsyncLLM())
+        return made[-1]
+
+    engine = ManagedEngine("policy", factory, restart_backoff_s=0, watch_interval_s=60)
+    await engine.start()
+    dead = engine.engine
+    await asyncio.gather(*(engine.report_dead("boom", dead) for _ in range(3)))
+    await engine.report_dead("late report", dead)
+    assert engine.restarts == 1 and len(made) == 2 and engine.engine is made[1]
+    await engine.stop()

