@@ -11,7 +11,10 @@ import uuid
 
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
+from server import metrics
+
 logger = logging.getLogger("bonserve.access")
+GENERATION_PATHS = ("/v1/chat/completions", "/v1/completions")
 _VALID_ID = re.compile(r"^[A-Za-z0-9._:-]{1,128}$")
 
 
@@ -47,9 +50,15 @@ class AccessLogMiddleware:
         try:
             await self.app(scope, receive, send_with_id)
         finally:
+            latency = time.perf_counter() - t0
+            if scope.get("path") in GENERATION_PATHS:
+                model, mode = str(extra.get("model_label", "unknown")), str(extra.get("mode", "single"))
+                metrics.REQUESTS.labels(model, mode, str(status)).inc()
+                if status == 200:  # error latencies would distort the serving percentiles
+                    metrics.E2E.labels(model, mode).observe(latency)
             if scope.get("path") not in ("/health", "/ready", "/metrics"):
                 logger.info(json.dumps({
                     "request_id": request_id, "method": scope.get("method"),
                     "path": scope.get("path"), "status": status,
-                    "latency_s": round(time.perf_counter() - t0, 4), **extra,
+                    "latency_s": round(latency, 4), **extra,
                 }))

@@ -50,9 +50,10 @@ def resolve_checkpoint(settings: Settings, spec: str, flag: str) -> tuple[Path, 
     return entry.path, entry.name
 
 
-def policy_engine_kwargs(settings: Settings, model_path: Path) -> dict[str, Any]:
+def policy_engine_kwargs(settings: Settings, model_path: Path, name: str | None = None
+                         ) -> dict[str, Any]:
     return {
-        **_common_engine_kwargs(settings, model_path),
+        **_common_engine_kwargs(settings, model_path, name),
         "enable_chunked_prefill": settings.enable_chunked_prefill,
         # Without chunked prefill a whole prompt must fit in one batch.
         "max_num_batched_tokens": max(settings.max_model_len, 2048),
@@ -60,9 +61,10 @@ def policy_engine_kwargs(settings: Settings, model_path: Path) -> dict[str, Any]
     }
 
 
-def reward_engine_kwargs(settings: Settings, model_path: Path) -> dict[str, Any]:
+def reward_engine_kwargs(settings: Settings, model_path: Path, name: str | None = None
+                         ) -> dict[str, Any]:
     # Pooling does one forward pass per sequence; torch.compile would only slow its start.
-    return {**_common_engine_kwargs(settings, model_path), "runner": "pooling",
+    return {**_common_engine_kwargs(settings, model_path, name), "runner": "pooling",
             "enforce_eager": True, "max_num_batched_tokens": max(settings.max_model_len, 2048)}
 
 
@@ -70,10 +72,11 @@ def reward_engine_env(settings: Settings) -> dict[str, str]:
     return {"VLLM_CPU_OMP_THREADS_BIND": "nobind", "OMP_NUM_THREADS": str(settings.reward_omp_threads)}
 
 
-def _common_engine_kwargs(settings: Settings, model_path: Path) -> dict[str, Any]:
+def _common_engine_kwargs(settings: Settings, model_path: Path, name: str | None
+                          ) -> dict[str, Any]:
     return {
         "model": str(model_path),
-        "served_model_name": None,
+        "served_model_name": name,  # the `model_name` label of vLLM's metrics
         "max_model_len": settings.max_model_len,
         "kv_cache_memory_bytes": int(settings.kv_cache_gib * (1 << 30)),
         "dtype": settings.dtype,
@@ -173,25 +176,26 @@ def _install_error_handlers(app: FastAPI, settings: Settings) -> None:
 
 def build_state(settings: Settings) -> AppState:
     model_path, name = resolve_checkpoint(settings, settings.model, "--model")
-    policy_kwargs = policy_engine_kwargs(settings, model_path)
+    served_name = settings.served_model_name or name
+    policy_kwargs = policy_engine_kwargs(settings, model_path, served_name)
     engines = {"policy": ManagedEngine(
-        "policy", lambda: build_async_llm(policy_kwargs),
+        "policy", lambda: build_async_llm(policy_kwargs, metrics_name="policy"),
         restart_backoff_s=settings.engine_restart_backoff_s,
     )}
     reward = None
     if settings.reward_model:
         rm_path, rm_name = resolve_checkpoint(settings, settings.reward_model, "--reward-model")
-        rm_kwargs = reward_engine_kwargs(settings, rm_path)
+        rm_kwargs = reward_engine_kwargs(settings, rm_path, rm_name)
         rm_env = reward_engine_env(settings)
         engines["reward"] = ManagedEngine(
-            "reward", lambda: build_async_llm(rm_kwargs, rm_env),
+            "reward", lambda: build_async_llm(rm_kwargs, rm_env, metrics_name="reward"),
             restart_backoff_s=settings.engine_restart_backoff_s,
         )
         reward = RewardScorer(engines["reward"], rm_name)
     elif settings.default_best_of.strip() not in ("", "1"):
         raise SystemExit("--default-best-of needs --reward-model to rerank candidates")
     router = ModelRouter()
-    router.add(ServedModel(name=settings.served_model_name or name, engine=engines["policy"]))
+    router.add(ServedModel(name=served_name, engine=engines["policy"]))
     return AppState(
         settings=settings,
         router=router,

@@ -106,6 +106,12 @@ class Settings(BaseSettings):
     max_body_bytes: int = Field(1 << 20, ge=1024, description="Request body cap (413 above).")
     shutdown_drain_s: float = Field(30, ge=0, description="Drain time for in-flight requests.")
 
+    # --- cost model
+    accelerator_price_per_hour: float = Field(
+        0.0, ge=0,
+        description="Price of one replica per hour (USD) for the estimated-cost metrics.",
+    )
+
     # --- auth
     api_key: str | None = Field(None, description="Bearer key for /v1/* (unset: open).")
     admin_key: str | None = Field(None, description="Bearer key for /admin/* (unset: open).")

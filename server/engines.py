@@ -20,6 +20,8 @@ from dataclasses import dataclass
 from enum import StrEnum
 from typing import Any
 
+from server.metrics import ENGINE_METRICS, ENGINE_RESTARTS
+
 logger = logging.getLogger("bonserve.engines")
 
 
@@ -54,7 +56,8 @@ EngineFactory = Callable[[], Any]
 _SPAWN_LOCK = threading.Lock()
 
 
-def build_async_llm(engine_kwargs: dict[str, Any], env: dict[str, str] | None = None) -> Any:
+def build_async_llm(engine_kwargs: dict[str, Any], env: dict[str, str] | None = None,
+                    metrics_name: str | None = None) -> Any:
     """Create a vLLM AsyncLLM from plain AsyncEngineArgs keyword arguments (blocking).
 
     `env` is applied only while the engine's processes are spawned (they inherit it): the
@@ -68,7 +71,10 @@ def build_async_llm(engine_kwargs: dict[str, Any], env: dict[str, str] | None = 
         saved = {k: os.environ.get(k) for k in env or {}}
         os.environ.update(env or {})
         try:
-            return AsyncLLM.from_engine_args(AsyncEngineArgs(**engine_kwargs))
+            engine = AsyncLLM.from_engine_args(AsyncEngineArgs(**engine_kwargs))
+            if metrics_name:  # before the next engine's creation unregisters its series
+                ENGINE_METRICS.adopt(metrics_name)
+            return engine
         finally:
             for key, value in saved.items():
                 if value is None:
@@ -91,13 +97,11 @@ class ManagedEngine:
         *,
         restart_backoff_s: float = 2.0,
         watch_interval_s: float = 0.5,
-        on_restart: Callable[[str], None] | None = None,
     ) -> None:
         self.name = name
         self._factory = factory
         self._restart_backoff_s = restart_backoff_s
         self._watch_interval_s = watch_interval_s
-        self._on_restart = on_restart
         self.engine: Any = None
         self.info: EngineInfo | None = None
         self.state = EngineState.STOPPED
@@ -156,8 +160,7 @@ class ManagedEngine:
             await self._boot()
             if self.state == EngineState.RUNNING:
                 self.restarts += 1
-                if self._on_restart:
-                    self._on_restart(self.name)
+                ENGINE_RESTARTS.labels(self.name).inc()
 
     async def stop(self) -> None:
         self.state = EngineState.STOPPED

@@ -204,6 +204,10 @@ class UsageBreakdown(BaseModel):
     delivered_tokens: int
     decoded_tokens: int
     reward_model_tokens: int = 0
+    engine_seconds: float | None = Field(
+        None, description="Replica-seconds attributed to this request (cost model).")
+    estimated_cost_usd: float | None = Field(
+        None, description="engine_seconds x accelerator_price_per_hour / 3600.")
 
 
 class Usage(BaseModel):

@@ -26,6 +26,7 @@ from server.protocol import (
     RewardUsage,
     new_id,
 )
+from server.state import AppState
 
 T = TypeVar("T")
 
@@ -63,21 +64,24 @@ def _sse(lines: AsyncIterator[str]) -> StreamingResponse:
     )
 
 
-def _log_fields(request: Request, body: Any) -> None:
+def _log_fields(request: Request, body: Any, state: AppState, serving: Any) -> None:
+    """Fields for the access log and the request metrics (labels bounded to served names)."""
+    known = body.model in {m.name for m in state.router.all()}
     request.scope["state"]["access_log"].update(
-        model=body.model, n=body.n, best_of=body.best_of, stream=body.stream, user=body.user)
+        model=body.model, n=body.n, best_of=body.best_of, stream=body.stream, user=body.user,
+        model_label=body.model if known else "unknown", mode=serving.mode(body))
 
 
 @openai_router.post("/chat/completions", response_model=ChatCompletionResponse)
 async def chat_completions(body: ChatCompletionRequest, request: Request, state: StateDep) -> Any:
-    _log_fields(request, body)
+    _log_fields(request, body, state, state.chat)
     result = await cancel_on_disconnect(request, state.chat.create(body))
     return result if isinstance(result, ChatCompletionResponse) else _sse(result)
 
 
 @openai_router.post("/completions", response_model=CompletionResponse)
 async def completions(body: CompletionRequest, request: Request, state: StateDep) -> Any:
-    _log_fields(request, body)
+    _log_fields(request, body, state, state.completions)
     result = await cancel_on_disconnect(request, state.completions.create(body))
     return result if isinstance(result, CompletionResponse) else _sse(result)
 

@@ -10,10 +10,12 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import logging
+import time
 from collections.abc import AsyncIterator, Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
+from server import metrics
 from server.config import Settings
 from server.engines import EngineUnavailable, ManagedEngine
 from server.errors import APIError, bad_request, unavailable
@@ -46,6 +48,15 @@ logger = logging.getLogger("bonserve.serving")
 # --------------------------------------------------------------------------- admission
 
 
+@dataclass
+class Lease:
+    """One request's stay in the engine: queue wait, and (after release) its attributed
+    share of engine busy time (see server.metrics, cost model)."""
+
+    queue_s: float = 0.0
+    engine_seconds: float = 0.0
+
+
 class Admission:
     """Bounded admission: `max_concurrent` requests in the engine, `max_waiting` queued.
 
@@ -58,6 +69,7 @@ class Admission:
         self.max_waiting = max_waiting
         self.waiting = 0
         self.running = 0
+        self._clock = metrics.ShareClock()
 
     def check(self) -> None:
         """Refuse now if the queue is full (called before a stream's 200 header goes out)."""
@@ -71,18 +83,28 @@ class Admission:
             )
 
     @contextlib.asynccontextmanager
-    async def slot(self) -> AsyncIterator[None]:
+    async def slot(self, model: str = "unknown") -> AsyncIterator[Lease]:
         self.check()
+        lease = Lease()
+        t0 = time.perf_counter()
         self.waiting += 1
+        metrics.WAITING.inc()
         try:
             await self._slots.acquire()
         finally:
             self.waiting -= 1
+            metrics.WAITING.dec()
+        lease.queue_s = time.perf_counter() - t0
+        metrics.QUEUE.labels(model).observe(lease.queue_s)
         self.running += 1
+        metrics.IN_FLIGHT.inc()
+        start = self._clock.enter()
         try:
-            yield
+            yield lease
         finally:
+            lease.engine_seconds = self._clock.leave(start)
             self.running -= 1
+            metrics.IN_FLIGHT.dec()
             self._slots.release()
 
 
@@ -138,10 +160,15 @@ class PreparedRequest:
     request_id: str
     messages: list[dict[str, str]] | None = None  # chat: what the reward model sees
     prompt_text: str = ""
+    arrived: float = field(default_factory=time.perf_counter)
 
     @property
     def best_of(self) -> int:
         return self.params.n
+
+    @property
+    def mode(self) -> str:
+        return "bon" if self.best_of > self.n else "single"
 
 
 def _engine_error(model: ServedModel, engine: Any, exc: BaseException) -> APIError:
@@ -209,9 +236,15 @@ class BaseServing:
         except EngineUnavailable as exc:
             raise unavailable(str(exc)) from exc
 
+    def mode(self, req: SamplingFields) -> str:
+        """"bon" or "single", for metric labels (never raises)."""
+        try:
+            return "bon" if self._candidates(req, self.router.resolve(req.model)) > req.n else "single"
+        except APIError:
+            return "single"
+
     def _candidates(self, req: SamplingFields, model: ServedModel) -> int:
         """How many candidates to sample: the request's best_of, else the model's default."""
-        self.admission.check()
         if req.n > self.settings.max_n:
             raise bad_request(f"n={req.n} exceeds this server's limit of {self.settings.max_n}", "n")
         if req.best_of is not None:
@@ -233,19 +266,21 @@ class BaseServing:
             inputs = [self.reward.conversation_ids(prep.messages, o.text) for o in outputs]
         else:
             inputs = [self.reward.text_ids(prep.prompt_text + o.text) for o in outputs]
+        t0 = time.perf_counter()
         rewards = await self.reward.score(inputs, prep.request_id)
+        metrics.REWARD_SCORING.labels(prep.model.name).observe(time.perf_counter() - t0)
         order = rank_candidates(rewards, [o.finish_reason for o in outputs],
                                 self.settings.length_penalty)
         return Ranked(order=order, rewards=rewards, reward_tokens=sum(map(len, inputs)))
 
-    async def _generate_ranked(self, prep: PreparedRequest) -> tuple[list[Any], Ranked | None]:
-        """Run the request; with best_of > n, rerank. Returns (all candidates, ranking)."""
-        async with self.admission.slot(), self._deadline():
+    async def _generate_ranked(self, prep: PreparedRequest
+                               ) -> tuple[list[Any], Ranked | None, Lease]:
+        """Run the request; with best_of > n, rerank. Returns (all candidates, ranking, lease)."""
+        async with self.admission.slot(prep.model.name) as lease, self._deadline():
             final = await run_to_completion(prep)
             outputs = list(final.outputs)
-            if prep.best_of == prep.n:
-                return outputs, None
-            return outputs, await self._rank(prep, outputs)
+            ranked = None if prep.best_of == prep.n else await self._rank(prep, outputs)
+        return outputs, ranked, lease
 
     def _max_tokens(self, requested: int | None, prompt_len: int, max_model_len: int) -> int:
         if requested is not None and requested > self.settings.max_tokens_limit:
@@ -324,22 +359,48 @@ class BaseServing:
                 code="request_timeout",
             ) from None
 
-    @staticmethod
-    def _usage(prompt_len: int, outputs: Sequence[Any], delivered: Sequence[Any],
-               reward_tokens: int = 0) -> Usage:
-        """completion_tokens counts every decoded candidate (as OpenAI billed best_of)."""
-        decoded = sum(len(o.token_ids) for o in outputs)
+    def _account(self, prep: PreparedRequest, decoded: int, delivered: int,
+                 ranked: Ranked | None, lease: Lease) -> Usage:
+        """Usage for the response and the same numbers as metrics. completion_tokens counts
+        every decoded candidate (as OpenAI billed legacy best_of)."""
+        name, mode = prep.model.name, prep.mode
+        reward_tokens = ranked.reward_tokens if ranked else 0
+        cost = lease.engine_seconds * self.settings.accelerator_price_per_hour / 3600
+        metrics.PROMPT_TOKENS.labels(name, mode).inc(len(prep.prompt_ids))
+        metrics.DECODED_TOKENS.labels(name, mode).inc(decoded)
+        metrics.DELIVERED_TOKENS.labels(name, mode).inc(delivered)
+        metrics.CANDIDATES.labels(name).observe(prep.best_of)
+        metrics.ENGINE_SECONDS.labels(name, mode).inc(lease.engine_seconds)
+        metrics.COST.labels(name, mode).inc(cost)
+        if ranked is not None:
+            metrics.REWARD_TOKENS.labels(name).inc(reward_tokens)
+            best = ranked.rewards[ranked.order[0]]
+            metrics.CHOSEN_REWARD.labels(name).observe(best)
+            metrics.REWARD_GAP.labels(name).observe(best - sum(ranked.rewards) / len(ranked.rewards))
+        prompt_len = len(prep.prompt_ids)
         return Usage(
             prompt_tokens=prompt_len,
             completion_tokens=decoded,
             total_tokens=prompt_len + decoded,
             bonserve=UsageBreakdown(
-                candidates=len(outputs),
-                delivered_tokens=sum(len(o.token_ids) for o in delivered),
+                candidates=prep.best_of,
+                delivered_tokens=delivered,
                 decoded_tokens=decoded,
                 reward_model_tokens=reward_tokens,
+                engine_seconds=lease.engine_seconds,
+                estimated_cost_usd=cost,
             ),
         )
+
+    @staticmethod
+    def _first_token(prep: PreparedRequest) -> None:
+        metrics.TTFT.labels(prep.model.name, prep.mode).observe(time.perf_counter() - prep.arrived)
+
+    def _usage_of(self, prep: PreparedRequest, outputs: Sequence[Any],
+                  chosen: Sequence[tuple[Any, float | None]], ranked: Ranked | None,
+                  lease: Lease) -> Usage:
+        return self._account(prep, sum(len(o.token_ids) for o in outputs),
+                             sum(len(o.token_ids) for o, _ in chosen), ranked, lease)
 
 
 def select(outputs: Sequence[Any], ranked: Ranked | None, n: int) -> list[tuple[Any, float | None]]:
@@ -415,6 +476,7 @@ class ChatServing(BaseServing):
     def _prepare(self, req: ChatCompletionRequest) -> PreparedRequest:
         model = self.router.resolve(req.model)
         candidates = self._candidates(req, model)
+        self.admission.check()
         engine = self._engine_for(model)
         assert model.engine.info is not None
         tokenizer = engine.get_tokenizer()
@@ -444,15 +506,16 @@ class ChatServing(BaseServing):
         prep = self._prepare(req)
         if req.stream and prep.best_of == prep.n:
             return guarded_stream(self._stream(req, prep))
-        outputs, ranked = await self._generate_ranked(prep)
-        response = self._response(req, prep, outputs, ranked)
+        outputs, ranked, lease = await self._generate_ranked(prep)
+        response = self._response(req, prep, outputs, ranked, lease)
         if req.stream:
-            return guarded_stream(self._replay(req, response))
+            return guarded_stream(self._replay(req, prep, response))
+        self._first_token(prep)
         return response
 
     def _response(
         self, req: ChatCompletionRequest, prep: PreparedRequest, outputs: Sequence[Any],
-        ranked: Ranked | None,
+        ranked: Ranked | None, lease: Lease,
     ) -> ChatCompletionResponse:
         top_n = req.top_logprobs or 0
         chosen = select(outputs, ranked, prep.n)
@@ -471,18 +534,18 @@ class ChatServing(BaseServing):
             created=now(),
             model=prep.model.name,
             choices=choices,
-            usage=self._usage(len(prep.prompt_ids), outputs, [o for o, _ in chosen],
-                              ranked.reward_tokens if ranked else 0),
+            usage=self._usage_of(prep, outputs, chosen, ranked, lease),
         )
 
-    async def _replay(self, req: ChatCompletionRequest, response: ChatCompletionResponse
-                      ) -> AsyncIterator[str]:
+    async def _replay(self, req: ChatCompletionRequest, prep: PreparedRequest,
+                      response: ChatCompletionResponse) -> AsyncIterator[str]:
         """Stream a finished Best-of-N response: each selected choice as role, content and
         finish chunks (the winner is only known once every candidate is scored)."""
         def chunk(choices: list[ChatChunkChoice], usage: Usage | None = None) -> str:
             return sse(ChatCompletionChunk(id=response.id, created=response.created,
                                            model=response.model, choices=choices, usage=usage))
 
+        self._first_token(prep)
         for c in response.choices:
             yield chunk([ChatChunkChoice(index=c.index, delta=DeltaMessage(role="assistant",
                                                                            content=""))])
@@ -504,7 +567,8 @@ class ChatServing(BaseServing):
                 id=prep.request_id, created=created, model=prep.model.name, choices=choices
             ))
 
-        async with self.admission.slot(), self._deadline():
+        first = True
+        async with self.admission.slot(prep.model.name) as lease, self._deadline():
             for i in range(prep.n):
                 yield chunk([ChatChunkChoice(index=i, delta=DeltaMessage(role="assistant",
                                                                          content=""))])
@@ -513,6 +577,9 @@ class ChatServing(BaseServing):
                     tokens[o.index] += len(o.token_ids)
                     if not o.text and not o.finish_reason:
                         continue
+                    if first and o.text:
+                        self._first_token(prep)
+                        first = False
                     yield chunk([ChatChunkChoice(
                         index=o.index,
                         delta=DeltaMessage(content=o.text or None),
@@ -520,14 +587,8 @@ class ChatServing(BaseServing):
                         else None,
                         finish_reason=o.finish_reason,
                     )])
+        usage = self._account(prep, sum(tokens), sum(tokens), None, lease)
         if include_usage:
-            decoded = sum(tokens)
-            usage = Usage(
-                prompt_tokens=len(prep.prompt_ids), completion_tokens=decoded,
-                total_tokens=len(prep.prompt_ids) + decoded,
-                bonserve=UsageBreakdown(candidates=prep.n, delivered_tokens=decoded,
-                                        decoded_tokens=decoded),
-            )
             yield sse(ChatCompletionChunk(id=prep.request_id, created=created,
                                           model=prep.model.name, choices=[], usage=usage))
         yield SSE_DONE
@@ -556,6 +617,7 @@ class CompletionServing(BaseServing):
     def _prepare(self, req: CompletionRequest) -> PreparedRequest:
         model = self.router.resolve(req.model)
         candidates = self._candidates(req, model)
+        self.admission.check()
         if req.echo and req.stream:
             raise bad_request("echo is not supported with stream", "echo")
         engine = self._engine_for(model)
@@ -592,7 +654,8 @@ class CompletionServing(BaseServing):
         prep = self._prepare(req)
         if req.stream:
             return guarded_stream(self._stream(req, prep))
-        outputs, ranked = await self._generate_ranked(prep)
+        outputs, ranked, lease = await self._generate_ranked(prep)
+        self._first_token(prep)
         chosen = select(outputs, ranked, prep.n)
         prefix = prep.prompt_text if req.echo else ""
         choices = [
@@ -608,20 +671,23 @@ class CompletionServing(BaseServing):
         ]
         return CompletionResponse(
             id=prep.request_id, created=now(), model=prep.model.name, choices=choices,
-            usage=self._usage(len(prep.prompt_ids), outputs, [o for o, _ in chosen],
-                              ranked.reward_tokens if ranked else 0),
+            usage=self._usage_of(prep, outputs, chosen, ranked, lease),
         )
 
     async def _stream(self, req: CompletionRequest, prep: PreparedRequest) -> AsyncIterator[str]:
         created = now()
         include_usage = bool(req.stream_options and req.stream_options.include_usage)
         tokens = [0] * prep.n
-        async with self.admission.slot(), self._deadline():
+        first = True
+        async with self.admission.slot(prep.model.name) as lease, self._deadline():
             async for out in stream_deltas(prep):
                 for o in out.outputs:
                     tokens[o.index] += len(o.token_ids)
                     if not o.text and not o.finish_reason:
                         continue
+                    if first and o.text:
+                        self._first_token(prep)
+                        first = False
                     yield sse(CompletionResponse(
                         id=prep.request_id, created=created, model=prep.model.name,
                         choices=[CompletionChoice(
@@ -631,11 +697,10 @@ class CompletionServing(BaseServing):
                             finish_reason=o.finish_reason,
                         )],
                     ))
+        usage = self._account(prep, sum(tokens), sum(tokens), None, lease)
         if include_usage:
-            decoded = sum(tokens)
             yield sse(CompletionResponse(
                 id=prep.request_id, created=created, model=prep.model.name, choices=[],
-                usage=Usage(prompt_tokens=len(prep.prompt_ids), completion_tokens=decoded,
-                            total_tokens=len(prep.prompt_ids) + decoded),
+                usage=usage,
             ))
         yield SSE_DONE

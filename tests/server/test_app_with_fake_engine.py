@@ -65,8 +65,11 @@ async def test_chat_shape_and_usage(client_for: Callable[..., Any]) -> None:
     assert r.status_code == 200
     assert [ch["index"] for ch in body["choices"]] == [0, 1, 2]
     assert body["usage"]["completion_tokens"] == 3 * 3  # 3 candidates x 3 fake tokens
-    assert body["usage"]["bonserve"] == {"candidates": 3, "delivered_tokens": 9,
-                                         "decoded_tokens": 9, "reward_model_tokens": 0}
+    breakdown = body["usage"]["bonserve"]
+    assert {k: breakdown[k] for k in ("candidates", "delivered_tokens", "decoded_tokens",
+                                      "reward_model_tokens")} == {
+        "candidates": 3, "delivered_tokens": 9, "decoded_tokens": 9, "reward_model_tokens": 0}
+    assert breakdown["engine_seconds"] >= 0 and breakdown["estimated_cost_usd"] == 0.0
 
 
 @pytest.mark.parametrize("body,status,param", [

@@ -1,0 +1,144 @@
+"""Prometheus metrics: bonserve's own series plus vLLM's `vllm:*` series of every engine.
+
+Naming follows Prometheus conventions (base units, `_seconds`, `_total`); labels are bounded:
+`model` is a served model name or "unknown", `mode` is "single" or "bon", `status` is an
+HTTP status code.
+
+Cost model (estimated, documented in README "Metrics"): a replica costs
+`accelerator_price_per_hour`. Each request is attributed the replica-seconds
+  engine_seconds = integral over its time in the engine of 1 / N(t)
+where N(t) is the number of requests in the engine at time t. The attributions of all
+requests add up exactly to the time the engine was busy; idle time is attributed to no
+request (it shows as price/hour minus the rate of attributed cost). Limits: requests are
+weighted equally whatever their token counts, and the price is per replica, not per chip.
+"""
+
+from __future__ import annotations
+
+import time
+from collections.abc import Iterable, Iterator
+
+from prometheus_client import REGISTRY, Counter, Gauge, Histogram
+from prometheus_client.metrics_core import Metric
+from prometheus_client.registry import Collector
+
+LATENCY_BUCKETS = (0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 0.75, 1.0, 1.5, 2.0, 3.0, 5.0, 7.5, 10.0,
+                   15.0, 20.0, 30.0, 60.0, 120.0)
+CANDIDATE_BUCKETS = (1, 2, 4, 8, 16, 32, 64)
+REWARD_BUCKETS = (-10.0, -5.0, -2.0, -1.0, -0.5, 0.0, 0.5, 1.0, 2.0, 5.0, 10.0)
+
+REQUESTS = Counter("bonserve_requests_total", "Requests by served model, mode and HTTP status.",
+                   ["model", "mode", "status"])
+TTFT = Histogram("bonserve_time_to_first_token_seconds",
+                 "Time from request arrival to the first delivered content token (BoN: after "
+                 "selection).", ["model", "mode"], buckets=LATENCY_BUCKETS)
+E2E = Histogram("bonserve_e2e_request_latency_seconds", "Request arrival to last byte.",
+                ["model", "mode"], buckets=LATENCY_BUCKETS)
+QUEUE = Histogram("bonserve_queue_time_seconds", "Time waiting for an admission slot.",
+                  ["model"], buckets=LATENCY_BUCKETS)
+CANDIDATES = Histogram("bonserve_candidates_per_request", "Candidates sampled per request.",
+                       ["model"], buckets=CANDIDATE_BUCKETS)
+REWARD_SCORING = Histogram("bonserve_reward_scoring_seconds",
+                           "Scoring all candidates of a request with the reward model.",
+                           ["model"], buckets=LATENCY_BUCKETS)
+CHOSEN_REWARD = Histogram("bonserve_chosen_reward", "Reward of the best returned candidate.",
+                          ["model"], buckets=REWARD_BUCKETS)
+REWARD_GAP = Histogram("bonserve_chosen_reward_gap",
+                       "Reward of the best candidate minus the mean reward of all candidates.",
+                       ["model"], buckets=(0.0, 0.1, 0.25, 0.5, 1.0, 2.0, 5.0, 10.0))
+PROMPT_TOKENS = Counter("bonserve_prompt_tokens_total", "Prompt tokens.", ["model", "mode"])
+DELIVERED_TOKENS = Counter("bonserve_delivered_tokens_total",
+                           "Completion tokens returned to clients.", ["model", "mode"])
+DECODED_TOKENS = Counter("bonserve_decoded_tokens_total",
+                         "Completion tokens decoded, every candidate counted.", ["model", "mode"])
+REWARD_TOKENS = Counter("bonserve_reward_model_tokens_total",
+                        "Tokens scored by the reward model.", ["model"])
+ENGINE_SECONDS = Counter("bonserve_engine_seconds_total",
+                         "Replica-seconds attributed to requests (see cost model).",
+                         ["model", "mode"])
+COST = Counter("bonserve_estimated_cost_dollars_total",
+               "Estimated cost: attributed replica-seconds x price per hour / 3600.",
+               ["model", "mode"])
+ENGINE_RESTARTS = Counter("bonserve_engine_restarts_total", "Engine restarts after death.",
+                          ["engine"])
+IN_FLIGHT = Gauge("bonserve_requests_in_flight", "Requests holding an engine slot.")
+WAITING = Gauge("bonserve_requests_waiting", "Requests queued for an engine slot.")
+
+
+# --------------------------------------------------------------------------- cost clock
+
+
+class ShareClock:
+    """Integrates 1/N(t) over time, N = requests in the engine (see the cost model above).
+
+    A request reads the clock when it enters and when it leaves; the difference is its
+    share of the engine's busy time.
+    """
+
+    def __init__(self) -> None:
+        self._value = 0.0
+        self._n = 0
+        self._last = time.monotonic()
+
+    def _advance(self) -> float:
+        now = time.monotonic()
+        if self._n:
+            self._value += (now - self._last) / self._n
+        self._last = now
+        return self._value
+
+    def enter(self) -> float:
+        start = self._advance()
+        self._n += 1
+        return start
+
+    def leave(self, start: float) -> float:
+        end = self._advance()
+        self._n -= 1
+        return end - start
+
+
+# --------------------------------------------------------------------------- vLLM series
+
+
+class EngineMetrics(Collector):
+    """Exports the `vllm:*` collectors of every engine in this process.
+
+    vLLM's PrometheusStatLogger unregisters all `vllm:*` collectors from the global
+    registry when an engine is created, so with two engines (policy + reward) only the last
+    one's series would survive. After each engine is built, `adopt` moves its collectors
+    here; `collect` merges same-named families (engines differ by their `model_name` label).
+    """
+
+    def __init__(self) -> None:
+        self._engines: dict[str, list[Collector]] = {}
+
+    def adopt(self, engine: str) -> None:
+        ours = [c for c in list(REGISTRY._collector_to_names)
+                if str(getattr(c, "_name", "")).startswith("vllm:")]
+        for collector in ours:
+            REGISTRY.unregister(collector)
+        self._engines[engine] = ours
+
+    def collect(self) -> Iterator[Metric]:
+        families: dict[str, Metric] = {}
+        for collectors in self._engines.values():
+            for collector in collectors:
+                for family in collector.collect():
+                    merged = families.get(family.name)
+                    if merged is None:
+                        merged = Metric(family.name, family.documentation, family.type,
+                                        family.unit)
+                        families[family.name] = merged
+                    merged.samples.extend(family.samples)
+        yield from families.values()
+
+
+ENGINE_METRICS = EngineMetrics()
+REGISTRY.register(ENGINE_METRICS)
+
+
+def metric_names() -> Iterable[str]:
+    """Every series name /metrics can expose (for dashboard/alert consistency checks)."""
+    for collector in list(REGISTRY._collector_to_names):
+        yield from REGISTRY._collector_to_names[collector]
