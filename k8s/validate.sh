@@ -23,7 +23,7 @@ ROOT="$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)"
 REQS="$ROOT/k8s/tools-requirements.txt"
 TOOLS="${BONSERVE_K8S_TOOLS:-${XDG_CACHE_HOME:-$HOME/.cache}/bonserve-k8s-tools}"
 KUBE_VERSION="1.37.0"
-CRD_KINDS="ScaledObject ServiceMonitor"  # rendered, but validated by no schema here
+CRD_KINDS="ScaledObject ServiceMonitor PrometheusRule"  # rendered, but validated by no schema here
 export PIP_DISABLE_PIP_VERSION_CHECK=1
 
 log() { printf '[validate] %s\n' "$*"; }
@@ -152,6 +152,32 @@ PY
 "$TOOLS/bin/checkov" --framework kubernetes -d "$WORK/rendered" --skip-download -o json \
     > "$WORK/checkov-k8s.json" || true
 checkov_report kubernetes "$WORK/checkov-k8s.json" || die "checkov found problems in the manifests"
+
+# --------------------------------------------------------------------------- alert rules
+
+# promtool ships in Debian's `prometheus` package (no PyPI wheel exists); installed on demand.
+if ! command -v promtool >/dev/null; then
+    log "installing promtool (Debian package prometheus)"
+    if [[ $(id -u) -eq 0 ]]; then
+        (apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq --no-install-recommends prometheus) >/dev/null
+    else
+        die "promtool not found; install Debian's 'prometheus' package (needs root)"
+    fi
+fi
+RULES_DIR="$WORK/rules"
+mkdir -p "$RULES_DIR"
+"$TOOLS/bin/python" - "$ROOT/k8s/components/monitoring/prometheusrule.yaml" "$RULES_DIR/alerts.rules.yaml" <<'PY'
+import sys
+
+import yaml
+
+rule = yaml.safe_load(open(sys.argv[1]))
+open(sys.argv[2], "w").write(yaml.safe_dump(rule["spec"], sort_keys=False))
+PY
+cp "$ROOT/k8s/components/monitoring/alerts.test.yaml" "$RULES_DIR/"
+promtool check rules "$RULES_DIR/alerts.rules.yaml" || die "promtool check rules"
+(cd "$RULES_DIR" && promtool test rules alerts.test.yaml) || die "promtool test rules"
+log "promtool: OK: rules valid, alert unit tests pass ($(promtool --version 2>&1 | head -1))"
 
 # --------------------------------------------------------------------------- Dockerfiles
 

@@ -108,6 +108,7 @@ class ManagedEngine:
         self.last_error = ""
         self.restarts = 0
         self._lifecycle: asyncio.Task[None] | None = None
+        ENGINE_RESTARTS.labels(name)  # exported as 0 from the start, so alerts can use it
         self._restart_lock = asyncio.Lock()
 
     # ------------------------------------------------------------------ lifecycle

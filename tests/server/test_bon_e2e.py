@@ -135,3 +135,73 @@ def test_reward_engine_death_is_503_then_recovers(bon_server: ServerProcess) -> 
     ready = bon_server.ready()
     assert ready["engines"]["reward"]["restarts"] == 1
     assert ready["engines"]["policy"]["restarts"] == 0
+
+
+# --------------------------------------------------------------------------- metrics
+
+K8S_MONITORING = Path(__file__).parents[2] / "k8s" / "components" / "monitoring"
+
+
+def scrape(srv: ServerProcess) -> dict[str, float]:
+    """Every sample of /metrics as {'name{labels}': value}."""
+    from prometheus_client.parser import text_string_to_metric_families
+
+    text = httpx.get(srv.base_url + "/metrics", timeout=30).text
+    samples = {}
+    for family in text_string_to_metric_families(text):
+        for s in family.samples:
+            labels = ",".join(f'{k}="{v}"' for k, v in sorted(s.labels.items()))
+            samples[f"{s.name}{{{labels}}}"] = s.value
+    return samples
+
+
+def total(samples: dict[str, float], name: str, **labels: str) -> float:
+    want = [f'{k}="{v}"' for k, v in labels.items()]
+    return sum(v for key, v in samples.items()
+               if key.split("{")[0] == name and all(w in key for w in want))
+
+
+def test_metrics_move_by_the_right_amounts(bon_server: ServerProcess) -> None:
+    m = bon_server.model
+    before = scrape(bon_server)
+    r = client(bon_server).chat.completions.create(
+        model=m, messages=MESSAGES, n=1, max_tokens=12, temperature=1.0, seed=9,
+        extra_body={"best_of": 3})
+    usage = r.usage.model_extra["bonserve"]
+    after = scrape(bon_server)
+
+    def delta(name: str, **labels: str) -> float:
+        return total(after, name, **labels) - total(before, name, **labels)
+
+    assert delta("bonserve_requests_total", model=m, mode="bon", status="200") == 1
+    assert delta("bonserve_decoded_tokens_total", model=m, mode="bon") == r.usage.completion_tokens
+    assert delta("bonserve_delivered_tokens_total", model=m, mode="bon") == usage["delivered_tokens"]
+    assert delta("bonserve_reward_model_tokens_total", model=m) == usage["reward_model_tokens"]
+    assert delta("bonserve_prompt_tokens_total", model=m, mode="bon") == r.usage.prompt_tokens
+    for hist in ("bonserve_e2e_request_latency_seconds", "bonserve_time_to_first_token_seconds"):
+        assert delta(hist + "_count", model=m, mode="bon") == 1
+    assert delta("bonserve_candidates_per_request_sum", model=m) == 3
+    assert delta("bonserve_reward_scoring_seconds_count", model=m) == 1
+    assert delta("bonserve_chosen_reward_count", model=m) == 1
+    # vLLM's own series, for both engines in the process
+    assert delta("vllm:request_success_total", model_name=m) == 1
+    assert delta("vllm:request_success_total", model_name=RM) == 3
+
+
+def test_dashboard_and_alerts_use_only_exported_series(bon_server: ServerProcess) -> None:
+    import re
+
+    # make sure every labelled series has at least one sample: single, BoN, stream, an error
+    c = client(bon_server)
+    c.chat.completions.create(model=bon_server.model, messages=MESSAGES, max_tokens=4)
+    c.chat.completions.create(model=bon_server.model, messages=MESSAGES, max_tokens=4,
+                              extra_body={"best_of": 2})
+    list(c.chat.completions.create(model=bon_server.model, messages=MESSAGES, max_tokens=4,
+                                   stream=True))
+    exported = {key.split("{")[0] for key in scrape(bon_server)}
+    used = set()
+    for path in (K8S_MONITORING / "dashboard.json", K8S_MONITORING / "prometheusrule.yaml"):
+        used |= set(re.findall(r"\b(bonserve_[a-z0-9_]+|vllm:[a-z0-9_:]+)", path.read_text()))
+    assert len(used) >= 15
+    missing = sorted(u for u in used if u not in exported)
+    assert not missing, f"used by dashboard/alerts but not exported: {missing}"
