@@ -7,7 +7,6 @@ import logging
 from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
 from pathlib import Path
-from typing import Any
 
 from fastapi import FastAPI, Request
 from fastapi.exceptions import RequestValidationError
@@ -17,13 +16,17 @@ from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
 from server import __version__
 from server.access_log import AccessLogMiddleware
+from server.admin import admin_router
 from server.config import Settings
-from server.engines import ManagedEngine, build_async_llm
+from server.engine_config import EngineBuilder
+from server.engines import ManagedEngine
 from server.errors import APIError
+from server.model_manager import ModelManager
+from server.models import ModelRouter, ServedModel
 from server.protocol import ParamError
 from server.reward import RewardScorer
 from server.routes import openai_router, ops_router
-from server.serving import Admission, ModelRouter, ServedModel
+from server.serving import Admission
 from server.state import AppState
 from training.registry import Registry, RegistryError
 
@@ -33,13 +36,13 @@ logger = logging.getLogger("bonserve.app")
 # --------------------------------------------------------------------------- models
 
 
-def resolve_checkpoint(settings: Settings, spec: str, flag: str) -> tuple[Path, str]:
-    """A registry entry name or a checkpoint directory -> (path, name)."""
+def resolve_checkpoint(settings: Settings, spec: str, flag: str) -> tuple[Path, str, str]:
+    """A registry entry name or a checkpoint directory -> (path, name, base model name)."""
     candidate = Path(spec).expanduser()
     if candidate.is_dir():
         if not (candidate / "config.json").is_file():
             raise SystemExit(f"{flag} {spec!r}: directory has no config.json (not an HF checkpoint)")
-        return candidate.resolve(), candidate.name
+        return candidate.resolve(), candidate.name, candidate.name
     try:
         entry = Registry(settings.registry).load(spec)
     except RegistryError as exc:
@@ -47,43 +50,7 @@ def resolve_checkpoint(settings: Settings, spec: str, flag: str) -> tuple[Path, 
             f"{flag} {spec!r} is neither a checkpoint directory nor a valid registry entry "
             f"({exc}). Run `bonserve models prepare` for the default model."
         ) from exc
-    return entry.path, entry.name
-
-
-def policy_engine_kwargs(settings: Settings, model_path: Path, name: str | None = None
-                         ) -> dict[str, Any]:
-    return {
-        **_common_engine_kwargs(settings, model_path, name),
-        "enable_chunked_prefill": settings.enable_chunked_prefill,
-        # Without chunked prefill a whole prompt must fit in one batch.
-        "max_num_batched_tokens": max(settings.max_model_len, 2048),
-        "enforce_eager": settings.enforce_eager,
-    }
-
-
-def reward_engine_kwargs(settings: Settings, model_path: Path, name: str | None = None
-                         ) -> dict[str, Any]:
-    # Pooling does one forward pass per sequence; torch.compile would only slow its start.
-    return {**_common_engine_kwargs(settings, model_path, name), "runner": "pooling",
-            "enforce_eager": True, "max_num_batched_tokens": max(settings.max_model_len, 2048)}
-
-
-def reward_engine_env(settings: Settings) -> dict[str, str]:
-    return {"VLLM_CPU_OMP_THREADS_BIND": "nobind", "OMP_NUM_THREADS": str(settings.reward_omp_threads)}
-
-
-def _common_engine_kwargs(settings: Settings, model_path: Path, name: str | None
-                          ) -> dict[str, Any]:
-    return {
-        "model": str(model_path),
-        "served_model_name": name,  # the `model_name` label of vLLM's metrics
-        "max_model_len": settings.max_model_len,
-        "kv_cache_memory_bytes": int(settings.kv_cache_gib * (1 << 30)),
-        "dtype": settings.dtype,
-        "seed": settings.engine_seed,
-        "disable_log_stats": False,
-        "enable_log_requests": False,
-    }
+    return entry.path, entry.name, entry.manifest.base_model or entry.name
 
 
 # --------------------------------------------------------------------------- middleware
@@ -175,33 +142,31 @@ def _install_error_handlers(app: FastAPI, settings: Settings) -> None:
 
 
 def build_state(settings: Settings) -> AppState:
-    model_path, name = resolve_checkpoint(settings, settings.model, "--model")
+    builder = EngineBuilder(settings)
+    model_path, name, base = resolve_checkpoint(settings, settings.model, "--model")
     served_name = settings.served_model_name or name
-    policy_kwargs = policy_engine_kwargs(settings, model_path, served_name)
-    engines = {"policy": ManagedEngine(
-        "policy", lambda: build_async_llm(policy_kwargs, metrics_name="policy"),
-        restart_backoff_s=settings.engine_restart_backoff_s,
-    )}
+    engines = {"policy": ManagedEngine("policy", builder.policy(model_path, served_name, "policy"),
+                                       restart_backoff_s=settings.engine_restart_backoff_s)}
     reward = None
     if settings.reward_model:
-        rm_path, rm_name = resolve_checkpoint(settings, settings.reward_model, "--reward-model")
-        rm_kwargs = reward_engine_kwargs(settings, rm_path, rm_name)
-        rm_env = reward_engine_env(settings)
-        engines["reward"] = ManagedEngine(
-            "reward", lambda: build_async_llm(rm_kwargs, rm_env, metrics_name="reward"),
-            restart_backoff_s=settings.engine_restart_backoff_s,
-        )
+        rm_path, rm_name, _ = resolve_checkpoint(settings, settings.reward_model, "--reward-model")
+        engines["reward"] = ManagedEngine("reward", builder.reward(rm_path, rm_name, "reward"),
+                                          restart_backoff_s=settings.engine_restart_backoff_s)
         reward = RewardScorer(engines["reward"], rm_name)
     elif settings.default_best_of.strip() not in ("", "1"):
         raise SystemExit("--default-best-of needs --reward-model to rerank candidates")
     router = ModelRouter()
     router.add(ServedModel(name=served_name, engine=engines["policy"]))
+    if settings.alias:
+        router.set_alias(settings.alias, served_name)
+    manager = ModelManager(settings, router, engines, builder, policy_base=base, reward=reward)
     return AppState(
         settings=settings,
         router=router,
         engines=engines,
         admission=Admission(settings.max_concurrent_requests, settings.max_waiting_requests),
         reward=reward,
+        manager=manager,
     )
 
 
@@ -230,6 +195,7 @@ def build_app(settings: Settings, state: AppState | None = None) -> FastAPI:
     app.state.bonserve = state
     app.include_router(openai_router)
     app.include_router(ops_router)
+    app.include_router(admin_router)
     _install_error_handlers(app, settings)
     app.add_middleware(BodyLimitMiddleware, max_bytes=settings.max_body_bytes)
     app.add_middleware(AccessLogMiddleware)  # outermost: sees every response, 413s included

@@ -10,6 +10,9 @@ from pydantic_settings import BaseSettings, SettingsConfigDict
 from training.base_model import DEFAULT_MODEL_NAME
 from training.registry import default_registry_root
 
+# vLLM's LoRAConfig accepts only these ranks.
+VLLM_LORA_RANKS = (1, 8, 16, 32, 64, 128, 256, 320, 512)
+
 
 class Settings(BaseSettings):
     model_config = SettingsConfigDict(env_prefix="BONSERVE_", extra="forbid")
@@ -30,6 +33,19 @@ class Settings(BaseSettings):
         default_factory=default_registry_root, description="Checkpoint registry directory."
     )
 
+    alias: str | None = Field(
+        None,
+        description="A stable served name (e.g. 'policy') pointing at --model; switch it with "
+        "POST /admin/aliases/promote.",
+    )
+    max_loras: int = Field(
+        0, ge=0,
+        description="LoRA adapters resident in the policy engine at once; 0 disables LoRA "
+        "(vLLM, like this server, must be started with LoRA on to load adapters at run time).",
+    )
+    max_lora_rank: int = Field(
+        64, description="Largest LoRA rank the policy engine accepts (vLLM: 8..512)."
+    )
     reward_model: str | None = Field(
         None,
         description="Reward model for Best-of-N: registry entry name or checkpoint directory.",
@@ -90,6 +106,11 @@ class Settings(BaseSettings):
     engine_start_timeout_s: float = Field(600, gt=0, description="Give up starting an engine.")
     engine_restart_backoff_s: float = Field(2.0, ge=0, description="Pause before a restart.")
 
+    swap_memory_headroom: float = Field(
+        1.5, ge=1.0,
+        description="Loading a full checkpoint needs weights x this + the KV cache free in memory.",
+    )
+
     # --- request limits
     max_n: int = Field(16, ge=1, description="Largest `n` a request may ask for.")
     max_tokens_limit: int = Field(2048, ge=1, description="Largest `max_tokens` a request may ask.")
@@ -129,6 +150,8 @@ class Settings(BaseSettings):
 
     @model_validator(mode="after")
     def _check(self) -> Settings:
+        if self.max_lora_rank not in VLLM_LORA_RANKS:
+            raise ValueError(f"max_lora_rank={self.max_lora_rank}: vLLM allows {VLLM_LORA_RANKS}")
         try:
             values = [int(p.rpartition("=")[2]) for p in self.default_best_of.split(",") if p.strip()]
         except ValueError:

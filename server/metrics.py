@@ -61,6 +61,10 @@ COST = Counter("bonserve_estimated_cost_dollars_total",
                ["model", "mode"])
 ENGINE_RESTARTS = Counter("bonserve_engine_restarts_total", "Engine restarts after death.",
                           ["engine"])
+SWAPS = Counter("bonserve_swaps_total", "Hot-swaps (promotions) completed.", ["role"])
+SWAP_SECONDS = Histogram("bonserve_swap_duration_seconds",
+                         "Promotion time: load/warm the new checkpoint, switch, drain the old.",
+                         ["role"], buckets=LATENCY_BUCKETS)
 IN_FLIGHT = Gauge("bonserve_requests_in_flight", "Requests holding an engine slot.")
 WAITING = Gauge("bonserve_requests_waiting", "Requests queued for an engine slot.")
 
@@ -119,6 +123,10 @@ class EngineMetrics(Collector):
         for collector in ours:
             REGISTRY.unregister(collector)
         self._engines[engine] = ours
+
+    def drop(self, engine: str) -> None:
+        """Forget a stopped engine's series."""
+        self._engines.pop(engine, None)
 
     def collect(self) -> Iterator[Metric]:
         families: dict[str, Metric] = {}

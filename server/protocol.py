@@ -310,8 +310,10 @@ class ModelCard(BaseModel):
     owned_by: str = "bonserve"
     max_model_len: int | None = None
     # ---- extension
-    kind: str | None = None
-    parent: str | None = None
+    kind: str | None = Field(None, description="base/sft/rm/dpo/ppo/..., or 'alias'.")
+    parent: str | None = Field(None, description="Checkpoint this one derives from (for an "
+                               "alias: its current target).")
+    format: str | None = Field(None, description="'full' weights or a 'lora' adapter.")
 
 
 class ModelList(BaseModel):

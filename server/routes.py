@@ -66,7 +66,7 @@ def _sse(lines: AsyncIterator[str]) -> StreamingResponse:
 
 def _log_fields(request: Request, body: Any, state: AppState, serving: Any) -> None:
     """Fields for the access log and the request metrics (labels bounded to served names)."""
-    known = body.model in {m.name for m in state.router.all()}
+    known = state.router.is_known(body.model)
     request.scope["state"]["access_log"].update(
         model=body.model, n=body.n, best_of=body.best_of, stream=body.stream, user=body.user,
         model_label=body.model if known else "unknown", mode=serving.mode(body))
@@ -113,9 +113,13 @@ async def list_models(state: StateDep) -> ModelList:
     for m in state.router.all():
         info = m.engine.info
         cards.append(ModelCard(
-            id=m.name, created=m.created, kind=m.kind, parent=m.parent,
+            id=m.name, created=m.created, kind=m.kind, parent=m.parent, format=m.format,
             max_model_len=info.max_model_len if info else None,
         ))
+    for alias, target in state.router.aliases().items():
+        m = state.router.resolve(alias)
+        cards.append(ModelCard(id=alias, created=m.created, kind="alias", parent=target,
+                               format=m.format))
     return ModelList(data=cards)
 
 

@@ -19,6 +19,7 @@ from server import metrics
 from server.config import Settings
 from server.engines import EngineUnavailable, ManagedEngine
 from server.errors import APIError, bad_request, unavailable
+from server.models import ModelRouter, ServedModel
 from server.protocol import (
     ChatChoice,
     ChatChunkChoice,
@@ -111,40 +112,6 @@ class Admission:
 # --------------------------------------------------------------------------- models
 
 
-@dataclass
-class ServedModel:
-    """A name clients may send as `model`, and what serves it."""
-
-    name: str
-    engine: ManagedEngine
-    kind: str = "base"
-    parent: str | None = None
-    created: int = field(default_factory=now)
-
-
-class ModelRouter:
-    def __init__(self) -> None:
-        self._models: dict[str, ServedModel] = {}
-
-    def add(self, model: ServedModel) -> None:
-        self._models[model.name] = model
-
-    def resolve(self, name: str) -> ServedModel:
-        try:
-            return self._models[name]
-        except KeyError:
-            known = ", ".join(sorted(self._models)) or "none"
-            raise APIError(
-                404,
-                f"The model '{name}' does not exist. Served models: {known}",
-                param="model",
-                code="model_not_found",
-            ) from None
-
-    def all(self) -> list[ServedModel]:
-        return list(self._models.values())
-
-
 # --------------------------------------------------------------------------- engine calls
 
 
@@ -192,7 +159,8 @@ async def run_to_completion(prep: PreparedRequest) -> Any:
     final = None
     try:
         async for out in prep.engine.generate(
-            {"prompt_token_ids": prep.prompt_ids}, prep.params, prep.request_id
+            {"prompt_token_ids": prep.prompt_ids}, prep.params, prep.request_id,
+            lora_request=prep.model.lora,
         ):
             final = out
     except asyncio.CancelledError:
@@ -210,7 +178,8 @@ async def run_to_completion(prep: PreparedRequest) -> Any:
 async def stream_deltas(prep: PreparedRequest) -> AsyncIterator[Any]:
     try:
         async for out in prep.engine.generate(
-            {"prompt_token_ids": prep.prompt_ids}, prep.params, prep.request_id
+            {"prompt_token_ids": prep.prompt_ids}, prep.params, prep.request_id,
+            lora_request=prep.model.lora,
         ):
             yield out
     except (asyncio.CancelledError, GeneratorExit):
@@ -421,6 +390,20 @@ def sse(payload: Any) -> str:
 SSE_DONE = "data: [DONE]\n\n"
 
 
+def held(lines: AsyncIterator[str], engine: ManagedEngine) -> AsyncIterator[str]:
+    """Count a stream as in flight on `engine` from now until it ends (see engine.drain)."""
+    engine.in_flight += 1
+
+    async def run() -> AsyncIterator[str]:
+        try:
+            async for line in lines:
+                yield line
+        finally:
+            engine.in_flight -= 1
+
+    return run()
+
+
 async def guarded_stream(lines: AsyncIterator[str]) -> AsyncIterator[str]:
     """Errors after the 200 header has gone out travel in the stream as an error event."""
     try:
@@ -505,8 +488,9 @@ class ChatServing(BaseServing):
     async def create(self, req: ChatCompletionRequest) -> ChatCompletionResponse | AsyncIterator[str]:
         prep = self._prepare(req)
         if req.stream and prep.best_of == prep.n:
-            return guarded_stream(self._stream(req, prep))
-        outputs, ranked, lease = await self._generate_ranked(prep)
+            return guarded_stream(held(self._stream(req, prep), prep.model.engine))
+        with prep.model.engine.hold():
+            outputs, ranked, lease = await self._generate_ranked(prep)
         response = self._response(req, prep, outputs, ranked, lease)
         if req.stream:
             return guarded_stream(self._replay(req, prep, response))
@@ -653,8 +637,9 @@ class CompletionServing(BaseServing):
     async def create(self, req: CompletionRequest) -> CompletionResponse | AsyncIterator[str]:
         prep = self._prepare(req)
         if req.stream:
-            return guarded_stream(self._stream(req, prep))
-        outputs, ranked, lease = await self._generate_ranked(prep)
+            return guarded_stream(held(self._stream(req, prep), prep.model.engine))
+        with prep.model.engine.hold():
+            outputs, ranked, lease = await self._generate_ranked(prep)
         self._first_token(prep)
         chosen = select(outputs, ranked, prep.n)
         prefix = prep.prompt_text if req.echo else ""

@@ -6,8 +6,10 @@ from dataclasses import dataclass, field
 
 from server.config import Settings
 from server.engines import ManagedEngine
+from server.model_manager import ModelManager
+from server.models import ModelRouter
 from server.reward import RewardScorer
-from server.serving import Admission, ChatServing, CompletionServing, ModelRouter
+from server.serving import Admission, ChatServing, CompletionServing
 
 
 @dataclass
@@ -17,6 +19,7 @@ class AppState:
     engines: dict[str, ManagedEngine]
     admission: Admission
     reward: RewardScorer | None = None
+    manager: ModelManager | None = None
     chat: ChatServing = field(init=False)
     completions: CompletionServing = field(init=False)
     draining: bool = False

@@ -7,8 +7,8 @@ from pathlib import Path
 
 import pytest
 
-from server.app import policy_engine_kwargs
 from server.config import Settings
+from server.engine_config import policy_engine_kwargs
 from server.engines import build_async_llm
 
 

@@ -35,6 +35,10 @@ class RegistryError(ValueError):
     """A registry entry is missing, partial, corrupt or not allowed."""
 
 
+class RegistryNotFound(RegistryError):
+    """No entry (not even a partial one) of that name."""
+
+
 def bonserve_home() -> Path:
     """Root of everything bonserve stores locally (`$BONSERVE_HOME`, default ~/.cache/bonserve)."""
     return Path(os.environ.get("BONSERVE_HOME", Path.home() / ".cache" / "bonserve")).expanduser()
@@ -133,7 +137,7 @@ class Registry:
         path = self.path_of(name)
         manifest_path = path / MANIFEST
         if not path.is_dir():
-            raise RegistryError(f"checkpoint {name!r} not found in registry {self.root}")
+            raise RegistryNotFound(f"checkpoint {name!r} not found in registry {self.root}")
         if not manifest_path.is_file():
             raise RegistryError(f"checkpoint {name!r} has no {MANIFEST}: partial or foreign write")
         try:
@@ -219,3 +223,28 @@ class Registry:
                 shutil.rmtree(p, ignore_errors=True)
                 removed.append(p.name)
         return removed
+
+
+# --------------------------------------------------------------------------- `bonserve registry`
+
+
+def format_list(registry: Registry) -> str:
+    """One line per valid entry (name, kind, format, parent, created), then invalid ones."""
+    rows = [("NAME", "KIND", "FORMAT", "PARENT", "CREATED")]
+    for entry in registry.entries():
+        m = entry.manifest
+        created = time.strftime("%Y-%m-%d %H:%M:%S", time.localtime(m.created_at))
+        rows.append((m.name, m.kind, m.format, m.parent or "-", created))
+    widths = [max(len(r[i]) for r in rows) for i in range(len(rows[0]))]
+    lines = ["  ".join(cell.ljust(w) for cell, w in zip(row, widths, strict=True)).rstrip() for row in rows]
+    if len(rows) == 1:
+        lines.append(f"(no entries in {registry.root})")
+    for name, problem in registry.problems().items():
+        lines.append(f"invalid: {name}: {problem}")
+    return "\n".join(lines)
+
+
+def format_manifest(registry: Registry, name: str, *, deep: bool = False) -> str:
+    """The entry's manifest as JSON (verified first; `deep` re-hashes every file)."""
+    entry = registry.load(name, deep=deep)
+    return json.dumps({"path": str(entry.path), **asdict(entry.manifest)}, indent=2, sort_keys=True)

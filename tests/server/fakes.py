@@ -64,7 +64,8 @@ class FakeAsyncLLM:
     def shutdown(self) -> None:
         self.errored = True
 
-    async def generate(self, prompt: Any, params: Any, request_id: str) -> AsyncIterator[Any]:
+    async def generate(self, prompt: Any, params: Any, request_id: str,
+                       lora_request: Any = None) -> AsyncIterator[Any]:
         from vllm.v1.engine.exceptions import EngineDeadError
 
         self.requests.append(params)
@@ -115,7 +116,8 @@ class FakeVaryingLLM(FakeAsyncLLM):
 
     finish_reasons: tuple[str, ...] = ()
 
-    async def generate(self, prompt: Any, params: Any, request_id: str) -> AsyncIterator[Any]:
+    async def generate(self, prompt: Any, params: Any, request_id: str,
+                       lora_request: Any = None) -> AsyncIterator[Any]:
         self.requests.append(params)
         outs = []
         for i in range(params.n):

@@ -16,7 +16,8 @@ import pytest
 from server.app import build_app
 from server.config import Settings
 from server.engines import EngineState, ManagedEngine
-from server.serving import Admission, ModelRouter, ServedModel
+from server.models import ModelRouter, ServedModel
+from server.serving import Admission
 from server.state import AppState
 from tests.server.fakes import FakeAsyncLLM
 

@@ -12,8 +12,9 @@ import pytest
 from server.app import build_app
 from server.config import Settings
 from server.engines import ManagedEngine
+from server.models import ModelRouter, ServedModel
 from server.reward import RewardScorer, rank_candidates
-from server.serving import Admission, ModelRouter, ServedModel
+from server.serving import Admission
 from server.state import AppState
 from tests.server.fakes import FakeRewardLLM, FakeVaryingLLM
 
