@@ -15,7 +15,7 @@ import logging
 import os
 import threading
 import time
-from collections.abc import Callable, Iterator
+from collections.abc import Callable
 from dataclasses import dataclass
 from enum import StrEnum
 from typing import Any
@@ -108,7 +108,6 @@ class ManagedEngine:
         self.last_error = ""
         self.restarts = 0
         self._lifecycle: asyncio.Task[None] | None = None
-        self.in_flight = 0  # requests prepared against this engine and not yet finished
         ENGINE_RESTARTS.labels(name)  # exported as 0 from the start, so alerts can use it
         self._restart_lock = asyncio.Lock()
 
@@ -164,22 +163,6 @@ class ManagedEngine:
                 self.restarts += 1
                 ENGINE_RESTARTS.labels(self.name).inc()
 
-    @contextlib.contextmanager
-    def hold(self) -> Iterator[None]:
-        """Count a request as in flight on this engine (what `drain` waits for)."""
-        self.in_flight += 1
-        try:
-            yield
-        finally:
-            self.in_flight -= 1
-
-    async def drain(self, timeout_s: float, poll_s: float = 0.1) -> bool:
-        """Wait until no request holds this engine (True) or the timeout passes (False)."""
-        deadline = time.monotonic() + timeout_s
-        while self.in_flight > 0 and time.monotonic() < deadline:  # noqa: ASYNC110 (a counter, not an event)
-            await asyncio.sleep(poll_s)
-        return self.in_flight == 0
-
     async def stop(self) -> None:
         self.state = EngineState.STOPPED
         if self._lifecycle is not None:
@@ -211,7 +194,6 @@ class ManagedEngine:
             "restarts": self.restarts,
             "last_error": self.last_error or None,
             "unfinished_requests": unfinished,
-            "in_flight": self.in_flight,
         }
 
 

@@ -176,21 +176,21 @@ class ModelManager:
         if served.engine is self.engines["policy"] and served.lora is None:
             raise APIError(409, f"'{name}' is the server's startup policy and cannot be unloaded",
                            code="model_in_use")
-        self.router.remove(name)
+        self.router.remove(name)  # new requests can no longer resolve it
+        await self._drained(served)
         if served.lora is not None:
-            await self._drained(served.engine)
             engine = served.engine.engine
             if engine is not None:
                 await engine.remove_lora(served.lora.lora_int_id)
         elif id(served.engine) not in self.router.engines_in_use():
-            await self._drained(served.engine)
             await served.engine.stop()
-            self.engines = {k: v for k, v in self.engines.items() if v is not served.engine}
+            for key in [k for k, v in self.engines.items() if v is served.engine]:
+                del self.engines[key]
 
-    async def _drained(self, engine: ManagedEngine) -> None:
-        if not await engine.drain(self.settings.request_timeout_s):
-            logger.warning("engine %s still had %d requests after draining", engine.name,
-                           engine.in_flight)
+    async def _drained(self, served: ServedModel) -> None:
+        if not await served.drain(self.settings.request_timeout_s):
+            logger.warning("%s still had %d requests after draining", served.name,
+                           served.in_flight)
 
     async def promote(self, alias: str, name: str, unload_previous: bool = True) -> SwapResult:
         t0 = time.perf_counter()
@@ -227,7 +227,12 @@ class ModelManager:
             self.reward.engine, self.reward.name = new, name
             self.engines["reward"] = new
             self.engines.pop(f"reward:{name}", None)
-        await self._drained(old)
+        # Scoring calls hold the engine for well under a second; give them the request
+        # timeout at most, then free the old engine.
+        deadline = time.monotonic() + self.settings.request_timeout_s
+        while (old.ready and old.engine.get_num_unfinished_requests()  # noqa: ASYNC110
+               and time.monotonic() < deadline):
+            await asyncio.sleep(0.1)
         await old.stop()
         seconds = time.perf_counter() - t0
         metrics.SWAPS.labels("reward").inc()

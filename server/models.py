@@ -9,6 +9,10 @@ the checkpoint's name in `model`, which makes every answer attributable.
 
 from __future__ import annotations
 
+import asyncio
+import contextlib
+import time
+from collections.abc import Iterator
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -26,6 +30,23 @@ class ServedModel:
     format: str = "full"
     lora: Any = None  # vllm.lora.request.LoRARequest for LoRA checkpoints
     created: int = field(default_factory=now)
+    in_flight: int = 0  # requests resolved to this checkpoint and not yet finished
+
+    @contextlib.contextmanager
+    def hold(self) -> Iterator[None]:
+        """Count a request as in flight on this checkpoint (what `drain` waits for)."""
+        self.in_flight += 1
+        try:
+            yield
+        finally:
+            self.in_flight -= 1
+
+    async def drain(self, timeout_s: float, poll_s: float = 0.1) -> bool:
+        """Wait until no request uses this checkpoint (True) or the timeout passes (False)."""
+        deadline = time.monotonic() + timeout_s
+        while self.in_flight > 0 and time.monotonic() < deadline:  # noqa: ASYNC110 (a counter)
+            await asyncio.sleep(poll_s)
+        return self.in_flight == 0
 
 
 class ModelRouter:

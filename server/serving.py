@@ -17,7 +17,7 @@ from typing import Any
 
 from server import metrics
 from server.config import Settings
-from server.engines import EngineUnavailable, ManagedEngine
+from server.engines import EngineUnavailable
 from server.errors import APIError, bad_request, unavailable
 from server.models import ModelRouter, ServedModel
 from server.protocol import (
@@ -390,16 +390,16 @@ def sse(payload: Any) -> str:
 SSE_DONE = "data: [DONE]\n\n"
 
 
-def held(lines: AsyncIterator[str], engine: ManagedEngine) -> AsyncIterator[str]:
-    """Count a stream as in flight on `engine` from now until it ends (see engine.drain)."""
-    engine.in_flight += 1
+def held(lines: AsyncIterator[str], model: ServedModel) -> AsyncIterator[str]:
+    """Count a stream as in flight on `model` from now until it ends (see model.drain)."""
+    model.in_flight += 1
 
     async def run() -> AsyncIterator[str]:
         try:
             async for line in lines:
                 yield line
         finally:
-            engine.in_flight -= 1
+            model.in_flight -= 1
 
     return run()
 
@@ -488,8 +488,8 @@ class ChatServing(BaseServing):
     async def create(self, req: ChatCompletionRequest) -> ChatCompletionResponse | AsyncIterator[str]:
         prep = self._prepare(req)
         if req.stream and prep.best_of == prep.n:
-            return guarded_stream(held(self._stream(req, prep), prep.model.engine))
-        with prep.model.engine.hold():
+            return guarded_stream(held(self._stream(req, prep), prep.model))
+        with prep.model.hold():
             outputs, ranked, lease = await self._generate_ranked(prep)
         response = self._response(req, prep, outputs, ranked, lease)
         if req.stream:
@@ -637,8 +637,8 @@ class CompletionServing(BaseServing):
     async def create(self, req: CompletionRequest) -> CompletionResponse | AsyncIterator[str]:
         prep = self._prepare(req)
         if req.stream:
-            return guarded_stream(held(self._stream(req, prep), prep.model.engine))
-        with prep.model.engine.hold():
+            return guarded_stream(held(self._stream(req, prep), prep.model))
+        with prep.model.hold():
             outputs, ranked, lease = await self._generate_ranked(prep)
         self._first_token(prep)
         chosen = select(outputs, ranked, prep.n)

@@ -24,6 +24,7 @@ from training.reward import init_reward_model, transformers_rewards
 pytestmark = [pytest.mark.engine, pytest.mark.timeout(900)]
 
 RM = "rm-test-init"
+RM2 = "rm-test-init-2"  # another score head: a different reward model to swap in
 MESSAGES = [{"role": "user", "content": "Suggest a name for a pet goldfish."}]
 
 
@@ -31,6 +32,8 @@ MESSAGES = [{"role": "user", "content": "Suggest a name for a pet goldfish."}]
 def reward_registry(default_model: Path, tmp_path_factory: pytest.TempPathFactory) -> Registry:
     registry = Registry(tmp_path_factory.mktemp("registry"))
     init_reward_model(Registry(default_model.parent), default_model.name, RM, seed=0,
+                      out=registry)
+    init_reward_model(Registry(default_model.parent), default_model.name, RM2, seed=1,
                       out=registry)
     return registry
 
@@ -205,3 +208,22 @@ def test_dashboard_and_alerts_use_only_exported_series(bon_server: ServerProcess
     assert len(used) >= 15
     missing = sorted(u for u in used if u not in exported)
     assert not missing, f"used by dashboard/alerts but not exported: {missing}"
+
+
+def test_reward_model_hot_swap(bon_server: ServerProcess, reward_registry: Registry) -> None:
+    """Runs last in this module: afterwards the server scores with RM2."""
+    items = {"items": [{"messages": MESSAGES, "response": r} for r in ("Bubbles.", "Finn")]}
+    before = httpx.post(bon_server.v1 + "/rewards", json=items, timeout=60).json()
+    r = httpx.post(bon_server.base_url + "/admin/reward/promote", json={"model": RM2}, timeout=600)
+    assert r.status_code == 200, r.text
+    assert r.json()["previous"] == RM
+    after = httpx.post(bon_server.v1 + "/rewards", json=items, timeout=60).json()
+    assert (before["model"], after["model"]) == (RM, RM2)
+    reference = transformers_rewards(reward_registry.path_of(RM2), MESSAGES, ["Bubbles.", "Finn"])
+    assert [d["reward"] for d in after["data"]] == pytest.approx(reference, abs=2e-3, rel=2e-3)
+    bad = httpx.post(bon_server.base_url + "/admin/reward/promote",
+                     json={"model": bon_server.model}, timeout=60)
+    assert bad.status_code in (404, 422)
+    ok = client(bon_server).chat.completions.create(
+        model=bon_server.model, messages=MESSAGES, max_tokens=4, extra_body={"best_of": 2})
+    assert ok.usage.model_extra["bonserve"]["candidates"] == 2

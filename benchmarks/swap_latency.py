@@ -1,0 +1,127 @@
+"""Hot-swap cost: time from promote to the first token of the new checkpoint, and the latency
+of in-flight traffic during the swap (p99 during vs before), for a LoRA adapter and for full
+weights. One run, one server.
+
+    python benchmarks/swap_latency.py --out docs/benchmarks/swap_latency.json
+
+A closed loop of `--concurrency` clients keeps sending chat requests to the alias `policy`
+the whole time. Then: `--quiet-s` seconds of load (the "before" window), promote
+`policy` -> LoRA adapter (random weights, rank 8), wait `--quiet-s`, promote -> a full
+checkpoint (a new engine is started, warmed, switched to, and the old target drained).
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import json
+import tempfile
+import time
+from pathlib import Path
+from typing import Any
+
+import httpx
+
+from loadtests.servers import start_bonserve
+from loadtests.stats import summarize
+from training.base_model import DEFAULT_MODEL_NAME
+from training.registry import Registry
+from training.synthetic import copy_full_entry, make_lora_entry
+
+PROMPT = [{"role": "user", "content": "Write one sentence about the sea."}]
+
+
+async def main_async(args: argparse.Namespace, base_url: str) -> dict[str, Any]:
+    v1 = base_url + "/v1"
+    samples: list[tuple[float, float, str]] = []  # (start, latency, model)
+    failures: list[str] = []
+    stop = asyncio.Event()
+
+    async def client(c: httpx.AsyncClient) -> None:
+        while not stop.is_set():
+            t0 = time.perf_counter()
+            r = await c.post(v1 + "/chat/completions", json={
+                "model": "policy", "messages": PROMPT, "max_tokens": args.max_tokens})
+            if r.status_code != 200:
+                failures.append(f"{r.status_code}: {r.text[:200]}")
+                continue
+            samples.append((t0, time.perf_counter() - t0, r.json()["model"]))
+
+    async def promote(c: httpx.AsyncClient, target: str) -> dict[str, float]:
+        t0 = time.perf_counter()
+        r = await c.post(base_url + "/admin/aliases/promote",
+                         json={"alias": "policy", "model": target}, timeout=900)
+        r.raise_for_status()
+        switched = time.perf_counter()
+        async with c.stream("POST", v1 + "/chat/completions", json={
+                "model": "policy", "messages": PROMPT, "max_tokens": 4, "stream": True}) as s:
+            async for line in s.aiter_lines():
+                if '"content":"' in line and '"content":""' not in line:
+                    assert f'"model":"{target}"' in line, line
+                    break
+        first = time.perf_counter()
+        return {"start": t0, "switched": switched, "end": first,
+                "promote_s": switched - t0, "promote_to_first_token_s": first - t0}
+
+    async with httpx.AsyncClient(timeout=900) as c:
+        clients = [asyncio.create_task(client(c)) for _ in range(args.concurrency)]
+        await asyncio.sleep(args.quiet_s)
+        before_end = time.perf_counter()
+        lora = await promote(c, "bench-lora")
+        await asyncio.sleep(args.quiet_s)
+        full = await promote(c, "bench-full")
+        await asyncio.sleep(args.quiet_s / 2)
+        stop.set()
+        await asyncio.gather(*clients)
+
+    def window(lo: float, hi: float) -> list[float]:
+        """Latencies of requests in flight at any moment of [lo, hi]."""
+        return [lat for t0, lat, _ in samples if t0 <= hi and t0 + lat >= lo]
+
+    before = [lat for t0, lat, _ in samples if t0 + lat <= before_end]
+    report: dict[str, Any] = {"config": {k: str(v) for k, v in vars(args).items()},
+                              "failed_requests": len(failures), "failures": failures[:5],
+                              "before": summarize(before) | {"n": len(before)}}
+    for name, swap in (("lora", lora), ("full", full)):
+        during = window(swap["start"], swap["end"])
+        report[name] = {
+            "promote_s": swap["promote_s"],
+            "promote_to_first_token_s": swap["promote_to_first_token_s"],
+            "during": summarize(during) | {"n": len(during)},
+            "p99_ratio_during_vs_before": summarize(during)["p99"] / summarize(before)["p99"],
+            "p50_ratio_during_vs_before": summarize(during)["p50"] / summarize(before)["p50"],
+        }
+    report["models_seen"] = {m: sum(1 for *_, x in samples if x == m)
+                             for m in sorted({x for *_, x in samples})}
+    return report
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--concurrency", type=int, default=4)
+    parser.add_argument("--max-tokens", type=int, default=32)
+    parser.add_argument("--quiet-s", type=float, default=30.0)
+    parser.add_argument("--out", type=Path, default=None)
+    args = parser.parse_args()
+
+    work = Path(tempfile.mkdtemp(prefix="bench-swap-"))
+    registry = Registry(work / "registry")
+    base = Registry().load(DEFAULT_MODEL_NAME)
+    copy_full_entry(registry, base, DEFAULT_MODEL_NAME, kind="base")
+    base = registry.load(DEFAULT_MODEL_NAME)
+    make_lora_entry(registry, base, "bench-lora", rank=8, seed=1)
+    copy_full_entry(registry, base, "bench-full")
+    server = start_bonserve(work, "--registry", str(registry.root), "--model", DEFAULT_MODEL_NAME,
+                            "--alias", "policy", "--max-loras", "2")
+    try:
+        report = asyncio.run(main_async(args, server.base_url))
+    finally:
+        server.stop()
+    print(json.dumps(report, indent=2))
+    if args.out:
+        args.out.parent.mkdir(parents=True, exist_ok=True)
+        args.out.write_text(json.dumps(report, indent=2))
+
+
+if __name__ == "__main__":
+    main()
