@@ -132,7 +132,7 @@ def test_overlays_render_the_expected_resources(rendered: dict[str, list[dict[st
         kinds = sorted(d["kind"] for d in rendered[name])
         assert kinds == sorted(["Namespace", "ServiceAccount", "PersistentVolumeClaim", "Deployment",
                                 "Service", "PodDisruptionBudget", "NetworkPolicy", "ScaledObject",
-                                "ServiceMonitor"]), name
+                                "ServiceMonitor", "PrometheusRule", "ConfigMap"]), name
     assert sorted(d["kind"] for d in rendered["jobs"]) == ["Job", "NetworkPolicy"]
     for name, docs in rendered.items():
         for d in docs:
