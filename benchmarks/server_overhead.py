@@ -1,6 +1,6 @@
 """bonserve (n=1) against vLLM's own OpenAI server: same engine config, same prompts, one run.
 
-    python benchmarks/server_overhead.py --requests 48 --rounds 3 --out docs/benchmarks/server_overhead.json
+    python benchmarks/server_overhead.py --requests 32 --rounds 3 --out docs/benchmarks/server_overhead.json
 
 Both servers run at once (idle while the other is measured); each round measures every
 concurrency level on A then B, alternating the order, so machine drift hits both alike.
@@ -49,7 +49,8 @@ async def run_level(base_url: str, model: str, concurrency: int, n_requests: int
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--requests", type=int, default=48)
+    parser.add_argument("--requests", type=int, default=32,
+                        help="requests per level (at least 6 per concurrent client)")
     parser.add_argument("--rounds", type=int, default=3)
     parser.add_argument("--concurrency", type=int, nargs="+", default=[1, 4, 16])
     parser.add_argument("--max-tokens", type=int, default=64)
@@ -74,7 +75,7 @@ def main() -> None:
             for c in args.concurrency:
                 for name in order:
                     r = asyncio.run(run_level(servers[name].base_url, DEFAULT_MODEL_NAME, c,
-                                              args.requests, args.max_tokens))
+                                              max(args.requests, 6 * c), args.max_tokens))
                     results[name].setdefault(c, []).append(r)
                     print(f"round {rnd} c={c:<3} {name:<9} {r['req_per_s']:.2f} req/s "
                           f"p50 {r['p50']:.3f}s p99 {r['p99']:.3f}s", flush=True)

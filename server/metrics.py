@@ -18,14 +18,13 @@ from __future__ import annotations
 import time
 from collections.abc import Iterable, Iterator
 
-from prometheus_client import REGISTRY, Counter, Gauge, Histogram
+from prometheus_client import REGISTRY, Counter, Gauge, Histogram, Summary
 from prometheus_client.metrics_core import Metric
 from prometheus_client.registry import Collector
 
 LATENCY_BUCKETS = (0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 0.75, 1.0, 1.5, 2.0, 3.0, 5.0, 7.5, 10.0,
                    15.0, 20.0, 30.0, 60.0, 120.0)
 CANDIDATE_BUCKETS = (1, 2, 4, 8, 16, 32, 64)
-REWARD_BUCKETS = (-10.0, -5.0, -2.0, -1.0, -0.5, 0.0, 0.5, 1.0, 2.0, 5.0, 10.0)
 
 REQUESTS = Counter("bonserve_requests_total", "Requests by served model, mode and HTTP status.",
                    ["model", "mode", "status"])
@@ -41,8 +40,10 @@ CANDIDATES = Histogram("bonserve_candidates_per_request", "Candidates sampled pe
 REWARD_SCORING = Histogram("bonserve_reward_scoring_seconds",
                            "Scoring all candidates of a request with the reward model.",
                            ["model"], buckets=LATENCY_BUCKETS)
-CHOSEN_REWARD = Histogram("bonserve_chosen_reward", "Reward of the best returned candidate.",
-                          ["model"], buckets=REWARD_BUCKETS)
+# A Summary (sum and count), not a Histogram: rewards can be negative, and the Prometheus client
+# drops a histogram's _sum when its buckets go below zero, so the mean could not be computed.
+CHOSEN_REWARD = Summary("bonserve_chosen_reward", "Reward of the best returned candidate.",
+                        ["model"])
 REWARD_GAP = Histogram("bonserve_chosen_reward_gap",
                        "Reward of the best candidate minus the mean reward of all candidates.",
                        ["model"], buckets=(0.0, 0.1, 0.25, 0.5, 1.0, 2.0, 5.0, 10.0))

@@ -186,8 +186,9 @@ def test_metrics_move_by_the_right_amounts(bon_server: ServerProcess) -> None:
     assert delta("bonserve_candidates_per_request_sum", model=m) == 3
     assert delta("bonserve_reward_scoring_seconds_count", model=m) == 1
     assert delta("bonserve_chosen_reward_count", model=m) == 1
-    # vLLM's own series, for both engines in the process
-    assert delta("vllm:request_success_total", model_name=m) == 1
+    # vLLM's own series, for both engines in the process (vLLM counts each of the 3 sampled
+    # candidates as a request, and each scored sequence as one)
+    assert delta("vllm:request_success_total", model_name=m) == 3
     assert delta("vllm:request_success_total", model_name=RM) == 3
 
 
@@ -207,7 +208,9 @@ def test_dashboard_and_alerts_use_only_exported_series(bon_server: ServerProcess
         used |= set(re.findall(r"\b(bonserve_[a-z0-9_]+|vllm:[a-z0-9_:]+)", path.read_text()))
     assert len(used) >= 15
     missing = sorted(u for u in used if u not in exported)
-    assert not missing, f"used by dashboard/alerts but not exported: {missing}"
+    text = httpx.get(bon_server.base_url + "/metrics", timeout=30).text
+    assert not missing, (f"used by dashboard/alerts but not exported: {missing}\n"
+                         + "\n".join(ln for ln in text.splitlines() if "chosen" in ln))
 
 
 def test_reward_model_hot_swap(bon_server: ServerProcess, reward_registry: Registry) -> None:
