@@ -17,6 +17,7 @@ from starlette.types import ASGIApp, Message, Receive, Scope, Send
 from server import __version__
 from server.access_log import AccessLogMiddleware
 from server.admin import admin_router
+from server.admission import Admission
 from server.config import Settings
 from server.engine_config import EngineBuilder
 from server.engines import ManagedEngine
@@ -26,7 +27,6 @@ from server.models import ModelRouter, ServedModel
 from server.protocol import ParamError
 from server.reward import RewardScorer
 from server.routes import openai_router, ops_router
-from server.serving import Admission
 from server.state import AppState
 from training.registry import Registry, RegistryError
 

@@ -26,9 +26,11 @@ def policy_engine_kwargs(settings: Settings, model_path: Path, name: str | None 
 
 def reward_engine_kwargs(settings: Settings, model_path: Path, name: str | None = None
                          ) -> dict[str, Any]:
-    # Pooling does one forward pass per sequence; torch.compile would only slow its start.
+    # Compiled like the policy (unless --enforce-eager): scoring a candidate is a full forward
+    # pass over the conversation, as costly as a prefill, and torch.compile speeds it up.
     return {**_common_engine_kwargs(settings, model_path, name), "runner": "pooling",
-            "enforce_eager": True, "max_num_batched_tokens": max(settings.max_model_len, 2048)}
+            "enforce_eager": settings.enforce_eager,
+            "max_num_batched_tokens": max(settings.max_model_len, 2048)}
 
 
 def reward_engine_env(settings: Settings) -> dict[str, str]:

@@ -16,6 +16,7 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from server import metrics
+from server.admission import Admission, Lease
 from server.config import Settings
 from server.engines import EngineUnavailable
 from server.errors import APIError, bad_request, unavailable
@@ -27,10 +28,6 @@ from server.protocol import (
     ChatCompletionRequest,
     ChatCompletionResponse,
     ChoiceLogprobs,
-    CompletionChoice,
-    CompletionLogprobs,
-    CompletionRequest,
-    CompletionResponse,
     DeltaMessage,
     ResponseMessage,
     SamplingFields,
@@ -46,73 +43,35 @@ from server.reward import Ranked, RewardScorer, rank_candidates
 logger = logging.getLogger("bonserve.serving")
 
 
-# --------------------------------------------------------------------------- admission
+# --------------------------------------------------------------------------- engine calls
 
 
 @dataclass
-class Lease:
-    """One request's stay in the engine: queue wait, and (after release) its attributed
-    share of engine busy time (see server.metrics, cost model)."""
+class StreamTally:
+    """What a streamed request used, filled in while it streams."""
 
-    queue_s: float = 0.0
-    engine_seconds: float = 0.0
-
-
-class Admission:
-    """Bounded admission: `max_concurrent` requests in the engine, `max_waiting` queued.
-
-    Beyond that a request is refused at once with 429, so overload shows up as fast,
-    retryable errors instead of unbounded latency.
-    """
-
-    def __init__(self, max_concurrent: int, max_waiting: int) -> None:
-        self._slots = asyncio.Semaphore(max_concurrent)
-        self.max_waiting = max_waiting
-        self.waiting = 0
-        self.running = 0
-        self._clock = metrics.ShareClock()
-
-    def check(self) -> None:
-        """Refuse now if the queue is full (called before a stream's 200 header goes out)."""
-        if self._slots.locked() and self.waiting >= self.max_waiting:
-            raise APIError(
-                429,
-                f"server is at capacity ({self.running} running, {self.waiting} waiting); retry",
-                type="rate_limit_error",
-                code="queue_full",
-                headers={"Retry-After": "1"},
-            )
-
-    @contextlib.asynccontextmanager
-    async def slot(self, model: str = "unknown") -> AsyncIterator[Lease]:
-        self.check()
-        lease = Lease()
-        t0 = time.perf_counter()
-        self.waiting += 1
-        metrics.WAITING.inc()
-        try:
-            await self._slots.acquire()
-        finally:
-            self.waiting -= 1
-            metrics.WAITING.dec()
-        lease.queue_s = time.perf_counter() - t0
-        metrics.QUEUE.labels(model).observe(lease.queue_s)
-        self.running += 1
-        metrics.IN_FLIGHT.inc()
-        start = self._clock.enter()
-        try:
-            yield lease
-        finally:
-            lease.engine_seconds = self._clock.leave(start)
-            self.running -= 1
-            metrics.IN_FLIGHT.dec()
-            self._slots.release()
+    tokens: int = 0
+    first_token_seen: bool = False
+    lease: Lease = field(default_factory=Lease)
 
 
-# --------------------------------------------------------------------------- models
+@dataclass
+class Candidate:
+    """One sampled completion, assembled from the engine's streamed increments."""
 
+    index: int
+    text: str = ""
+    token_ids: list[int] = field(default_factory=list)
+    logprobs: list[Any] | None = None
+    finish_reason: str | None = None
 
-# --------------------------------------------------------------------------- engine calls
+    def extend(self, delta: Any) -> None:
+        self.text += delta.text
+        self.token_ids.extend(delta.token_ids)
+        if delta.logprobs is not None:
+            self.logprobs = (self.logprobs or []) + list(delta.logprobs)
+        if delta.finish_reason is not None:
+            self.finish_reason = delta.finish_reason
 
 
 @dataclass
@@ -228,28 +187,67 @@ class BaseServing:
         default = self.settings.best_of_for(model.name) if self.reward is not None else 1
         return max(req.n, default)
 
-    async def _rank(self, prep: PreparedRequest, outputs: Sequence[Any]) -> Ranked:
-        """Score every candidate with the reward model and order them best first."""
-        assert self.reward is not None
-        if prep.messages is not None:
-            inputs = [self.reward.conversation_ids(prep.messages, o.text) for o in outputs]
-        else:
-            inputs = [self.reward.text_ids(prep.prompt_text + o.text) for o in outputs]
-        t0 = time.perf_counter()
-        rewards = await self.reward.score(inputs, prep.request_id)
-        metrics.REWARD_SCORING.labels(prep.model.name).observe(time.perf_counter() - t0)
-        order = rank_candidates(rewards, [o.finish_reason for o in outputs],
-                                self.settings.length_penalty)
-        return Ranked(order=order, rewards=rewards, reward_tokens=sum(map(len, inputs)))
-
     async def _generate_ranked(self, prep: PreparedRequest
                                ) -> tuple[list[Any], Ranked | None, Lease]:
         """Run the request; with best_of > n, rerank. Returns (all candidates, ranking, lease)."""
         async with self.admission.slot(prep.model.name) as lease, self._deadline():
-            final = await run_to_completion(prep)
-            outputs = list(final.outputs)
-            ranked = None if prep.best_of == prep.n else await self._rank(prep, outputs)
+            if prep.best_of == prep.n:
+                final = await run_to_completion(prep)
+                return list(final.outputs), None, lease
+            outputs, ranked = await self._sample_and_score(prep)
         return outputs, ranked, lease
+
+    async def _sample_and_score(self, prep: PreparedRequest) -> tuple[list[Candidate], Ranked]:
+        """Best-of-N: each candidate is scored as soon as it finishes, while the others are
+        still decoding, so only the scoring of the last one adds to the latency."""
+        assert self.reward is not None
+        candidates = [Candidate(i) for i in range(prep.best_of)]
+        scoring: dict[int, asyncio.Task[tuple[float, int]]] = {}
+        try:
+            async for out in stream_deltas(prep):
+                for o in out.outputs:
+                    candidate = candidates[o.index]
+                    candidate.extend(o)
+                    if o.finish_reason is not None and o.index not in scoring:
+                        scoring[o.index] = asyncio.create_task(self._score(prep, candidate))
+            if len(scoring) != prep.best_of:
+                raise APIError(500, f"engine finished {len(scoring)} of {prep.best_of} candidates",
+                               type="server_error")
+            decoded = time.perf_counter()
+            scored = await asyncio.gather(*(scoring[i] for i in range(prep.best_of)))
+            metrics.REWARD_SCORING.labels(prep.model.name).observe(time.perf_counter() - decoded)
+        finally:
+            for task in scoring.values():
+                task.cancel()
+        rewards = [r for r, _ in scored]
+        order = rank_candidates(rewards, [c.finish_reason for c in candidates],
+                                self.settings.length_penalty)
+        return candidates, Ranked(order=order, rewards=rewards,
+                                  reward_tokens=sum(n for _, n in scored))
+
+    async def _score(self, prep: PreparedRequest, candidate: Candidate) -> tuple[float, int]:
+        """(reward, tokens scored) of one finished candidate."""
+        assert self.reward is not None
+        if prep.messages is not None:
+            ids = self.reward.conversation_ids(prep.messages, candidate.text)
+        else:
+            ids = self.reward.text_ids(prep.prompt_text + candidate.text)
+        (reward,) = await self.reward.score([ids], f"{prep.request_id}-c{candidate.index}")
+        return reward, len(ids)
+
+    async def _increments(self, prep: PreparedRequest, tally: StreamTally) -> AsyncIterator[Any]:
+        """A streamed request's increments that carry text or a finish reason, inside an
+        admission slot and the deadline; counts tokens and times the first one."""
+        async with self.admission.slot(prep.model.name) as tally.lease, self._deadline():
+            async for out in stream_deltas(prep):
+                for o in out.outputs:
+                    tally.tokens += len(o.token_ids)
+                    if not o.text and not o.finish_reason:
+                        continue
+                    if o.text and not tally.first_token_seen:
+                        tally.first_token_seen = True
+                        self._first_token(prep)
+                    yield o
 
     def _max_tokens(self, requested: int | None, prompt_len: int, max_model_len: int) -> int:
         if requested is not None and requested > self.settings.max_tokens_limit:
@@ -280,8 +278,10 @@ class BaseServing:
 
     def _sampling_params(
         self, req: SamplingFields, *, candidates: int, max_tokens: int, logprobs: int | None,
-        stream: bool, vocab_size: int, structured: Any = None,
+        delta: bool, vocab_size: int, structured: Any = None,
     ) -> Any:
+        """vLLM SamplingParams; `delta` streams increments (streaming, and Best-of-N, which
+        scores candidates as they finish) instead of one final output."""
         from vllm import SamplingParams
         from vllm.exceptions import VLLMClientError
         from vllm.sampling_params import RequestOutputKind
@@ -310,7 +310,7 @@ class BaseServing:
                 logprobs=logprobs,
                 logit_bias=logit_bias,
                 structured_outputs=structured,
-                output_kind=RequestOutputKind.DELTA if stream else RequestOutputKind.FINAL_ONLY,
+                output_kind=RequestOutputKind.DELTA if delta else RequestOutputKind.FINAL_ONLY,
             )
         except (VLLMClientError, ValueError) as exc:  # vLLM's own checks (e.g. empty stop)
             raise bad_request(str(exc), getattr(exc, "parameter", None)) from exc
@@ -475,11 +475,9 @@ class ChatServing(BaseServing):
             req.requested_max_tokens, len(prompt_ids), model.engine.info.max_model_len
         )
         logprobs = (req.top_logprobs or 0) if req.logprobs else None
-        # Best-of-N needs whole candidates before it can choose, so it never streams deltas.
-        bon = candidates > req.n
         params = self._sampling_params(
             req, candidates=candidates, max_tokens=max_tokens, logprobs=logprobs,
-            stream=req.stream and not bon, vocab_size=len(tokenizer),
+            delta=req.stream or candidates > req.n, vocab_size=len(tokenizer),
             structured=_structured_outputs(req),
         )
         return PreparedRequest(model, engine, list(prompt_ids), params, req.n, new_id("chatcmpl"),
@@ -544,148 +542,24 @@ class ChatServing(BaseServing):
     async def _stream(self, req: ChatCompletionRequest, prep: PreparedRequest) -> AsyncIterator[str]:
         created = now()
         include_usage = bool(req.stream_options and req.stream_options.include_usage)
-        tokens = [0] * prep.n
+        tally = StreamTally()
 
         def chunk(choices: list[ChatChunkChoice]) -> str:
             return sse(ChatCompletionChunk(
                 id=prep.request_id, created=created, model=prep.model.name, choices=choices
             ))
 
-        first = True
-        async with self.admission.slot(prep.model.name) as lease, self._deadline():
-            for i in range(prep.n):
-                yield chunk([ChatChunkChoice(index=i, delta=DeltaMessage(role="assistant",
-                                                                         content=""))])
-            async for out in stream_deltas(prep):
-                for o in out.outputs:
-                    tokens[o.index] += len(o.token_ids)
-                    if not o.text and not o.finish_reason:
-                        continue
-                    if first and o.text:
-                        self._first_token(prep)
-                        first = False
-                    yield chunk([ChatChunkChoice(
-                        index=o.index,
-                        delta=DeltaMessage(content=o.text or None),
-                        logprobs=_chat_logprobs(o, req.top_logprobs or 0) if req.logprobs
-                        else None,
-                        finish_reason=o.finish_reason,
-                    )])
-        usage = self._account(prep, sum(tokens), sum(tokens), None, lease)
+        for i in range(prep.n):
+            yield chunk([ChatChunkChoice(index=i, delta=DeltaMessage(role="assistant", content=""))])
+        async for o in self._increments(prep, tally):
+            yield chunk([ChatChunkChoice(
+                index=o.index,
+                delta=DeltaMessage(content=o.text or None),
+                logprobs=_chat_logprobs(o, req.top_logprobs or 0) if req.logprobs else None,
+                finish_reason=o.finish_reason,
+            )])
+        usage = self._account(prep, tally.tokens, tally.tokens, None, tally.lease)
         if include_usage:
             yield sse(ChatCompletionChunk(id=prep.request_id, created=created,
                                           model=prep.model.name, choices=[], usage=usage))
-        yield SSE_DONE
-
-
-# --------------------------------------------------------------------------- completions
-
-
-def _completion_logprobs(output: Any, top_n: int, offset: int) -> CompletionLogprobs | None:
-    if output.logprobs is None:
-        return None
-    result = CompletionLogprobs()
-    for token_id, entries in zip(output.token_ids, output.logprobs, strict=False):
-        chosen = entries[token_id]
-        text = chosen.decoded_token or ""
-        result.tokens.append(text)
-        result.token_logprobs.append(max(chosen.logprob, -9999.0))
-        ranked = sorted(entries.values(), key=lambda lp: lp.rank or 0)[: max(top_n, 1)]
-        result.top_logprobs.append({lp.decoded_token or "": lp.logprob for lp in ranked})
-        result.text_offset.append(offset)
-        offset += len(text)
-    return result
-
-
-class CompletionServing(BaseServing):
-    def _prepare(self, req: CompletionRequest) -> PreparedRequest:
-        model = self.router.resolve(req.model)
-        candidates = self._candidates(req, model)
-        self.admission.check()
-        if req.echo and req.stream:
-            raise bad_request("echo is not supported with stream", "echo")
-        engine = self._engine_for(model)
-        assert model.engine.info is not None
-        tokenizer = engine.get_tokenizer()
-        prompt = req.prompt[0] if isinstance(req.prompt, list) and isinstance(req.prompt[0], str) \
-            else req.prompt
-        if isinstance(prompt, str):
-            prompt_ids = tokenizer.encode(prompt)
-            prompt_text = prompt
-        else:
-            vocab = len(tokenizer)
-            if any(not 0 <= t < vocab for t in prompt):
-                raise bad_request("prompt has token ids outside the vocabulary", "prompt")
-            prompt_ids = list(prompt)
-            prompt_text = tokenizer.decode(prompt_ids)
-        if not prompt_ids:
-            raise bad_request("prompt must not be empty", "prompt")
-        max_tokens = self._max_tokens(
-            req.requested_max_tokens if req.max_tokens is not None else None,
-            len(prompt_ids), model.engine.info.max_model_len,
-        )
-        if req.stream and candidates > req.n:
-            raise bad_request("streaming with best_of > n is supported on /v1/chat/completions "
-                              "only", "stream")
-        params = self._sampling_params(
-            req, candidates=candidates, max_tokens=max_tokens, logprobs=req.logprobs,
-            stream=req.stream, vocab_size=len(tokenizer),
-        )
-        return PreparedRequest(model, engine, prompt_ids, params, req.n, new_id("cmpl"),
-                               prompt_text=prompt_text)
-
-    async def create(self, req: CompletionRequest) -> CompletionResponse | AsyncIterator[str]:
-        prep = self._prepare(req)
-        if req.stream:
-            return guarded_stream(held(self._stream(req, prep), prep.model))
-        with prep.model.hold():
-            outputs, ranked, lease = await self._generate_ranked(prep)
-        self._first_token(prep)
-        chosen = select(outputs, ranked, prep.n)
-        prefix = prep.prompt_text if req.echo else ""
-        choices = [
-            CompletionChoice(
-                index=i,
-                text=prefix + o.text,
-                logprobs=_completion_logprobs(o, req.logprobs or 0, len(prefix))
-                if req.logprobs is not None else None,
-                finish_reason=o.finish_reason or "stop",
-                reward=reward,
-            )
-            for i, (o, reward) in enumerate(chosen)
-        ]
-        return CompletionResponse(
-            id=prep.request_id, created=now(), model=prep.model.name, choices=choices,
-            usage=self._usage_of(prep, outputs, chosen, ranked, lease),
-        )
-
-    async def _stream(self, req: CompletionRequest, prep: PreparedRequest) -> AsyncIterator[str]:
-        created = now()
-        include_usage = bool(req.stream_options and req.stream_options.include_usage)
-        tokens = [0] * prep.n
-        first = True
-        async with self.admission.slot(prep.model.name) as lease, self._deadline():
-            async for out in stream_deltas(prep):
-                for o in out.outputs:
-                    tokens[o.index] += len(o.token_ids)
-                    if not o.text and not o.finish_reason:
-                        continue
-                    if first and o.text:
-                        self._first_token(prep)
-                        first = False
-                    yield sse(CompletionResponse(
-                        id=prep.request_id, created=created, model=prep.model.name,
-                        choices=[CompletionChoice(
-                            index=o.index, text=o.text,
-                            logprobs=_completion_logprobs(o, req.logprobs or 0, 0)
-                            if req.logprobs is not None else None,
-                            finish_reason=o.finish_reason,
-                        )],
-                    ))
-        usage = self._account(prep, sum(tokens), sum(tokens), None, lease)
-        if include_usage:
-            yield sse(CompletionResponse(
-                id=prep.request_id, created=created, model=prep.model.name, choices=[],
-                usage=usage,
-            ))
         yield SSE_DONE

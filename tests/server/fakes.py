@@ -124,3 +124,33 @@ class FakeVaryingLLM(FakeAsyncLLM):
             reason = self.finish_reasons[i] if i < len(self.finish_reasons) else "stop"
             outs.append(FakeCompletion(i, " ".join(["w"] * (i + 1)), list(range(i + 1)), reason))
         yield SimpleNamespace(outputs=outs, finished=True)
+
+
+@dataclass
+class FakeTwoStepLLM(FakeAsyncLLM):
+    """Streams two increments: candidate 0 finishes in the first, the rest in the second,
+    `gap_s` later. Appends ("policy-step", i) to `events` as it goes."""
+
+    gap_s: float = 0.2
+    events: list[Any] = field(default_factory=list)
+
+    async def generate(self, prompt: Any, params: Any, request_id: str,
+                       lora_request: Any = None) -> AsyncIterator[Any]:
+        self.events.append(("policy-step", 1))
+        first = [FakeCompletion(0, "short", [1], "stop")] + [
+            FakeCompletion(i, "long", [1], None) for i in range(1, params.n)]
+        yield SimpleNamespace(outputs=first, finished=False)
+        await asyncio.sleep(self.gap_s)
+        self.events.append(("policy-step", 2))
+        rest = [FakeCompletion(i, " answer", [2], "stop") for i in range(1, params.n)]
+        yield SimpleNamespace(outputs=rest, finished=True)
+
+
+@dataclass
+class FakeRecordingRewardLLM(FakeRewardLLM):
+    events: list[Any] = field(default_factory=list)
+
+    async def encode(self, prompt: Any, params: Any, request_id: str) -> AsyncIterator[Any]:
+        self.events.append(("score", request_id))
+        async for out in super().encode(prompt, params, request_id):
+            yield out

@@ -13,11 +13,11 @@ from typing import Any
 import httpx
 import pytest
 
+from server.admission import Admission
 from server.app import build_app
 from server.config import Settings
 from server.engines import EngineState, ManagedEngine
 from server.models import ModelRouter, ServedModel
-from server.serving import Admission
 from server.state import AppState
 from tests.server.fakes import FakeAsyncLLM
 

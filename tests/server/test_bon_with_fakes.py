@@ -9,14 +9,19 @@ from typing import Any
 import httpx
 import pytest
 
+from server.admission import Admission
 from server.app import build_app
 from server.config import Settings
 from server.engines import ManagedEngine
 from server.models import ModelRouter, ServedModel
 from server.reward import RewardScorer, rank_candidates
-from server.serving import Admission
 from server.state import AppState
-from tests.server.fakes import FakeRewardLLM, FakeVaryingLLM
+from tests.server.fakes import (
+    FakeRecordingRewardLLM,
+    FakeRewardLLM,
+    FakeTwoStepLLM,
+    FakeVaryingLLM,
+)
 
 CHAT = {"model": "fake", "messages": [{"role": "user", "content": "hello"}], "max_tokens": 8}
 
@@ -111,3 +116,16 @@ async def test_rewards_endpoint(bon_client: Callable[..., Any]) -> None:
     r = await c.post("/v1/rewards", json={"model": "other", "items": items})
     assert r.status_code == 404
     assert (await c.post("/v1/rewards", json={"items": []})).status_code == 400
+
+
+async def test_candidates_are_scored_as_they_finish(bon_client: Callable[..., Any]) -> None:
+    """The early candidate's scoring starts before the others are done decoding."""
+    events: list[Any] = []
+    c = await bon_client(policy=FakeTwoStepLLM(events=events),
+                         reward=FakeRecordingRewardLLM(events=events))
+    body = (await c.post("/v1/chat/completions", json={**CHAT, "best_of": 3})).json()
+    kinds = [e[0] if e[0] == "score" else f"step{e[1]}" for e in events]
+    assert kinds[:3] == ["step1", "score", "step2"], events
+    assert kinds.count("score") == 3
+    texts = {ch["message"]["content"] for ch in body["choices"]}
+    assert texts == {"long answer"}  # assembled from both increments, and the longer wins
