@@ -1,7 +1,11 @@
-"""The `bonserve` command: serve | models prepare | (train, data, loadtest as they land).
+"""The `bonserve` command: serve | models | train | data | eval | registry (loadtest as it lands).
 
     bonserve models prepare            # build the default model into $BONSERVE_HOME
     bonserve serve --port 8000         # OpenAI-compatible server on the default model
+    bonserve data prefs --policy smollm2-135m-instruct --task arithmetic -k 8 --out prefs.jsonl
+    bonserve train dpo --data prefs.jsonl --name arith-dpo     # also: train sft | rm
+    bonserve eval --model arith-dpo --task arithmetic [--n 8 --reward-model arith-rm]
+    bonserve registry list             # also: registry show NAME
 """
 
 from __future__ import annotations
@@ -105,6 +109,64 @@ def cmd_models_init_reward(args: argparse.Namespace) -> int:
     return 0
 
 
+def cmd_registry_list(args: argparse.Namespace) -> int:
+    from training.registry import Registry, format_list
+
+    print(format_list(Registry(args.registry) if args.registry else Registry()))
+    return 0
+
+
+def cmd_registry_show(args: argparse.Namespace) -> int:
+    from training.registry import Registry, RegistryError, format_manifest
+
+    try:
+        print(format_manifest(Registry(args.registry) if args.registry else Registry(), args.name,
+                              deep=args.verify))
+    except RegistryError as exc:
+        print(f"error: {exc}", file=sys.stderr)
+        return 1
+    return 0
+
+
+def add_training_commands(sub: Any) -> None:
+    """`train sft|rm|dpo`, `data prefs`, `eval`, `registry list|show`: each is the `main` of a
+    training/ module, whose config dataclass also defines its flags."""
+    from training import dpo, prefs, rm, sft
+    from training import eval as evaluate
+
+    train = sub.add_parser("train", help="Train a checkpoint with TRL and write a registry entry.")
+    train_sub = train.add_subparsers(dest="train_command", required=True)
+    for name, module, help_text in (("sft", sft, "Supervised fine-tuning (SFTTrainer)."),
+                                    ("rm", rm, "Reward model (RewardTrainer), saved merged."),
+                                    ("dpo", dpo, "Direct Preference Optimization (DPOTrainer).")):
+        p = module.make_parser(train_sub.add_parser(name, help=help_text, description=module.__doc__,
+                                                    formatter_class=argparse.RawDescriptionHelpFormatter))
+        p.set_defaults(func=lambda args, m=module: m.main(args=args))
+
+    data = sub.add_parser("data", help="Make training data.")
+    data_sub = data.add_subparsers(dest="data_command", required=True)
+    p = prefs.make_parser(data_sub.add_parser(
+        "prefs", help="Sample k completions per prompt, judge them, write preference pairs.",
+        description=prefs.__doc__, formatter_class=argparse.RawDescriptionHelpFormatter))
+    p.set_defaults(func=lambda args: prefs.main(args=args))
+
+    p = evaluate.make_parser(sub.add_parser(
+        "eval", help="Gold accuracy, pass@n, BoN-n, RM pairwise accuracy and KL on held-out prompts.",
+        description=evaluate.__doc__, formatter_class=argparse.RawDescriptionHelpFormatter))
+    p.set_defaults(func=lambda args: evaluate.main(args=args))
+
+    registry = sub.add_parser("registry", help="List and inspect checkpoint registry entries.")
+    registry_sub = registry.add_subparsers(dest="registry_command", required=True)
+    ls = registry_sub.add_parser("list", help="Name, kind, format, parent and creation time of entries.")
+    ls.add_argument("--registry", type=Path, default=None, help="Registry directory.")
+    ls.set_defaults(func=cmd_registry_list)
+    show = registry_sub.add_parser("show", help="Print one entry's manifest.")
+    show.add_argument("name", help="Entry name.")
+    show.add_argument("--verify", action="store_true", help="Also re-hash every file.")
+    show.add_argument("--registry", type=Path, default=None, help="Registry directory.")
+    show.set_defaults(func=cmd_registry_show)
+
+
 def make_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="bonserve", description=__doc__.splitlines()[0])
     sub = parser.add_subparsers(dest="command", required=True)
@@ -129,6 +191,7 @@ def make_parser() -> argparse.ArgumentParser:
     init_rm.add_argument("--seed", type=int, default=0, help="Seed of the score head's init.")
     init_rm.add_argument("--registry", type=Path, default=None, help="Registry directory.")
     init_rm.set_defaults(func=cmd_models_init_reward)
+    add_training_commands(sub)
     return parser
 
 

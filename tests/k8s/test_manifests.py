@@ -221,9 +221,6 @@ def test_dockerfiles_agree_with_the_manifests(rendered: dict[str, list[dict[str,
         assert removes_cuda_vision == (variant == "cpu")
 
 
-@pytest.mark.xfail(raises=pytest.fail.Exception, strict=True,
-                   reason="`bonserve train` lands with the training issue: when it parses, this "
-                          "XPASS fails the suite, so remove this mark and the note in train-dpo.yaml")
 def test_training_job_command_parses(rendered: dict[str, list[dict[str, Any]]]) -> None:
     spec = one(rendered["jobs"], "Job")["spec"]["template"]["spec"]
     parse_or_fail(bonserve_argv(spec["containers"][0]))

@@ -1,0 +1,234 @@
+"""Offline generation and scoring for `data prefs` and `eval`: vLLM engines configured like
+the server's, LoRA entries applied per request, reward models scored by vLLM's pooling runner
+or by transformers.
+
+Engines spawn worker processes: every entry point that reaches `open_llm` needs an
+`if __name__ == "__main__":` guard, and engines are shut down as soon as their phase ends
+(policy first, then the reward model), so the two never hold the 2 CPU cores at once.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import gc
+import json
+from collections.abc import Iterator, Sequence
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+from training.registry import Entry, Registry, RegistryError
+
+Messages = list[dict[str, str]]
+
+
+# --------------------------------------------------------------------------- policies
+
+
+@dataclass
+class Policy:
+    """A registry entry as vLLM runs it: full weights, plus an adapter for LoRA entries."""
+
+    name: str
+    entry: Entry
+    weights: Path  # the full checkpoint vLLM loads
+    base_name: str  # the entry those weights belong to
+    adapter: Path | None = None
+    lora_rank: int | None = None
+
+    def lora_request(self) -> Any:
+        if self.adapter is None:
+            return None
+        from vllm.lora.request import LoRARequest
+
+        return LoRARequest(self.name, 1, str(self.adapter))
+
+
+def resolve_policy(registry: Registry, name: str) -> Policy:
+    entry = registry.load(name)
+    if entry.manifest.kind == "rm":
+        raise RegistryError(f"{name!r} is a reward model (kind rm), not a policy")
+    if entry.manifest.format != "lora":
+        return Policy(name=name, entry=entry, weights=entry.path,
+                      base_name=entry.manifest.base_model or name)
+    base = entry.manifest.base_model
+    if not base:
+        raise RegistryError(f"LoRA entry {name!r} names no base_model")
+    root = registry.load(base)
+    if root.manifest.format != "full":
+        raise RegistryError(f"LoRA entry {name!r} sits on {base!r}, which is not a full checkpoint")
+    rank = json.loads((entry.path / "adapter_config.json").read_text()).get("r")
+    return Policy(name=name, entry=entry, weights=root.path, base_name=base, adapter=entry.path,
+                  lora_rank=rank)
+
+
+def resolve_reward_model(registry: Registry, name: str) -> Entry:
+    entry = registry.load(name)
+    if entry.manifest.kind != "rm" or entry.manifest.format != "full":
+        raise RegistryError(f"{name!r} is kind {entry.manifest.kind!r} format {entry.manifest.format!r}; "
+                            "a reward model is a full checkpoint of kind 'rm'")
+    return entry
+
+
+# --------------------------------------------------------------------------- engines
+
+
+def _settings(enforce_eager: bool, kv_cache_gib: float, seed: int, **extra: Any):
+    from server.config import Settings
+
+    return Settings(enforce_eager=enforce_eager, kv_cache_gib=kv_cache_gib, engine_seed=seed, **extra)
+
+
+def _offline(kwargs: dict[str, Any]) -> dict[str, Any]:
+    """Server engine kwargs made fit for `vllm.LLM` (EngineArgs lacks the async-only
+    request logging option; periodic stats logging is noise offline)."""
+    kwargs = dict(kwargs)
+    kwargs.pop("enable_log_requests", None)
+    kwargs["disable_log_stats"] = True
+    return kwargs
+
+
+def policy_llm_kwargs(policy: Policy, *, enforce_eager: bool = False, kv_cache_gib: float = 1.0,
+                      seed: int = 0) -> dict[str, Any]:
+    """The server's policy engine config (float32, explicit KV cache, chunked prefill off),
+    with LoRA enabled when the policy is an adapter."""
+    from server.config import VLLM_LORA_RANKS
+    from server.engine_config import policy_engine_kwargs
+
+    lora = {}
+    if policy.adapter is not None:
+        rank = policy.lora_rank or 16
+        lora = {"max_loras": 1, "max_lora_rank": max(64, min(r for r in VLLM_LORA_RANKS if r >= rank))}
+    settings = _settings(enforce_eager, kv_cache_gib, seed, **lora)
+    return _offline(policy_engine_kwargs(settings, policy.weights))
+
+
+def reward_llm_kwargs(path: Path, *, kv_cache_gib: float = 1.0, seed: int = 0) -> dict[str, Any]:
+    from server.engine_config import reward_engine_kwargs
+
+    return _offline(reward_engine_kwargs(_settings(True, kv_cache_gib, seed), path))
+
+
+@contextlib.contextmanager
+def open_llm(kwargs: dict[str, Any]) -> Iterator[Any]:
+    """A `vllm.LLM`, shut down (worker processes included) when the block ends."""
+    from vllm import LLM
+
+    llm = LLM(**kwargs)
+    try:
+        yield llm
+    finally:
+        shutdown_llm(llm)
+        del llm
+        gc.collect()
+
+
+def shutdown_llm(llm: Any) -> None:
+    engine = getattr(llm, "llm_engine", None)
+    core = getattr(engine, "engine_core", None)
+    if core is not None:
+        with contextlib.suppress(Exception):
+            core.shutdown()
+
+
+# --------------------------------------------------------------------------- generation
+
+
+@dataclass
+class Sample:
+    text: str
+    token_ids: list[int]
+    finish_reason: str | None
+
+
+def prompt_ids(tokenizer: Any, messages: Messages) -> list[int]:
+    return list(tokenizer.apply_chat_template(messages, add_generation_prompt=True, tokenize=True,
+                                              return_dict=False))
+
+
+def generate(llm: Any, policy: Policy, conversations: Sequence[Messages], *, n: int,
+             temperature: float, max_tokens: int, top_p: float = 1.0) -> list[list[Sample]]:
+    """n completions per conversation (temperature 0 = greedy, n must be 1), in input order."""
+    from vllm import SamplingParams
+    from vllm.sampling_params import RequestOutputKind
+
+    if temperature == 0 and n != 1:
+        raise ValueError(f"greedy decoding with n={n}: the samples would be identical")
+    tokenizer = llm.get_tokenizer()
+    prompts = [{"prompt_token_ids": prompt_ids(tokenizer, m)} for m in conversations]
+    params = SamplingParams(n=n, temperature=temperature, top_p=top_p, max_tokens=max_tokens,
+                            output_kind=RequestOutputKind.FINAL_ONLY)
+    outputs = llm.generate(prompts, params, lora_request=policy.lora_request(), use_tqdm=True)
+    result = []
+    for out in outputs:
+        samples = [Sample(c.text, list(c.token_ids), c.finish_reason) for c in out.outputs]
+        if len(samples) != n:  # DESIGN.md: some output settings deliver only part of n
+            raise RuntimeError(f"vLLM returned {len(samples)} of {n} completions for one prompt")
+        result.append(samples)
+    return result
+
+
+def sample_policy(policy: Policy, conversations: Sequence[Messages], *, n: int, temperature: float,
+                  max_tokens: int, greedy: bool = False, enforce_eager: bool = False,
+                  kv_cache_gib: float = 1.0, seed: int = 0
+                  ) -> tuple[list[list[Sample]] | None, list[list[Sample]] | None]:
+    """(greedy completions if asked, n samples at `temperature` if n > 0) with one engine."""
+    kwargs = policy_llm_kwargs(policy, enforce_eager=enforce_eager, kv_cache_gib=kv_cache_gib, seed=seed)
+    with open_llm(kwargs) as llm:
+        greedy_out = generate(llm, policy, conversations, n=1, temperature=0.0,
+                              max_tokens=max_tokens) if greedy else None
+        sampled = generate(llm, policy, conversations, n=n, temperature=temperature,
+                           max_tokens=max_tokens) if n > 0 else None
+    return greedy_out, sampled
+
+
+# --------------------------------------------------------------------------- reward scoring
+
+
+def score_rewards(path: Path, items: Sequence[tuple[Messages, str]], *, backend: str = "vllm",
+                  kv_cache_gib: float = 1.0, batch_size: int = 16) -> list[float]:
+    """Raw reward (the score logit) of each (conversation, response)."""
+    if not items:
+        return []
+    if backend == "vllm":
+        return _vllm_rewards(path, items, kv_cache_gib)
+    if backend == "transformers":
+        return _transformers_rewards(path, items, batch_size)
+    raise ValueError(f"reward backend {backend!r}: use 'vllm' or 'transformers'")
+
+
+def _vllm_rewards(path: Path, items: Sequence[tuple[Messages, str]], kv_cache_gib: float) -> list[float]:
+    from vllm import PoolingParams
+
+    from training.reward import reward_text
+
+    with open_llm(reward_llm_kwargs(path, kv_cache_gib=kv_cache_gib)) as llm:
+        tokenizer = llm.get_tokenizer()
+        prompts = [{"prompt_token_ids": reward_text(tokenizer, m, r)} for m, r in items]
+        outs = llm.classify(prompts, pooling_params=PoolingParams(use_activation=False), use_tqdm=True)
+        return [float(o.outputs.probs[0]) for o in outs]
+
+
+def _transformers_rewards(path: Path, items: Sequence[tuple[Messages, str]], batch_size: int) -> list[float]:
+    """Batched with right padding: the classifier pools the last non-pad token of each row."""
+    import torch
+    from transformers import AutoModelForSequenceClassification, AutoTokenizer
+
+    from training.reward import reward_text
+
+    tokenizer = AutoTokenizer.from_pretrained(path)
+    model = AutoModelForSequenceClassification.from_pretrained(path, dtype=torch.float32).eval()
+    pad = model.config.pad_token_id
+    seqs = [reward_text(tokenizer, m, r) for m, r in items]
+    scores: list[float] = []
+    with torch.no_grad():
+        for i in range(0, len(seqs), batch_size):
+            batch = seqs[i:i + batch_size]
+            width = max(len(s) for s in batch)
+            ids = torch.full((len(batch), width), pad, dtype=torch.long)
+            mask = torch.zeros((len(batch), width), dtype=torch.long)
+            for j, s in enumerate(batch):
+                ids[j, :len(s)] = torch.tensor(s)
+                mask[j, :len(s)] = 1
+            scores.extend(float(x) for x in model(input_ids=ids, attention_mask=mask).logits[:, 0])
+    return scores
