@@ -101,8 +101,8 @@ def test_dpo_lora_via_cli(module_registry: Registry, data_dir: Path, tmp_path: P
 
 def test_dpo_on_top_of_a_lora_sft_keeps_one_adapter(module_registry: Registry, data_dir: Path,
                                                     tmp_path: Path) -> None:
-    if not (module_registry.root / "t-sft").is_dir():
-        pytest.skip("needs the SFT entry of test_sft_lora_writes_entry_and_resumes")
+    # builds on the entry written by test_sft_lora_writes_entry_and_resumes (same module)
+    assert (module_registry.root / "t-sft").is_dir(), "the SFT test above did not write t-sft"
     run_dpo(DPOConfig(data=str(data_dir / "prefs.jsonl"), name="t-sft-dpo", base="t-sft",
                       registry=str(module_registry.root), output_dir=str(tmp_path / "run"),
                       max_steps=2, **TINY))
