@@ -92,15 +92,22 @@ def policy_llm_kwargs(policy: Policy, *, enforce_eager: bool = False, kv_cache_g
                       seed: int = 0) -> dict[str, Any]:
     """The server's policy engine config (float32, explicit KV cache, chunked prefill off),
     with LoRA enabled when the policy is an adapter."""
+    lora_rank = (policy.lora_rank or 16) if policy.adapter is not None else None
+    return llm_kwargs(policy.weights, lora_rank=lora_rank, enforce_eager=enforce_eager,
+                      kv_cache_gib=kv_cache_gib, seed=seed)
+
+
+def llm_kwargs(weights: Path, *, lora_rank: int | None = None, enforce_eager: bool = False,
+               kv_cache_gib: float = 1.0, seed: int = 0) -> dict[str, Any]:
+    """Engine config for full `weights`, able to apply one adapter of `lora_rank` if given."""
     from server.config import VLLM_LORA_RANKS
     from server.engine_config import policy_engine_kwargs
 
     lora = {}
-    if policy.adapter is not None:
-        rank = policy.lora_rank or 16
-        lora = {"max_loras": 1, "max_lora_rank": max(64, min(r for r in VLLM_LORA_RANKS if r >= rank))}
+    if lora_rank is not None:
+        lora = {"max_loras": 1, "max_lora_rank": max(64, min(r for r in VLLM_LORA_RANKS if r >= lora_rank))}
     settings = _settings(enforce_eager, kv_cache_gib, seed, **lora)
-    return _offline(policy_engine_kwargs(settings, policy.weights))
+    return _offline(policy_engine_kwargs(settings, weights))
 
 
 def reward_llm_kwargs(path: Path, *, kv_cache_gib: float = 1.0, seed: int = 0) -> dict[str, Any]:
@@ -210,25 +217,6 @@ def _vllm_rewards(path: Path, items: Sequence[tuple[Messages, str]], kv_cache_gi
 
 
 def _transformers_rewards(path: Path, items: Sequence[tuple[Messages, str]], batch_size: int) -> list[float]:
-    """Batched with right padding: the classifier pools the last non-pad token of each row."""
-    import torch
-    from transformers import AutoModelForSequenceClassification, AutoTokenizer
+    from training.reward import RewardModelScorer
 
-    from training.reward import reward_text
-
-    tokenizer = AutoTokenizer.from_pretrained(path)
-    model = AutoModelForSequenceClassification.from_pretrained(path, dtype=torch.float32).eval()
-    pad = model.config.pad_token_id
-    seqs = [reward_text(tokenizer, m, r) for m, r in items]
-    scores: list[float] = []
-    with torch.no_grad():
-        for i in range(0, len(seqs), batch_size):
-            batch = seqs[i:i + batch_size]
-            width = max(len(s) for s in batch)
-            ids = torch.full((len(batch), width), pad, dtype=torch.long)
-            mask = torch.zeros((len(batch), width), dtype=torch.long)
-            for j, s in enumerate(batch):
-                ids[j, :len(s)] = torch.tensor(s)
-                mask[j, :len(s)] = 1
-            scores.extend(float(x) for x in model(input_ids=ids, attention_mask=mask).logits[:, 0])
-    return scores
+    return RewardModelScorer(path, batch_size)(items)

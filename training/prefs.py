@@ -109,26 +109,29 @@ class Prompt:
     example: Any = None  # the task Example, when there is a gold verifier
 
 
-def load_prompts(config: PrefsConfig) -> list[Prompt]:
-    if config.task:
+def load_prompts(*, task: str | None, split: str = "train", n: int | None = None,
+                 path: str | None = None) -> list[Prompt]:
+    """The first `n` prompts of a task split (with their gold examples), or of a JSONL/Parquet
+    file of rows with `prompt` (a string or messages) when `task` is None."""
+    if task:
         from training.tasks import get_task
 
-        task = get_task(config.task)
-        size = task.sizes[config.split]
-        n = None if config.n_prompts is None else min(config.n_prompts, size)
-        return [Prompt(ex.id, task.messages(ex), ex) for ex in task.examples(config.split, n)]
+        found = get_task(task)
+        size = found.sizes[split]
+        count = None if n is None else min(n, size)
+        return [Prompt(ex.id, found.messages(ex), ex) for ex in found.examples(split, count)]
     from training.data import DataError, load_rows
 
-    rows = load_rows(config.prompts)
+    rows = load_rows(path)
     out = []
-    for i, row in enumerate(rows[:config.n_prompts] if config.n_prompts else rows):
+    for i, row in enumerate(rows[:n] if n else rows):
         prompt = row.get("prompt")
         if isinstance(prompt, str) and prompt.strip():
             messages = [{"role": "user", "content": prompt}]
         elif isinstance(prompt, list) and prompt and all(isinstance(m, dict) for m in prompt):
             messages = prompt
         else:
-            raise DataError(f"{config.prompts}: row {i + 1}: field 'prompt': expected a string or messages")
+            raise DataError(f"{path}: row {i + 1}: field 'prompt': expected a string or messages")
         out.append(Prompt(str(row.get("id", i)), messages))
     return out
 
@@ -197,7 +200,8 @@ def run(config: PrefsConfig) -> dict[str, Any]:
     registry = Registry(config.registry) if config.registry else Registry()
     policy = resolve_policy(registry, config.policy)
     rm = resolve_reward_model(registry, config.reward_model) if config.reward_model else None
-    prompts = load_prompts(config)
+    prompts = load_prompts(task=config.task, split=config.split, n=config.n_prompts,
+                           path=config.prompts)
 
     _, sampled = sample_policy(policy, [p.messages for p in prompts], n=config.k,
                                temperature=config.temperature, max_tokens=config.max_tokens,

@@ -8,9 +8,13 @@ scores are deterministic but carry no preference signal until trained.
 
 from __future__ import annotations
 
+from collections.abc import Sequence
 from pathlib import Path
+from typing import Any
 
 from training.registry import Manifest, Registry
+
+Messages = list[dict[str, str]]
 
 
 def init_reward_model(registry: Registry, base: str, name: str, *, seed: int = 0,
@@ -64,3 +68,42 @@ def transformers_rewards(model_dir: Path, messages: list[dict[str, str]],
             ids = torch.tensor([reward_text(tokenizer, messages, response)])
             scores.append(float(model(input_ids=ids).logits[0, 0]))
     return scores
+
+
+class RewardModelScorer:
+    """A reward model kept loaded in this process and scored with transformers, in batches.
+
+    For callers that score again and again (PPO scores every rollout batch); one-off scoring
+    of many items is faster on vLLM's pooling runner (training.generation.score_rewards).
+    Rows are right-padded: the classifier pools the last non-pad token of each row.
+    """
+
+    def __init__(self, model_dir: Path, batch_size: int = 16):
+        import torch
+        from transformers import AutoModelForSequenceClassification, AutoTokenizer
+
+        self.tokenizer = AutoTokenizer.from_pretrained(model_dir)
+        self.model = AutoModelForSequenceClassification.from_pretrained(model_dir, dtype=torch.float32).eval()
+        self.pad_id = self.model.config.pad_token_id
+        if self.pad_id is None:
+            raise ValueError(f"{model_dir}: reward model config has no pad_token_id (needed to pool)")
+        self.batch_size = batch_size
+
+    def __call__(self, items: Sequence[tuple[Messages, str]]) -> list[float]:
+        """Raw reward (the score logit) of each (conversation, response)."""
+        import torch
+
+        seqs = [reward_text(self.tokenizer, m, r) for m, r in items]
+        scores: list[float] = []
+        with torch.no_grad():
+            for i in range(0, len(seqs), self.batch_size):
+                batch = seqs[i:i + self.batch_size]
+                width = max(len(s) for s in batch)
+                ids = torch.full((len(batch), width), self.pad_id, dtype=torch.long)
+                mask = torch.zeros((len(batch), width), dtype=torch.long)
+                for j, s in enumerate(batch):
+                    ids[j, :len(s)] = torch.tensor(s)
+                    mask[j, :len(s)] = 1
+                logits: Any = self.model(input_ids=ids, attention_mask=mask).logits
+                scores.extend(float(x) for x in logits[:, 0])
+        return scores

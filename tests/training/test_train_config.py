@@ -264,12 +264,11 @@ def test_prompts_file_and_task_prompts(tmp_path: Path) -> None:
 
     path = tmp_path / "prompts.jsonl"
     write_jsonl(path, [{"prompt": "Say hi."}, {"id": "b", "prompt": [{"role": "user", "content": "Hello?"}]}])
-    cfg = PrefsConfig(policy="p", out="o", prompts=str(path), judge="rm", reward_model="rm")
-    prompts = load_prompts(cfg)
+    prompts = load_prompts(task=None, path=str(path))
     assert [(p.id, p.messages[-1]["content"]) for p in prompts] == [("0", "Say hi."), ("b", "Hello?")]
     write_jsonl(path, [{"prompt": 3}])
     with pytest.raises(DataError, match="row 1: field 'prompt'"):
-        load_prompts(cfg)
-    task_prompts = load_prompts(PrefsConfig(policy="p", out="o", n_prompts=3))
+        load_prompts(task=None, path=str(path))
+    task_prompts = load_prompts(task="arithmetic", n=3)
     assert [p.id for p in task_prompts] == [f"arithmetic-train-0000{i}" for i in range(3)]
     assert task_prompts[0].example.meta["answer"] > 0
