@@ -1,4 +1,4 @@
-"""The `bonserve` command: serve | models | train | data | eval | registry (loadtest as it lands).
+"""The `bonserve` command: serve | models | train | data | eval | registry | loadtest.
 
     bonserve models prepare            # build the default model into $BONSERVE_HOME
     bonserve serve --port 8000         # OpenAI-compatible server on the default model
@@ -6,6 +6,7 @@
     bonserve train dpo --data prefs.jsonl --name arith-dpo     # also: train sft | rm
     bonserve eval --model arith-dpo --task arithmetic [--n 8 --reward-model arith-rm]
     bonserve registry list             # also: registry show NAME
+    bonserve loadtest compare --models base,dpo --best-of 1,4,8 --out report/   # also: run
 """
 
 from __future__ import annotations
@@ -19,6 +20,7 @@ from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
+from loadtests.cli import add_loadtest_command
 from server.config import Settings
 
 
@@ -192,6 +194,7 @@ def make_parser() -> argparse.ArgumentParser:
     init_rm.add_argument("--registry", type=Path, default=None, help="Registry directory.")
     init_rm.set_defaults(func=cmd_models_init_reward)
     add_training_commands(sub)
+    add_loadtest_command(sub)
     return parser
 
 
