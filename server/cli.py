@@ -131,16 +131,18 @@ def cmd_registry_show(args: argparse.Namespace) -> int:
 
 
 def add_training_commands(sub: Any) -> None:
-    """`train sft|rm|dpo`, `data prefs`, `eval`, `registry list|show`: each is the `main` of a
-    training/ module, whose config dataclass also defines its flags."""
-    from training import dpo, prefs, rm, sft
+    """`train sft|rm|dpo|grpo|rloo`, `data prefs`, `eval`, `registry list|show`: each is the
+    `main` of a training/ module, whose config dataclass also defines its flags."""
+    from training import dpo, grpo, prefs, rloo, rm, sft
     from training import eval as evaluate
 
     train = sub.add_parser("train", help="Train a checkpoint with TRL and write a registry entry.")
     train_sub = train.add_subparsers(dest="train_command", required=True)
     for name, module, help_text in (("sft", sft, "Supervised fine-tuning (SFTTrainer)."),
                                     ("rm", rm, "Reward model (RewardTrainer), saved merged."),
-                                    ("dpo", dpo, "Direct Preference Optimization (DPOTrainer).")):
+                                    ("dpo", dpo, "Direct Preference Optimization (DPOTrainer)."),
+                                    ("grpo", grpo, "Online RL: GRPO (GRPOTrainer), gold and/or RM reward."),
+                                    ("rloo", rloo, "Online RL: RLOO (RLOOTrainer), gold and/or RM reward.")):
         p = module.make_parser(train_sub.add_parser(name, help=help_text, description=module.__doc__,
                                                     formatter_class=argparse.RawDescriptionHelpFormatter))
         p.set_defaults(func=lambda args, m=module: m.main(args=args))
