@@ -131,9 +131,9 @@ def cmd_registry_show(args: argparse.Namespace) -> int:
 
 
 def add_training_commands(sub: Any) -> None:
-    """`train sft|rm|dpo|grpo|rloo`, `data prefs`, `eval`, `registry list|show`: each is the
+    """`train sft|rm|dpo|ppo|grpo|rloo`, `data prefs`, `eval`, `registry list|show`: each is the
     `main` of a training/ module, whose config dataclass also defines its flags."""
-    from training import dpo, grpo, prefs, rloo, rm, sft
+    from training import dpo, grpo, ppo, prefs, rloo, rm, sft
     from training import eval as evaluate
 
     train = sub.add_parser("train", help="Train a checkpoint with TRL and write a registry entry.")
@@ -141,6 +141,7 @@ def add_training_commands(sub: Any) -> None:
     for name, module, help_text in (("sft", sft, "Supervised fine-tuning (SFTTrainer)."),
                                     ("rm", rm, "Reward model (RewardTrainer), saved merged."),
                                     ("dpo", dpo, "Direct Preference Optimization (DPOTrainer)."),
+                                    ("ppo", ppo, "RLHF-PPO with a value head, KL penalty, vLLM rollouts."),
                                     ("grpo", grpo, "Online RL: GRPO (GRPOTrainer), gold and/or RM reward."),
                                     ("rloo", rloo, "Online RL: RLOO (RLOOTrainer), gold and/or RM reward.")):
         p = module.make_parser(train_sub.add_parser(name, help=help_text, description=module.__doc__,

@@ -10,8 +10,10 @@ PPOTrainer and the checklist of "The N Implementation Details of RLHF with PPO" 
 
 1. rollouts: `--batch-size` prompts, one sampled response each at `--temperature`, by vLLM
    with the current LoRA adapter loaded into the engine (a new adapter id per iteration), or
-   by HF `generate` (`--rollout-backend hf`; always for --full, whose weights vLLM would have
-   to reload every iteration); each response is cut after its first end-of-turn token;
+   by HF `generate` on the training module. `--rollout-backend auto` takes vLLM for LoRA on a
+   GPU and HF otherwise: on CPU vLLM's LoRA decoding measured 0.4x HF generate, and --full
+   would need the engine's weights reloaded every iteration. Each response is cut after its
+   first end-of-turn token;
 2. log-probabilities recomputed with transformers under the policy and the reference (never
    vLLM's: the ratio must start at exactly 1), at the sampling temperature, and values from
    the value head;
@@ -104,7 +106,7 @@ class PPOConfig(TrainConfig):
     rollout_backend: str = field(
         default="auto",
         metadata={
-            "help": "'vllm' (LoRA only), 'hf' (transformers generate), 'auto' (vllm for LoRA, hf for --full)."
+            "help": "'vllm' (LoRA only), 'hf' (transformers generate), 'auto' (vllm: LoRA on GPU; else hf)."
         },
     )
     batch_size: int = field(default=32, metadata={"help": "Prompts (one rollout each) per PPO iteration."})
@@ -220,35 +222,45 @@ class PPOConfig(TrainConfig):
 
     @property
     def backend(self) -> str:
+        """'auto' picks vLLM only where it is the faster one: for LoRA on a GPU. On CPU, vLLM's
+        LoRA kernels decode at 0.4x HF generate (docs/benchmarks/rollout_throughput.md)."""
         if self.rollout_backend != "auto":
             return self.rollout_backend
-        return "hf" if self.full else "vllm"
+        import torch
+
+        return "vllm" if torch.cuda.is_available() and not self.full else "hf"
 
 
 # --------------------------------------------------------------------------- rewards
 
 
 class Scorer:
-    """Scores of decoded responses by every available judge: `gold` when the prompts carry a
-    task example, `rm` when a reward model is given. PPO trains on config.reward; the others
-    are logged so a proxy reward can be watched against the truth."""
+    """Scores of decoded responses by every available judge (training.reward_fns): `gold`
+    when the prompts carry a task example, `rm` when a reward model is given. PPO trains on
+    config.reward; the others are logged so a proxy reward can be watched against the truth."""
 
     def __init__(self, config: PPOConfig, registry: Registry):
-        from training.generation import resolve_reward_model
-        from training.reward import RewardModelScorer
+        from training.reward_fns import build_reward_functions
         from training.tasks import get_task
 
-        self.task = get_task(config.task) if config.task else None
-        self.rm = None
-        if config.reward_model:
-            self.rm = RewardModelScorer(resolve_reward_model(registry, config.reward_model).path)
+        task = get_task(config.task) if config.task else None
+        self.functions = build_reward_functions(
+            task,
+            config.reward_model,
+            registry,
+            gold_weight=1.0 if config.reward == "gold" else 0.0,
+            rm_weight=1.0 if config.reward == "rm" else 0.0,
+        )
 
     def __call__(self, prompts: Sequence[Prompt], texts: Sequence[str]) -> dict[str, list[float]]:
-        out: dict[str, list[float]] = {}
-        if self.task is not None:
-            out["gold"] = [self.task.reward(p.example, t) for p, t in zip(prompts, texts, strict=True)]
-        if self.rm is not None:
-            out["rm"] = self.rm([(p.messages, t) for p, t in zip(prompts, texts, strict=True)])
+        messages = [p.messages for p in prompts]
+        examples = [p.example for p in prompts]
+        out = {}
+        for fn in self.functions:
+            scores = fn(messages, texts, examples)
+            if any(s is None for s in scores):
+                raise ConfigError(f"reward {fn.name!r} cannot score every prompt (some have no task example)")
+            out[fn.name] = [float(s) for s in scores]
         return out
 
 

@@ -78,16 +78,16 @@ class RewardModelScorer:
     Rows are right-padded: the classifier pools the last non-pad token of each row.
     """
 
-    def __init__(self, model_dir: Path, batch_size: int = 16):
+    def __init__(self, model_dir: Path, batch_size: int = 16, device: Any = "cpu"):
         import torch
         from transformers import AutoModelForSequenceClassification, AutoTokenizer
 
         self.tokenizer = AutoTokenizer.from_pretrained(model_dir)
-        self.model = AutoModelForSequenceClassification.from_pretrained(model_dir, dtype=torch.float32).eval()
-        self.pad_id = self.model.config.pad_token_id
-        if self.pad_id is None:
-            raise ValueError(f"{model_dir}: reward model config has no pad_token_id (needed to pool)")
-        self.batch_size = batch_size
+        model = AutoModelForSequenceClassification.from_pretrained(model_dir, dtype=torch.float32)
+        if model.config.pad_token_id is None:
+            model.config.pad_token_id = self.tokenizer.pad_token_id or self.tokenizer.eos_token_id
+        self.model = model.to(device).eval()
+        self.pad_id, self.batch_size, self.device = model.config.pad_token_id, batch_size, device
 
     def __call__(self, items: Sequence[tuple[Messages, str]]) -> list[float]:
         """Raw reward (the score logit) of each (conversation, response)."""
@@ -104,6 +104,7 @@ class RewardModelScorer:
                 for j, s in enumerate(batch):
                     ids[j, :len(s)] = torch.tensor(s)
                     mask[j, :len(s)] = 1
-                logits: Any = self.model(input_ids=ids, attention_mask=mask).logits
+                out = self.model(input_ids=ids.to(self.device), attention_mask=mask.to(self.device))
+                logits: Any = out.logits
                 scores.extend(float(x) for x in logits[:, 0])
         return scores

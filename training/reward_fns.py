@@ -72,10 +72,7 @@ class GoldReward(RewardFunction):
 
 
 class RewardModelReward(RewardFunction):
-    """A registry reward model scored with transformers (loaded on first use, kept after).
-
-    Rows are right-padded: the classifier pools the last non-pad token of each row.
-    """
+    """A registry reward model scored with transformers (loaded on first use, kept after)."""
 
     name = "rm"
 
@@ -83,43 +80,16 @@ class RewardModelReward(RewardFunction):
                  device: Any = "cpu") -> None:
         super().__init__(weight)
         self.path = Path(path)
-        self.batch_size = batch_size
-        self.device = device
-        self._model: Any = None
-        self._tokenizer: Any = None
-
-    def _load(self) -> None:
-        import torch
-        from transformers import AutoModelForSequenceClassification, AutoTokenizer
-
-        self._tokenizer = AutoTokenizer.from_pretrained(self.path)
-        model = AutoModelForSequenceClassification.from_pretrained(self.path, dtype=torch.float32)
-        if model.config.pad_token_id is None:
-            model.config.pad_token_id = self._tokenizer.pad_token_id or self._tokenizer.eos_token_id
-        self._model = model.to(self.device).eval()
+        self.batch_size, self.device = batch_size, device
+        self._scorer: Any = None
 
     def __call__(self, messages_list: Sequence[Messages], completions: Sequence[str],
                  examples: Sequence[Example | None]) -> list[float | None]:
-        import torch
+        from training.reward import RewardModelScorer
 
-        from training.reward import reward_text
-
-        if self._model is None:
-            self._load()
-        pad = self._model.config.pad_token_id
-        seqs = [reward_text(self._tokenizer, m, c) for m, c in zip(messages_list, completions, strict=True)]
-        scores: list[float | None] = []
-        with torch.no_grad():
-            for start in range(0, len(seqs), self.batch_size):
-                chunk = seqs[start:start + self.batch_size]
-                ids = torch.nn.utils.rnn.pad_sequence([torch.tensor(s) for s in chunk], batch_first=True,
-                                                      padding_value=pad)
-                mask = torch.nn.utils.rnn.pad_sequence([torch.ones(len(s), dtype=torch.long) for s in chunk],
-                                                       batch_first=True, padding_value=0)
-                logits = self._model(input_ids=ids.to(self.device),
-                                     attention_mask=mask.to(self.device)).logits
-                scores.extend(float(x) for x in logits[:, 0])
-        return scores
+        if self._scorer is None:
+            self._scorer = RewardModelScorer(self.path, self.batch_size, self.device)
+        return list(self._scorer(list(zip(messages_list, completions, strict=True))))
 
 
 def build_reward_functions(task: Task | None, reward_model: str | None, registry: Any,

@@ -43,9 +43,15 @@ def test_bad_configs_are_refused(kwargs: dict[str, Any], message: str) -> None:
         PPOConfig(name="p", **kwargs)
 
 
-def test_backend_defaults_follow_the_format() -> None:
+def test_auto_backend_is_vllm_only_for_lora_on_a_gpu(monkeypatch: pytest.MonkeyPatch) -> None:
+    import torch
+
+    monkeypatch.setattr(torch.cuda, "is_available", lambda: False)
+    assert PPOConfig(name="p").backend == "hf"
+    monkeypatch.setattr(torch.cuda, "is_available", lambda: True)
     assert PPOConfig(name="p").backend == "vllm"
     assert PPOConfig(name="p", full=True).backend == "hf"
+    assert PPOConfig(name="p", rollout_backend="vllm").backend == "vllm"
     assert PPOConfig(name="p").task == "arithmetic"
 
 
@@ -101,7 +107,7 @@ def mean_reward(
 @pytest.mark.engine
 @pytest.mark.slow
 def test_ppo_with_vllm_rollouts_raises_the_reward(
-    registry_with_base: Any, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+    tmp_registry: Any, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
     import torch
     from peft import PeftModel
@@ -115,7 +121,7 @@ def test_ppo_with_vllm_rollouts_raises_the_reward(
     config = PPOConfig(
         name="digits-ppo",
         task=task.name,
-        registry=str(registry_with_base.root),
+        registry=str(tmp_registry.root),
         output_dir=str(tmp_path / "run"),
         batch_size=16,
         mini_batch_size=8,
@@ -125,6 +131,7 @@ def test_ppo_with_vllm_rollouts_raises_the_reward(
         learning_rate=1e-3,
         kl_coef=0.01,
         save_steps=3,
+        rollout_backend="vllm",
         enforce_eager=True,
         seed=0,
     )
@@ -150,7 +157,7 @@ def test_ppo_with_vllm_rollouts_raises_the_reward(
     assert sorted(p.name for p in (tmp_path / "run").glob("checkpoint-*")) == ["checkpoint-3", "checkpoint-6"]
 
     # The measurable rise, on held-out prompts, sampled with transformers (not the training engine).
-    base_path = registry_with_base.load(entry.manifest.base_model).path
+    base_path = tmp_registry.load(entry.manifest.base_model).path
     tokenizer = AutoTokenizer.from_pretrained(base_path)
     base = AutoModelForCausalLM.from_pretrained(base_path, dtype=torch.float32).eval()
     examples = task.examples("heldout", 16)
@@ -162,7 +169,7 @@ def test_ppo_with_vllm_rollouts_raises_the_reward(
 
 @pytest.mark.slow
 def test_ppo_resumes_from_its_checkpoint_with_hf_rollouts(
-    registry_with_base: Any, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+    tmp_registry: Any, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
     """One iteration and its checkpoint, then --resume to two: the second run starts where the
     first stopped (a fresh start into the same run directory is refused)."""
@@ -173,7 +180,7 @@ def test_ppo_resumes_from_its_checkpoint_with_hf_rollouts(
     common = {
         "name": "digits-hf",
         "task": task.name,
-        "registry": str(registry_with_base.root),
+        "registry": str(tmp_registry.root),
         "output_dir": str(tmp_path / "run"),
         "batch_size": 8,
         "mini_batch_size": 8,
@@ -183,12 +190,12 @@ def test_ppo_resumes_from_its_checkpoint_with_hf_rollouts(
         "save_steps": 1,
         "n_prompts": 16,
     }
-    trainer = ppo.PPOTrainer(PPOConfig(max_steps=1, **common), registry_with_base)
+    trainer = ppo.PPOTrainer(PPOConfig(max_steps=1, **common), tmp_registry)
     trainer.train()
     assert (tmp_path / "run" / "checkpoint-1" / "ppo_state.json").is_file()
     with pytest.raises(ConfigError, match="--resume"):
-        ppo.PPOTrainer(PPOConfig(max_steps=2, **common), registry_with_base)
-    resumed = ppo.PPOTrainer(PPOConfig(max_steps=2, resume=True, **common), registry_with_base)
+        ppo.PPOTrainer(PPOConfig(max_steps=2, **common), tmp_registry)
+    resumed = ppo.PPOTrainer(PPOConfig(max_steps=2, resume=True, **common), tmp_registry)
     assert resumed.state.step == 1 and resumed.state.episode == 8
     metrics = resumed.train()
     assert metrics["step"] == 2 and metrics["episode"] == 16
