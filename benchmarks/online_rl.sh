@@ -17,30 +17,9 @@ STEPS=${STEPS:-60}
 N_PROMPTS=${N_PROMPTS:-}            # default: all 2000 train prompts (60 steps use 960)
 EVAL_ARGS=${EVAL_ARGS:-}            # e.g. "--n 8" for pass@8 / per-sample accuracy too
 TRAIN_ARGS=${TRAIN_ARGS:-}          # appended to the recipe (later flags win), e.g. for a smoke run
-RUNS=${BONSERVE_HOME:-$HOME/.cache/bonserve}/runs
 mkdir -p "$OUT"
-
-stage() {  # stage NAME OUTPUT CMD...: run CMD unless OUTPUT exists; log its wall time
-  local name=$1 output=$2; shift 2
-  if [[ -e $output ]]; then echo "== $name: $output exists, skipped"; return; fi
-  echo "== $name: $*"
-  local t0=$SECONDS
-  "$@"
-  echo "$name $((SECONDS - t0))" >>"$OUT/wall_seconds.txt"
-}
-entry_exists() { "$BONSERVE" registry show "$1" >/dev/null 2>&1; }
-train() {  # train KIND NAME ARGS...: skip when the registry entry exists; keep its per-step log
-  local kind=$1 name=$2; shift 2
-  if entry_exists "$name"; then
-    echo "== train $kind: entry $name exists, skipped"
-  else
-    stage "train-$kind" /nonexistent "$BONSERVE" train "$kind" --name "$name" "$@"
-  fi
-  "$BONSERVE" registry show "$name" >"$OUT/$name.manifest.json"
-  local state
-  state=$(ls -d "$RUNS/$name"/checkpoint-* 2>/dev/null | sort -V | tail -1 || true)
-  if [[ -n $state ]]; then cp "$state/trainer_state.json" "$OUT/$name.trainer_state.json"; fi
-}
+# shellcheck source=benchmarks/lib.sh
+source "$(dirname "$0")/lib.sh"
 
 RECIPE=(--base "$BASE" --task arithmetic --reward gold --lora-r 16 --batch-size 16 --num-generations 8
         --temperature 0.8 --beta 0.04 --learning-rate 2e-4 --max-steps "$STEPS" --save-steps "$STEPS")

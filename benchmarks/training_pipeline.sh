@@ -1,30 +1,20 @@
 #!/usr/bin/env bash
-# The evidence run of docs/benchmarks/training.md: base samples -> gold-judged pairs -> DPO and a
-# reward model -> held-out evaluation of base and DPO (greedy, pass@8, BoN-8, KL, RM pairwise).
+# The evidence of docs/benchmarks/training.md and ppo.md: base samples -> gold-judged pairs ->
+# DPO and a reward model -> PPO (gold reward) -> held-out evaluation of each on the same 300
+# additions (greedy accuracy, KL from the base), plus the reward model's pairwise accuracy and
+# BoN-8 on base samples (first 100 held-out prompts x 8).
 # Stages whose output exists are skipped, so an interrupted run resumes where it stopped.
 #
-#   bash benchmarks/training_pipeline.sh [OUT_DIR]      # ~30 min on 2 CPU cores
+#   bash benchmarks/training_pipeline.sh [OUT_DIR]      # ~1 h on 2 CPU cores
 set -euo pipefail
 OUT=${1:-docs/benchmarks/training}
 BONSERVE=${BONSERVE:-.venv/bin/bonserve}
 BASE=${BASE:-smollm2-135m-instruct}
 STEPS=${STEPS:-60}
+PPO_STEPS=${PPO_STEPS:-30}
 mkdir -p "$OUT"
-
-stage() {  # stage NAME OUTPUT CMD...: run CMD unless OUTPUT exists; log its wall time
-  local name=$1 output=$2; shift 2
-  if [[ -e $output ]]; then echo "== $name: $output exists, skipped"; return; fi
-  echo "== $name: $*"
-  local t0=$SECONDS
-  "$@"
-  echo "$name $((SECONDS - t0))" >>"$OUT/wall_seconds.txt"
-}
-entry_exists() { "$BONSERVE" registry show "$1" >/dev/null 2>&1; }
-train() {  # train KIND NAME ARGS...: skip when the registry entry exists
-  local kind=$1 name=$2; shift 2
-  if entry_exists "$name"; then echo "== train $kind: entry $name exists, skipped"; return; fi
-  stage "train-$kind" /nonexistent "$BONSERVE" train "$kind" --name "$name" "$@"
-}
+# shellcheck source=benchmarks/lib.sh
+source "$(dirname "$0")/lib.sh"
 
 stage prefs-base "$OUT/prefs-base.jsonl" "$BONSERVE" data prefs --policy "$BASE" \
   --task arithmetic --split train --n-prompts 600 -k 8 --temperature 0.8 \
@@ -32,6 +22,13 @@ stage prefs-base "$OUT/prefs-base.jsonl" "$BONSERVE" data prefs --policy "$BASE"
 train dpo arith-dpo --data "$OUT/prefs-base.jsonl" --base "$BASE" --max-steps "$STEPS"
 train rm arith-rm --data "$OUT/prefs-base.jsonl" --base "$BASE" --max-steps "$STEPS"
 stage eval-base "$OUT/eval-base.json" "$BONSERVE" eval --model "$BASE" --task arithmetic \
-  --n 8 --temperature 0.8 --reward-model arith-rm --out "$OUT/eval-base.json"
+  --no-kl --out "$OUT/eval-base.json"
 stage eval-dpo "$OUT/eval-dpo.json" "$BONSERVE" eval --model arith-dpo --task arithmetic \
-  --n 8 --temperature 0.8 --reward-model arith-rm --out "$OUT/eval-dpo.json"
+  --out "$OUT/eval-dpo.json"
+stage eval-base-rm "$OUT/eval-base-bon8.json" "$BONSERVE" eval --model "$BASE" --task arithmetic \
+  --limit 100 --n 8 --temperature 0.8 --reward-model arith-rm --no-kl --out "$OUT/eval-base-bon8.json"
+train ppo arith-ppo --base "$BASE" --task arithmetic --reward gold --batch-size 32 \
+  --mini-batch-size 8 --num-ppo-epochs 2 --temperature 0.7 --max-new-tokens 32 \
+  --learning-rate 3e-4 --kl-coef 0.02 --max-steps "$PPO_STEPS" --save-steps 5
+stage eval-ppo "$OUT/eval-ppo.json" "$BONSERVE" eval --model arith-ppo --task arithmetic \
+  --out "$OUT/eval-ppo.json"

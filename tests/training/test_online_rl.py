@@ -14,19 +14,18 @@ threads on cores a vLLM engine also pins made a step ~30x slower here.
 from __future__ import annotations
 
 import json
-import random
-from collections.abc import Iterator
 from pathlib import Path
-from typing import Any, ClassVar
+from typing import Any
 
 import pytest
 
 from server.cli import main as bonserve
+from tests.training.conftest import char_tokenizer
 from training.common import VLLM_LORA_RANKS, ConfigError, check_vllm_adapter
 from training.data import DataError, write_jsonl
 from training.grpo import GRPOConfig, prompt_rows
 from training.grpo import run as run_grpo
-from training.registry import Manifest, Registry, RegistryError
+from training.registry import Registry, RegistryError
 from training.reward_fns import (
     GoldReward,
     RewardFunction,
@@ -40,82 +39,13 @@ from training.reward_fns import (
 )
 from training.rloo import RLOOConfig
 from training.rloo import run as run_rloo
-from training.tasks import TASKS, Example, Task, get_task
+from training.tasks import get_task
 
-CHAT_TEMPLATE = ("{% for message in messages %}{{'<|im_start|>' + message['role'] + '\n' + "
-                 "message['content'] + '<|im_end|>' + '\n'}}{% endfor %}"
-                 "{% if add_generation_prompt %}{{ '<|im_start|>assistant\n' }}{% endif %}")
 # A short real run: 4 prompts x 4 completions of 16 tokens per step, one micro-batch.
 TINY_RUN = {"task": "digits", "batch_size": 4, "num_generations": 4, "gradient_accumulation_steps": 1,
             "max_completion_length": 16, "max_length": 64, "learning_rate": 5e-3, "seed": 0}
 
-
-class DigitsTask(Task):
-    """Test task: any prompt; the gold reward is the fraction of digit characters."""
-
-    name = "digits"
-    sizes: ClassVar[dict[str, int]] = {"train": 200, "heldout": 20}
-    seeds: ClassVar[dict[str, int]] = {"train": 1, "heldout": 2}
-
-    def sample(self, rng: random.Random) -> tuple[Any, str, dict[str, Any]]:
-        i = rng.randint(0, 10**6)
-        return i, f"Say {i}.", {"i": i}
-
-    def reward(self, example: Example, completion: str) -> float:
-        return sum(c.isdigit() for c in completion) / max(len(completion), 1)
-
-
-@pytest.fixture(autouse=True)
-def digits_task(monkeypatch: pytest.MonkeyPatch) -> None:
-    monkeypatch.setitem(TASKS, "digits", DigitsTask())
-
-
-@pytest.fixture
-def one_thread() -> Iterator[None]:
-    import torch
-
-    before = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(before)
-
-
-def char_tokenizer():
-    from tokenizers import Regex, Tokenizer, decoders, models, pre_tokenizers
-    from transformers import PreTrainedTokenizerFast
-
-    specials = ["<|im_start|>", "<|im_end|>"]
-    vocab = {tok: i for i, tok in enumerate([*specials, *map(chr, range(32, 127)), "\n"])}
-    tok = Tokenizer(models.WordLevel(vocab, unk_token="<|im_end|>"))
-    tok.pre_tokenizer = pre_tokenizers.Split(Regex(".|\n"), behavior="isolated")
-    tok.decoder = decoders.Fuse()
-    fast = PreTrainedTokenizerFast(tokenizer_object=tok, bos_token="<|im_start|>", eos_token="<|im_end|>",
-                                   pad_token="<|im_end|>", additional_special_tokens=specials)
-    fast.chat_template = CHAT_TEMPLATE
-    return fast
-
-
-@pytest.fixture(scope="module")
-def tiny(tmp_path_factory: pytest.TempPathFactory) -> Registry:
-    """A registry with `tiny` (kind base, a causal LM) and `tiny-rm` (kind rm, a 1-label classifier)."""
-    import torch
-    from transformers import LlamaConfig, LlamaForCausalLM, LlamaForSequenceClassification
-
-    registry = Registry(tmp_path_factory.mktemp("registry"))
-    tokenizer = char_tokenizer()
-    shape = {"vocab_size": len(tokenizer), "hidden_size": 64, "intermediate_size": 128,
-             "num_hidden_layers": 2, "num_attention_heads": 4, "num_key_value_heads": 2,
-             "max_position_embeddings": 256, "initializer_range": 0.1, "bos_token_id": tokenizer.bos_token_id,
-             "eos_token_id": tokenizer.eos_token_id, "pad_token_id": tokenizer.pad_token_id}
-    torch.manual_seed(0)
-    policy = LlamaForCausalLM(LlamaConfig(**shape, tie_word_embeddings=True))
-    reward_model = LlamaForSequenceClassification(LlamaConfig(**shape, num_labels=1))
-    for name, kind, model in (("tiny", "base", policy), ("tiny-rm", "rm", reward_model)):
-        manifest = Manifest(name=name, kind=kind, base_model=None if kind == "base" else "tiny")
-        with registry.write(manifest) as st:
-            model.save_pretrained(st, safe_serialization=True)
-            tokenizer.save_pretrained(st)
-    return registry
+pytestmark = pytest.mark.usefixtures("digits_task")
 
 
 def _cfg(cls: type = GRPOConfig, **kw: Any) -> Any:

@@ -1,23 +1,20 @@
-"""`bonserve train ppo`: bad configurations, and a short real run that raises a reward.
-
-The run uses the real converted SmolLM2-135M with a LoRA policy and vLLM rollouts, and a
-programmatic reward (the share of digits in the reply to an addition prompt: "19" scores 1,
-"The answer is 19." 0.14), so a rise is both cheap to get and impossible to fake.
-"""
+"""`bonserve train ppo`: bad configurations; short real runs on the tiny random model of
+conftest.py (HF rollouts) whose programmatic reward (the digit fraction) must rise, against a
+control that cannot learn; resuming; and vLLM rollouts on the real converted model."""
 
 from __future__ import annotations
 
 import json
+import math
 from pathlib import Path
-from typing import Any, ClassVar
+from typing import Any
 
 import pytest
 
-from training.common import ConfigError
+from training import ppo
+from training.common import ConfigError, check_vllm_adapter
 from training.ppo import PPOConfig, cut_at_stop
-from training.tasks import TASKS
-from training.tasks.arithmetic import ArithmeticTask
-from training.tasks.base import Example
+from training.registry import Registry
 
 
 @pytest.mark.parametrize(
@@ -67,137 +64,81 @@ def test_cli_reports_config_errors(capsys: pytest.CaptureFixture[str]) -> None:
     assert "needs --reward-model" in capsys.readouterr().err
 
 
-class DigitShareTask(ArithmeticTask):
-    """Additions whose reward is the share of non-space characters that are digits."""
-
-    name: ClassVar[str] = "digit-share"
-
-    def reward(self, example: Example, completion: str) -> float:
-        chars = [c for c in completion if not c.isspace()]
-        return sum(c.isdigit() for c in chars) / len(chars) if chars else 0.0
+TINY_PPO = {"base": "tiny", "task": "digits", "rollout_backend": "hf", "batch_size": 16, "mini_batch_size": 8,
+            "num_ppo_epochs": 2, "max_new_tokens": 16, "max_length": 64, "kl_coef": 0.01, "seed": 0}
 
 
-def mean_reward(
-    policy: Any, tokenizer: Any, task: DigitShareTask, examples: list[Example], seed: int
-) -> float:
-    """Expected reward estimated from 4 samples per prompt with transformers."""
-    import torch
+def _log(run_dir: Path) -> list[dict[str, float]]:
+    return [json.loads(line) for line in (run_dir / ppo.LOG_FILE).read_text().splitlines()]
 
-    torch.manual_seed(seed)
-    scores = []
-    for ex in examples:
-        ids = tokenizer.apply_chat_template(
-            task.messages(ex), add_generation_prompt=True, return_tensors="pt", return_dict=True
-        )
-        with torch.no_grad():
-            out = policy.generate(
-                **ids,
-                do_sample=True,
-                temperature=0.7,
-                top_k=0,
-                max_new_tokens=24,
-                num_return_sequences=4,
-                pad_token_id=tokenizer.eos_token_id,
-            )
-        for row in out[:, ids["input_ids"].shape[1] :]:
-            scores.append(task.reward(ex, tokenizer.decode(row, skip_special_tokens=True)))
-    return sum(scores) / len(scores)
+
+@pytest.mark.slow
+@pytest.mark.timeout(300)
+@pytest.mark.usefixtures("one_thread", "digits_task")
+@pytest.mark.parametrize("learning_rate", [2e-2, 1e-9])
+def test_ppo_raises_the_reward_on_a_tiny_model(learning_rate: float, tiny: Registry, tmp_path: Path) -> None:
+    """12 iterations on the tiny random model with the digit-fraction reward. The learning
+    rate 1e-9 run is the control: the same sampling noise without learning. Measured (mean of
+    the first 3 iterations -> the last 3): lr 2e-2 0.082 -> 0.525; the control 0.070 -> 0.084."""
+    steps = 12
+    entry = ppo.run(PPOConfig(name="t-ppo", registry=str(tiny.root), output_dir=str(tmp_path / "run"),
+                              max_steps=steps, save_steps=steps, learning_rate=learning_rate, **TINY_PPO))
+    log = _log(tmp_path / "run")
+    curve = [r["rewards/gold/mean"] for r in log]
+    first, last = sum(curve[:3]) / 3, sum(curve[-3:]) / 3
+    print(f"lr={learning_rate}: first 3 {first:.3f}, last 3 {last:.3f}: {[round(c, 3) for c in curve]}")
+    if learning_rate > 1e-6:
+        assert last - first >= 0.15, f"reward did not rise: {curve}"
+    else:
+        assert abs(last - first) < 0.06, f"the control moved: {curve}"
+    assert [r["step"] for r in log] == list(range(1, steps + 1))
+    for key in ("objective/kl", "objective/scores", "objective/rlhf_reward", "objective/non_score_reward",
+                "policy/clipfrac_avg", "policy/approxkl_avg", "val/vpred", "val/clipfrac_avg",
+                "policy/entropy_avg", "loss/value_avg", "completions/mean_length"):
+        assert all(math.isfinite(r[key]) for r in log), key
+    assert entry is not None and (entry.manifest.kind, entry.manifest.format) == ("ppo", "lora")
+    check_vllm_adapter(entry.path)
+    assert entry.manifest.metrics["step"] == steps and entry.manifest.extra["reward"] == "gold"
+
+
+@pytest.mark.slow
+@pytest.mark.timeout(300)
+@pytest.mark.usefixtures("one_thread", "digits_task")
+def test_ppo_resumes_from_its_checkpoint(tiny: Registry, tmp_path: Path) -> None:
+    """One iteration and its checkpoint, then --resume to two: the second run starts where
+    the first stopped (a fresh start into the same run directory is refused)."""
+    common = {"name": "t-ppo-resume", "registry": str(tiny.root), "output_dir": str(tmp_path / "run"),
+              "save_steps": 1, **TINY_PPO}
+    ppo.PPOTrainer(PPOConfig(max_steps=1, **common), tiny).train()
+    assert (tmp_path / "run" / "checkpoint-1" / "ppo_state.json").is_file()
+    with pytest.raises(ConfigError, match="--resume"):
+        ppo.PPOTrainer(PPOConfig(max_steps=2, **common), tiny)
+    resumed = ppo.PPOTrainer(PPOConfig(max_steps=2, resume=True, **common), tiny)
+    assert resumed.state.step == 1 and resumed.state.episode == 16
+    metrics = resumed.train()
+    assert metrics["step"] == 2 and metrics["episode"] == 32
+    assert [r["step"] for r in _log(tmp_path / "run")] == [1, 2]
+    entry = resumed.save_entry(metrics)
+    assert entry is not None and entry.manifest.extra["rollout_backend"] == "hf"
 
 
 @pytest.mark.engine
 @pytest.mark.slow
-def test_ppo_with_vllm_rollouts_raises_the_reward(
-    tmp_registry: Any, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
-) -> None:
+@pytest.mark.timeout(600)
+def test_vllm_rollouts_run_the_current_adapter(tmp_registry: Registry, tmp_path: Path) -> None:
+    """Two iterations on the real model with vLLM rollouts: the second samples with the
+    adapter after one update (LoRA B starts at zero, so a non-zero B proves the engine got the
+    trained weights, not the initial ones) and the entry is servable."""
     import torch
-    from peft import PeftModel
-    from transformers import AutoModelForCausalLM, AutoTokenizer
+    from safetensors.torch import load_file
 
-    from training import ppo
-    from training.common import check_vllm_adapter
-
-    task = DigitShareTask()
-    monkeypatch.setitem(TASKS, task.name, task)
-    config = PPOConfig(
-        name="digits-ppo",
-        task=task.name,
-        registry=str(tmp_registry.root),
-        output_dir=str(tmp_path / "run"),
-        batch_size=16,
-        mini_batch_size=8,
-        num_ppo_epochs=2,
-        max_steps=6,
-        max_new_tokens=24,
-        learning_rate=1e-3,
-        kl_coef=0.01,
-        save_steps=3,
-        rollout_backend="vllm",
-        enforce_eager=True,
-        seed=0,
-    )
+    config = PPOConfig(name="vllm-ppo", registry=str(tmp_registry.root), output_dir=str(tmp_path / "run"),
+                       rollout_backend="vllm", batch_size=8, mini_batch_size=8, num_ppo_epochs=1,
+                       max_new_tokens=8, max_steps=2, save_steps=2, n_prompts=16, enforce_eager=True)
     entry = ppo.run(config)
-    assert entry is not None and entry.manifest.kind == "ppo" and entry.manifest.format == "lora"
+    assert entry is not None and entry.manifest.extra["rollout_backend"] == "vllm"
     check_vllm_adapter(entry.path)
-    log = [json.loads(line) for line in (tmp_path / "run" / ppo.LOG_FILE).read_text().splitlines()]
-    assert [r["step"] for r in log] == [1, 2, 3, 4, 5, 6]
-    for key in (
-        "objective/kl",
-        "objective/scores",
-        "objective/rlhf_reward",
-        "policy/clipfrac_avg",
-        "policy/approxkl_avg",
-        "val/vpred",
-        "val/clipfrac_avg",
-        "policy/entropy_avg",
-        "completions/mean_length",
-        "rewards/gold/mean",
-    ):
-        assert all(key in r for r in log), key
-    assert entry.manifest.metrics["step"] == 6
-    assert sorted(p.name for p in (tmp_path / "run").glob("checkpoint-*")) == ["checkpoint-3", "checkpoint-6"]
-
-    # The measurable rise, on held-out prompts, sampled with transformers (not the training engine).
-    base_path = tmp_registry.load(entry.manifest.base_model).path
-    tokenizer = AutoTokenizer.from_pretrained(base_path)
-    base = AutoModelForCausalLM.from_pretrained(base_path, dtype=torch.float32).eval()
-    examples = task.examples("heldout", 16)
-    before = mean_reward(base, tokenizer, task, examples, seed=1)
-    tuned = PeftModel.from_pretrained(base, entry.path).eval()
-    after = mean_reward(tuned, tokenizer, task, examples, seed=1)
-    assert after > before + 0.1, (before, after)
-
-
-@pytest.mark.slow
-def test_ppo_resumes_from_its_checkpoint_with_hf_rollouts(
-    tmp_registry: Any, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
-) -> None:
-    """One iteration and its checkpoint, then --resume to two: the second run starts where the
-    first stopped (a fresh start into the same run directory is refused)."""
-    from training import ppo
-
-    task = DigitShareTask()
-    monkeypatch.setitem(TASKS, task.name, task)
-    common = {
-        "name": "digits-hf",
-        "task": task.name,
-        "registry": str(tmp_registry.root),
-        "output_dir": str(tmp_path / "run"),
-        "batch_size": 8,
-        "mini_batch_size": 8,
-        "num_ppo_epochs": 1,
-        "max_new_tokens": 8,
-        "rollout_backend": "hf",
-        "save_steps": 1,
-        "n_prompts": 16,
-    }
-    trainer = ppo.PPOTrainer(PPOConfig(max_steps=1, **common), tmp_registry)
-    trainer.train()
-    assert (tmp_path / "run" / "checkpoint-1" / "ppo_state.json").is_file()
-    with pytest.raises(ConfigError, match="--resume"):
-        ppo.PPOTrainer(PPOConfig(max_steps=2, **common), tmp_registry)
-    resumed = ppo.PPOTrainer(PPOConfig(max_steps=2, resume=True, **common), tmp_registry)
-    assert resumed.state.step == 1 and resumed.state.episode == 8
-    metrics = resumed.train()
-    assert metrics["step"] == 2 and metrics["episode"] == 16
-    entry = resumed.save_entry(metrics)
-    assert entry is not None and entry.manifest.extra["rollout_backend"] == "hf"
+    assert [r["step"] for r in _log(tmp_path / "run")] == [1, 2]
+    served = load_file(tmp_path / "run" / "rollout-adapter" / "adapter_model.safetensors")
+    lora_b = [t for k, t in served.items() if "lora_B" in k]
+    assert lora_b and any(torch.count_nonzero(t) > 0 for t in lora_b)
