@@ -8,7 +8,7 @@ HOST ?= 127.0.0.1
 PORT ?= 8000
 PYTEST_ARGS ?=
 
-.PHONY: setup serve test test-unit test-engine lint k8s-validate clean
+.PHONY: setup serve test test-unit test-engine lint k8s-validate demo clean
 
 # Idempotent: reinstalls only when pyproject.toml or this Makefile changed; the model step
 # verifies the store and rebuilds it only if it is missing or damaged.
@@ -45,6 +45,12 @@ lint: $(STAMP) k8s-validate
 # are pip-installed on first use into their own venv (see k8s/validate.sh).
 k8s-validate:
 	bash k8s/validate.sh
+
+# The whole story on the bundled model (about 1.5 h on 2 CPU cores; finished stages are reused):
+# preference pairs, reward model, DPO, PPO, held-out evaluations, then base+BoN vs tuned policies.
+demo: setup
+	bash benchmarks/training_pipeline.sh
+	bash benchmarks/bon_vs_tuned.sh
 
 clean:
 	rm -rf $(VENV) .pytest_cache .ruff_cache

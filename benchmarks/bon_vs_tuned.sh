@@ -1,0 +1,44 @@
+#!/usr/bin/env bash
+# The comparison report: base + BoN-n against the tuned policies (DPO, PPO), all served by one
+# bonserve on 127.0.0.1 with the reward model of the training pipeline, same prompts (the
+# held-out additions) and the same closed-loop arrivals for every row.
+# Needs the entries of benchmarks/training_pipeline.sh (arith-dpo, arith-ppo, arith-rm).
+#
+#   bash benchmarks/bon_vs_tuned.sh [OUT_DIR]       # ~15 min on 2 CPU cores with the defaults
+set -euo pipefail
+OUT=${1:-docs/benchmarks/bon_vs_tuned}
+BONSERVE=${BONSERVE:-.venv/bin/bonserve}
+BASE=${BASE:-smollm2-135m-instruct}
+REQUESTS=${REQUESTS:-60}
+PORT=${PORT:-8011}
+mkdir -p "$OUT"
+if [[ -e $OUT/report.json ]]; then echo "== $OUT/report.json exists, skipped"; exit 0; fi
+
+cat >"$OUT/matrix.yaml" <<YAML
+models: [$BASE]
+best_of: [1, 4, 8]
+temperatures: [0.8]
+cells:
+  - {model: $BASE, best_of: 1, temperature: 0.0}
+  - {model: arith-dpo, best_of: 1, temperature: 0.0}
+  - {model: arith-dpo, best_of: 4, temperature: 0.8}
+  - {model: arith-ppo, best_of: 1, temperature: 0.0}
+task: arithmetic
+num_requests: $REQUESTS
+concurrency: 4
+max_tokens: 48
+goodput: {e2el: 4000}
+YAML
+
+# LoRA rank 16 exactly: vLLM's CPU LoRA kernels get slower with the configured maximum rank.
+"$BONSERVE" serve --port "$PORT" --model "$BASE" --reward-model arith-rm --max-loras 2 \
+  --max-lora-rank 16 --accelerator-price-per-hour 2.5 >"${TMPDIR:-/tmp}/bon_vs_tuned-server.log" 2>&1 &
+SERVER=$!
+trap 'kill $SERVER 2>/dev/null; wait $SERVER 2>/dev/null || true' EXIT
+for _ in $(seq 600); do
+  if curl -sf "http://127.0.0.1:$PORT/ready" >/dev/null; then break; fi
+  if ! kill -0 $SERVER 2>/dev/null; then tail -30 "${TMPDIR:-/tmp}/bon_vs_tuned-server.log"; exit 1; fi
+  sleep 1
+done
+"$BONSERVE" loadtest compare --base-url "http://127.0.0.1:$PORT" --matrix "$OUT/matrix.yaml" \
+  --load-models --no-progress --out "$OUT"
