@@ -11,7 +11,7 @@ PPOTrainer and the checklist of "The N Implementation Details of RLHF with PPO" 
 1. rollouts: `--batch-size` prompts, one sampled response each at `--temperature`, by vLLM
    with the current LoRA adapter loaded into the engine (a new adapter id per iteration), or
    by HF `generate` on the training module. `--rollout-backend auto` takes vLLM for LoRA on a
-   GPU and HF otherwise: on CPU vLLM's LoRA decoding measured 0.4x HF generate, and --full
+   GPU and HF otherwise: on CPU vLLM's LoRA decoding measured 0.55x HF generate, and --full
    would need the engine's weights reloaded every iteration. Each response is cut after its
    first end-of-turn token;
 2. log-probabilities recomputed with transformers under the policy and the reference (never
@@ -223,7 +223,7 @@ class PPOConfig(TrainConfig):
     @property
     def backend(self) -> str:
         """'auto' picks vLLM only where it is the faster one: for LoRA on a GPU. On CPU, vLLM's
-        LoRA kernels decode at 0.4x HF generate (docs/benchmarks/rollout_throughput.md)."""
+        LoRA kernels decode at 0.55x HF generate (docs/benchmarks/rollout_throughput.md)."""
         if self.rollout_backend != "auto":
             return self.rollout_backend
         import torch
