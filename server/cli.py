@@ -131,9 +131,9 @@ def cmd_registry_show(args: argparse.Namespace) -> int:
 
 
 def add_training_commands(sub: Any) -> None:
-    """`train sft|rm|dpo|ppo|grpo|rloo`, `data prefs`, `eval`, `registry list|show`: each is the
+    """`train sft|rm|dpo|ppo|grpo|rloo`, `data prefs|sft`, `eval`, `registry list|show`: each is the
     `main` of a training/ module, whose config dataclass also defines its flags."""
-    from training import dpo, grpo, ppo, prefs, rloo, rm, sft
+    from training import dpo, grpo, ppo, prefs, rloo, rm, sft, sft_data
     from training import eval as evaluate
 
     train = sub.add_parser("train", help="Train a checkpoint with TRL and write a registry entry.")
@@ -154,6 +154,10 @@ def add_training_commands(sub: Any) -> None:
         "prefs", help="Sample k completions per prompt, judge them, write preference pairs.",
         description=prefs.__doc__, formatter_class=argparse.RawDescriptionHelpFormatter))
     p.set_defaults(func=lambda args: prefs.main(args=args))
+    p = sft_data.make_parser(data_sub.add_parser(
+        "sft", help="SFT rows from preference pairs: each prompt's chosen (best-judged) reply.",
+        description=sft_data.__doc__, formatter_class=argparse.RawDescriptionHelpFormatter))
+    p.set_defaults(func=lambda args: sft_data.main(args=args))
 
     p = evaluate.make_parser(sub.add_parser(
         "eval", help="Gold accuracy, pass@n, BoN-n, RM pairwise accuracy and KL on held-out prompts.",

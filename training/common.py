@@ -317,11 +317,20 @@ def check_vllm_adapter(path: Path) -> dict[str, Any]:
 # --------------------------------------------------------------------------- run directory
 
 
-def prepare_run_dir(config: TrainConfig, data_digest: str) -> Path:
-    """Create (or reuse, with --resume) the run directory; refuse to mix runs silently."""
+def process_state(args: Any = None):
+    """accelerate's process state. Pass the TRL config first: building it is what sets up the
+    (possibly distributed) state, so asking before would see a single process."""
     from accelerate import PartialState
 
-    state = PartialState()  # under `accelerate launch` only the main process touches files
+    if args is not None:
+        _ = args.device  # TrainingArguments._setup_devices
+    return PartialState()
+
+
+def prepare_run_dir(config: TrainConfig, data_digest: str, args: Any = None) -> Path:
+    """Create (or reuse, with --resume) the run directory; refuse to mix runs silently.
+    Under `accelerate launch` only the main process touches files."""
+    state = process_state(args)
     run_dir = config.run_dir()
     info_path = run_dir / RUN_INFO
     has_checkpoints = run_dir.is_dir() and any(run_dir.glob("checkpoint-*"))
@@ -421,11 +430,9 @@ def write_entry(config: TrainConfig, start: Start, *, kind: str, fmt: str, data_
     `fill(staging)` puts the weights in; the tokenizer is added here; a LoRA entry is
     refused unless vLLM could serve its adapter.
     """
-    from accelerate import PartialState
-
     from training.registry import Manifest
 
-    state = PartialState()
+    state = process_state()
     registry = config.open_registry()
     entry = None
     if state.is_main_process:

@@ -4,6 +4,7 @@
         --out prefs.jsonl
     bonserve train dpo --data prefs.jsonl --name arith-dpo --max-steps 60
     accelerate launch -m training.dpo --data prefs.jsonl --name arith-dpo   # several GPUs
+    ACCELERATE_USE_CPU=true torchrun --nproc_per_node 2 -m training.dpo ...     # 2 CPU processes (gloo)
 
 The recipe of DESIGN.md section 5 is the default: LoRA r=16 on every linear layer, beta 0.1,
 lr 2e-4, batch 8, 60 steps (~7 min on 2 cores; 27% -> 58% greedy on held-out additions).
@@ -76,7 +77,9 @@ def run(config: DPOConfig) -> Entry | None:
     rows, _ = load_preference_data(config.data)
     digest = data_hash(rows)
     start = resolve_start(config.open_registry(), config.base)
-    prepare_run_dir(config, digest)
+    args = trl.DPOConfig(**config.trainer_kwargs(), beta=config.beta, loss_type=[config.loss_type],
+                         label_smoothing=config.label_smoothing)
+    prepare_run_dir(config, digest, args)
 
     tokenizer = load_tokenizer(start)
     continue_adapter = start.is_lora and not config.full
@@ -84,8 +87,6 @@ def run(config: DPOConfig) -> Entry | None:
     ref_model = load_causal_lm(start, trainable_adapter=False) if config.full else None
     peft_config = None if (config.full or continue_adapter) else lora_config(config, "CAUSAL_LM")
     columns = ["prompt", "chosen", "rejected"]
-    args = trl.DPOConfig(**config.trainer_kwargs(), beta=config.beta, loss_type=[config.loss_type],
-                         label_smoothing=config.label_smoothing)
     trainer = trl.DPOTrainer(model=model, ref_model=ref_model, args=args,
                              train_dataset=to_dataset(rows, columns), processing_class=tokenizer,
                              peft_config=peft_config)

@@ -277,13 +277,6 @@ class Rollouts:
     ended: list[bool]
 
 
-def cut_at_stop(tokens: Sequence[int], stop_ids: set[int]) -> tuple[list[int], bool]:
-    for i, tok in enumerate(tokens):
-        if tok in stop_ids:
-            return list(tokens[: i + 1]), True
-    return list(tokens), False
-
-
 class VLLMRollouts:
     """Samples with a `vllm.LLM` over the full base weights; each iteration saves the policy's
     adapter and sends it as a new LoRARequest, so the engine always runs the current policy."""
@@ -552,6 +545,8 @@ class PPOTrainer:
         return out
 
     def rollout(self, roller: Any, step: int) -> Rollouts:
+        from training.ppo_math import cut_at_stop
+
         prompts = self.batch_prompts(step)
         queries = [self.query_ids[p.id] for p in prompts]
         raw = roller.generate(self.policy, queries, step)

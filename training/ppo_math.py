@@ -14,6 +14,7 @@ and "The N Implementation Details of RLHF with PPO" (Huang et al. 2024):
 from __future__ import annotations
 
 import math
+from collections.abc import Sequence
 
 import torch
 
@@ -130,12 +131,13 @@ def logprobs_from_logits(logits: torch.Tensor, tokens: torch.Tensor) -> torch.Te
     return torch.gather(torch.log_softmax(logits, dim=-1), 2, tokens.unsqueeze(-1)).squeeze(-1)
 
 
-def truncate_at_stop(responses: torch.Tensor, stop_token_id: int, pad_token_id: int) -> torch.Tensor:
-    """Everything after the first stop token becomes padding (the stop token itself stays: the
-    policy is trained to emit it)."""
-    is_stop = responses == stop_token_id
-    after = (is_stop.cumsum(1) - is_stop.long()) > 0
-    return responses.masked_fill(after, pad_token_id)
+def cut_at_stop(tokens: Sequence[int], stop_ids: set[int]) -> tuple[list[int], bool]:
+    """The response up to and including its first stop token (the policy is trained to emit
+    it), and whether there was one: a response without it gets the missing-end penalty."""
+    for i, tok in enumerate(tokens):
+        if tok in stop_ids:
+            return list(tokens[: i + 1]), True
+    return list(tokens), False
 
 
 class AdaptiveKLController:

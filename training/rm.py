@@ -4,6 +4,7 @@
         --out prefs.jsonl
     bonserve train rm --data prefs.jsonl --name arith-rm --max-steps 60
     accelerate launch -m training.rm --data prefs.jsonl --name arith-rm   # several GPUs
+    ACCELERATE_USE_CPU=true torchrun --nproc_per_node 2 -m training.rm ...     # 2 CPU processes (gloo)
 
 The model is `AutoModelForSequenceClassification` with `num_labels=1` on top of --base; it
 scores a whole conversation with the response as the last assistant turn, through the chat
@@ -106,7 +107,10 @@ def run(config: RMConfig) -> Entry | None:
     eval_rows = load_preference_data(config.eval_data)[0] if config.eval_data else None
     digest = data_hash(rows)
     start = resolve_start(config.open_registry(), config.base)
-    run_dir = prepare_run_dir(config, digest)
+    args = trl.RewardConfig(**config.trainer_kwargs(),
+                            center_rewards_coefficient=config.center_rewards_coefficient,
+                            per_device_eval_batch_size=config.batch_size)
+    run_dir = prepare_run_dir(config, digest, args)
 
     tokenizer = load_tokenizer(start)
     torch.manual_seed(config.seed)  # the fresh score head
@@ -115,9 +119,6 @@ def run(config: RMConfig) -> Entry | None:
     model.config.pad_token_id = tokenizer.pad_token_id
     peft_config = None if config.full else lora_config(config, "SEQ_CLS")  # adds `score` in full
     columns = ["prompt", "chosen", "rejected"]
-    args = trl.RewardConfig(**config.trainer_kwargs(),
-                            center_rewards_coefficient=config.center_rewards_coefficient,
-                            per_device_eval_batch_size=config.batch_size)
     trainer = trl.RewardTrainer(
         model=model, args=args, train_dataset=to_dataset(rows, columns),
         eval_dataset=to_dataset(eval_rows, columns) if eval_rows else None,

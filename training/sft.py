@@ -3,6 +3,7 @@
     bonserve train sft --data sft.jsonl --name arith-sft --max-steps 60
     python -m training.sft --data sft.jsonl --name arith-sft              # same thing
     accelerate launch -m training.sft --data sft.jsonl --name arith-sft   # several GPUs
+    ACCELERATE_USE_CPU=true torchrun --nproc_per_node 2 -m training.sft ...     # 2 CPU processes (gloo)
 
 Data: TRL's SFT formats (`messages`, or `prompt`/`completion` as strings or messages; see
 training/data.py). With prompt/completion rows the loss covers the completion only (TRL's
@@ -60,16 +61,16 @@ def run(config: SFTConfig) -> Entry | None:
     rows, _ = load_sft_data(config.data)
     digest = data_hash(rows)
     start = resolve_start(config.open_registry(), config.base)
-    prepare_run_dir(config, digest)
+    columns = ["messages"] if "messages" in rows[0] else ["prompt", "completion"]
+    # `messages` rows have no prompt/completion split: TRL trains on every token (None = auto).
+    only_completion = config.completion_only_loss if columns != ["messages"] else None
+    args = trl.SFTConfig(**config.trainer_kwargs(), completion_only_loss=only_completion, packing=False)
+    prepare_run_dir(config, digest, args)
 
     tokenizer = load_tokenizer(start)
     continue_adapter = start.is_lora and not config.full
     model = load_causal_lm(start, trainable_adapter=continue_adapter)
     peft_config = None if (config.full or continue_adapter) else lora_config(config, "CAUSAL_LM")
-    columns = ["messages"] if "messages" in rows[0] else ["prompt", "completion"]
-    # `messages` rows have no prompt/completion split: TRL trains on every token (None = auto).
-    only_completion = config.completion_only_loss if columns != ["messages"] else None
-    args = trl.SFTConfig(**config.trainer_kwargs(), completion_only_loss=only_completion, packing=False)
     trainer = trl.SFTTrainer(model=model, args=args, train_dataset=to_dataset(rows, columns),
                              processing_class=tokenizer, peft_config=peft_config)
     metrics = train(trainer, config)

@@ -13,7 +13,7 @@ import pytest
 
 from training import ppo
 from training.common import ConfigError, check_vllm_adapter
-from training.ppo import PPOConfig, cut_at_stop
+from training.ppo import PPOConfig
 from training.registry import Registry
 
 
@@ -50,11 +50,6 @@ def test_auto_backend_is_vllm_only_for_lora_on_a_gpu(monkeypatch: pytest.MonkeyP
     assert PPOConfig(name="p", full=True).backend == "hf"
     assert PPOConfig(name="p", rollout_backend="vllm").backend == "vllm"
     assert PPOConfig(name="p").task == "arithmetic"
-
-
-def test_cut_at_stop() -> None:
-    assert cut_at_stop([5, 6, 2, 9], {2}) == ([5, 6, 2], True)
-    assert cut_at_stop([5, 6, 7], {2}) == ([5, 6, 7], False)
 
 
 def test_cli_reports_config_errors(capsys: pytest.CaptureFixture[str]) -> None:

@@ -10,6 +10,7 @@ import torch
 from training.ppo_math import (
     AdaptiveKLController,
     FixedKLController,
+    cut_at_stop,
     entropy_from_logits,
     gae,
     kl_estimate,
@@ -19,7 +20,6 @@ from training.ppo_math import (
     masked_whiten,
     policy_loss,
     token_rewards,
-    truncate_at_stop,
     value_loss,
 )
 
@@ -128,10 +128,10 @@ def test_logprobs_and_entropy_from_logits() -> None:
     assert entropy_from_logits(logits).item() == pytest.approx(expected)
 
 
-def test_truncate_at_stop_keeps_the_stop_token() -> None:
-    responses = torch.tensor([[5, 2, 7, 8], [5, 6, 7, 8], [2, 2, 9, 9]])
-    assert truncate_at_stop(responses, stop_token_id=2, pad_token_id=0).tolist() == [
-        [5, 2, 0, 0], [5, 6, 7, 8], [2, 0, 0, 0]]
+def test_cut_at_stop_keeps_the_stop_token() -> None:
+    assert cut_at_stop([5, 6, 2, 9, 2], {2}) == ([5, 6, 2], True)
+    assert cut_at_stop([5, 6, 7], {2, 3}) == ([5, 6, 7], False)
+    assert cut_at_stop([], {2}) == ([], False)
 
 
 def test_adaptive_kl_controller_moves_toward_the_target() -> None:

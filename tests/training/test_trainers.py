@@ -162,3 +162,28 @@ def test_sft_full_writes_full_weights(tmp_registry: Registry, data_dir: Path, tm
     assert entry.manifest.format == "full" and entry.manifest.hyperparameters["learning_rate"] == 1e-5
     assert {"model.safetensors", "config.json", "tokenizer.json"} <= set(entry.manifest.files)
     assert not (tmp_path / "run" / "final").exists()  # the copy in the run dir is cleaned up
+
+
+def test_dpo_in_two_processes_writes_one_entry(tmp_registry: Registry, data_dir: Path,
+                                               tmp_path: Path) -> None:
+    """The script unchanged under a distributed launcher (torchrun = what `accelerate launch`
+    runs; on CPU accelerate needs ACCELERATE_USE_CPU to pick gloo): the data is split across
+    the two processes and only the main one writes the entry."""
+    import os
+    import subprocess
+    import sys
+
+    env = {**os.environ, "ACCELERATE_USE_CPU": "true", "OMP_NUM_THREADS": "1"}
+    proc = subprocess.run(
+        [sys.executable, "-m", "torch.distributed.run", "--nproc_per_node", "2", "-m", "training.dpo",
+         "--data", str(data_dir / "prefs.jsonl"), "--name", "t-ddp", "--registry", str(tmp_registry.root),
+         "--output-dir", str(tmp_path / "run"), "--max-steps", "2", "--batch-size", "2",
+         "--max-length", "128", "--logging-steps", "1"],
+        env=env, capture_output=True, text=True, timeout=280, check=False)
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    assert proc.stdout.count("wrote registry entry 't-ddp'") == 1
+    entry = tmp_registry.load("t-ddp", deep=True)
+    # 2 steps x 2 pairs x 2 processes = 8 of the 12 pairs: each process saw its own shard
+    state = json.loads((tmp_path / "run" / "checkpoint-2" / "trainer_state.json").read_text())
+    assert state["epoch"] == pytest.approx(8 / 12, abs=0.01)
+    _adapter_ok(entry.path)

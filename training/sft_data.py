@@ -1,0 +1,93 @@
+"""SFT data from judged samples: keep each prompt's best reply (rejection-sampling fine-tuning).
+
+    bonserve data prefs --policy smollm2-135m-instruct --task arithmetic -k 8 --out prefs.jsonl
+    bonserve data sft --from-prefs prefs.jsonl --min-score 1 --out sft.jsonl
+    bonserve train sft --data sft.jsonl --name arith-sft
+
+The `chosen` side of a preference pair is the judge's best of k samples, so the pairs that
+`data prefs` writes already hold the data of the classic SFT stage of RLHF when no human
+demonstrations exist: fine-tune on the policy's own best answers (RAFT / ReST / "expert
+iteration"). `--min-score` keeps only rows whose `chosen_score` (written by `data prefs`)
+reaches it, e.g. 1 to keep only gold-correct answers.
+
+Rows map to TRL's SFT formats: a pair with a `prompt` becomes prompt/completion (strings or
+messages, as the pair was); an implicit-prompt pair becomes `messages` (conversational) or
+prompt/completion split at the shared prefix (standard). Ids and scores are kept.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+from collections.abc import Sequence
+from dataclasses import dataclass, field
+from typing import Any
+
+from training.common import ConfigError, add_config_arguments, config_from_args
+from training.data import DataError, DataFormat, Rows, _common_prefix, _where
+
+
+@dataclass
+class SFTDataConfig:
+    """`bonserve data sft` options."""
+
+    from_prefs: str = field(metadata={"help": "Preference data (TRL format) whose `chosen` replies to keep."})
+    out: str = field(metadata={"help": "JSONL file to write the SFT rows to."})
+    min_score: float | None = field(default=None, metadata={
+        "help": "Keep rows whose `chosen_score` is at least this (default: keep every row)."})
+
+
+def chosen_as_sft(rows: Rows, fmt: DataFormat, min_score: float | None = None) -> list[dict[str, Any]]:
+    """One SFT row per kept pair: the prompt and its chosen reply."""
+    out = []
+    for i, row in enumerate(rows):
+        if min_score is not None:
+            score = row.get("chosen_score")
+            if not isinstance(score, int | float) or isinstance(score, bool):
+                raise DataError(f"{_where(rows, i, getattr(rows, 'source', '<rows>'))}: --min-score needs a "
+                                f"numeric 'chosen_score' (as `data prefs` writes), got {score!r}")
+            if score < min_score:
+                continue
+        extra = {k: v for k, v in row.items() if k not in ("prompt", "chosen", "rejected", "rejected_score")}
+        if fmt in (DataFormat.STANDARD, DataFormat.CONVERSATIONAL):
+            out.append({"prompt": row["prompt"], "completion": row["chosen"], **extra})
+        elif fmt is DataFormat.IMPLICIT_PROMPT_CONVERSATIONAL:
+            out.append({"messages": row["chosen"], **extra})
+        else:
+            prompt = _common_prefix(row["chosen"], row["rejected"])
+            out.append({"prompt": prompt, "completion": row["chosen"][len(prompt):], **extra})
+    return out
+
+
+def run(config: SFTDataConfig) -> dict[str, Any]:
+    from training.data import load_preference_data, validate_sft_rows, write_jsonl
+
+    rows, fmt = load_preference_data(config.from_prefs)
+    sft_rows = chosen_as_sft(rows, fmt, config.min_score)
+    if not sft_rows:
+        raise DataError(f"{config.from_prefs}: no row has chosen_score >= {config.min_score}")
+    validate_sft_rows(sft_rows, config.out)
+    write_jsonl(config.out, sft_rows)
+    return {"pairs": len(rows), "rows": len(sft_rows), "dropped_below_min_score": len(rows) - len(sft_rows),
+            "format": str(fmt), "out": config.out}
+
+
+def make_parser(parser: argparse.ArgumentParser | None = None) -> argparse.ArgumentParser:
+    parser = parser or argparse.ArgumentParser(prog="bonserve data sft", description=__doc__.splitlines()[0])
+    return add_config_arguments(parser, SFTDataConfig)
+
+
+def main(argv: Sequence[str] | None = None, args: argparse.Namespace | None = None) -> int:
+    args = args if args is not None else make_parser().parse_args(argv)
+    try:
+        stats = run(config_from_args(SFTDataConfig, args))
+    except (ConfigError, DataError) as exc:
+        print(f"error: {exc}", file=sys.stderr)
+        return 1
+    print(json.dumps(stats, indent=2))
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())
