@@ -16,6 +16,7 @@ import dataclasses
 import json
 import shutil
 import sys
+import time
 import types
 import typing
 from collections.abc import Callable, Sequence
@@ -62,6 +63,10 @@ class TrainConfig:
     lora_alpha: int | None = field(default=None, metadata={"help": "LoRA alpha (default 2 × rank)."})
     lora_dropout: float = field(default=0.05, metadata={"help": "LoRA dropout."})
     max_steps: int = field(default=60, metadata={"help": "Optimizer steps to train."})
+    max_time_s: float | None = field(default=None, metadata={
+        "help": "Also stop once training has run this many seconds (checked after each step; the "
+                "checkpoint and entry are written as usual): a compute budget for comparing methods "
+                "at equal wall time. The learning-rate schedule still spans --max-steps."})
     learning_rate: float | None = field(default=None, metadata={
         "help": "Peak learning rate (default 2e-4 with LoRA, 1e-5 with --full)."})
     batch_size: int = field(default=8, metadata={"help": "Examples (or pairs) per device per step."})
@@ -103,6 +108,8 @@ class TrainConfig:
                 raise ConfigError(f"{key}={value!r}: must be an integer >= 1")
         if self.warmup_steps < 0:
             raise ConfigError(f"warmup_steps={self.warmup_steps!r}: must be >= 0")
+        if self.max_time_s is not None and not self.max_time_s > 0:
+            raise ConfigError(f"max_time_s={self.max_time_s!r}: must be > 0 seconds")
         if self.learning_rate is None:
             self.learning_rate = 1e-5 if self.full else 2e-4
         if not 0.0 < self.learning_rate < 1.0:
@@ -392,6 +399,8 @@ def train(trainer, config: TrainConfig) -> dict[str, Any]:
             raise ConfigError(f"resume=True but {config.run_dir()} has no complete checkpoint")
         print(f"[{config.name}] resuming from {resume}", flush=True)
     trainer.add_callback(_log_last_step())
+    if config.max_time_s is not None:
+        trainer.add_callback(_wall_clock_budget(config.max_time_s))
     trainer.train(resume_from_checkpoint=resume)
     return final_metrics(trainer.state.log_history)
 
@@ -408,6 +417,30 @@ def _log_last_step():
             return control
 
     return LogLastStep()
+
+
+def _wall_clock_budget(seconds: float):
+    """A callback that ends training (logging and saving that step) once `seconds` have passed
+    since this process began training; a resumed run gets the budget afresh. Under a
+    distributed launcher the main process's clock decides for all, so no rank stops alone."""
+    from accelerate import PartialState
+    from accelerate.utils import broadcast_object_list
+    from transformers import TrainerCallback
+
+    class WallClockBudget(TrainerCallback):
+        def on_train_begin(self, args, state, control, **kwargs):
+            self.start = time.monotonic()
+
+        def on_step_end(self, args, state, control, **kwargs):
+            spent = [time.monotonic() - self.start >= seconds]
+            if PartialState().num_processes > 1:
+                broadcast_object_list(spent, from_process=0)
+            if spent[0] and state.global_step < state.max_steps:
+                print(f"[budget] {seconds:g} s reached at step {state.global_step}: stopping", flush=True)
+                control.should_training_stop = control.should_log = control.should_save = True
+            return control
+
+    return WallClockBudget()
 
 
 _ADAPTER_FILES = ("adapter_config.json", "adapter_model.safetensors")

@@ -721,6 +721,7 @@ class PPOTrainer:
             else HFRollouts(config, self.tokenizer)
         )
         last: dict[str, float] = {}
+        start = time.monotonic()
         try:
             with (
                 (self.run_dir / LOG_FILE).open("a") as log,
@@ -742,10 +743,16 @@ class PPOTrainer:
                     log.write(json.dumps(last, sort_keys=True) + "\n")
                     log.flush()
                     bar.update(1)
-                    if self.state.step % config.logging_steps == 0 or self.state.step == config.max_steps:
+                    budget = config.max_time_s
+                    out_of_time = budget is not None and time.monotonic() - start >= budget
+                    last_step = out_of_time or self.state.step == config.max_steps
+                    if last_step or self.state.step % config.logging_steps == 0:
                         bar.write(_format_metrics(last))
-                    if self.state.step % config.save_steps == 0 or self.state.step == config.max_steps:
+                    if last_step or self.state.step % config.save_steps == 0:
                         self._save_checkpoint()
+                    if out_of_time and self.state.step < config.max_steps:
+                        bar.write(f"[budget] {budget:g} s reached at step {self.state.step}: stopping")
+                        break
         finally:
             roller.close()
         return last

@@ -303,3 +303,17 @@ def test_rm_reward_logs_gold_beside_it_and_resumes_via_cli(tiny: Registry, tmp_p
     assert m.metrics["step"] == 3 and m.hyperparameters["resume"] is True
     state = json.loads((tmp_path / "run" / "checkpoint-3" / "trainer_state.json").read_text())
     assert [h["step"] for h in state["log_history"] if "reward" in h] == [1, 2, 3]
+
+
+@pytest.mark.slow
+@pytest.mark.timeout(300)
+@pytest.mark.usefixtures("one_thread")
+def test_wall_clock_budget_stops_after_the_step_that_spends_it(tiny: Registry, tmp_path: Path) -> None:
+    """--max-time-s: the first step already spends a 1 ms budget, so training stops there with
+    the checkpoint and the entry written as if --max-steps had been 1."""
+    run_grpo(GRPOConfig(name="t-budget", base="tiny", registry=str(tiny.root),
+                        output_dir=str(tmp_path / "run"), max_steps=50, max_time_s=0.001, save_steps=50,
+                        **TINY_RUN))
+    assert (tmp_path / "run" / "checkpoint-1").is_dir()
+    m = tiny.load("t-budget").manifest
+    assert m.metrics["step"] == 1 and m.hyperparameters["max_time_s"] == 0.001

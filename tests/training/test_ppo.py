@@ -33,6 +33,7 @@ from training.registry import Registry
         ({"kl_estimator": "k2"}, "use k1 or k3"),
         ({"lora_r": 5}, "LoRA ranks"),
         ({"bf16": True}, "float32"),
+        ({"max_time_s": 0.0}, "max_time_s=0.0: must be > 0"),
     ],
 )
 def test_bad_configs_are_refused(kwargs: dict[str, Any], message: str) -> None:
@@ -115,6 +116,17 @@ def test_ppo_resumes_from_its_checkpoint(tiny: Registry, tmp_path: Path) -> None
     assert [r["step"] for r in _log(tmp_path / "run")] == [1, 2]
     entry = resumed.save_entry(metrics)
     assert entry is not None and entry.manifest.extra["rollout_backend"] == "hf"
+
+
+@pytest.mark.slow
+@pytest.mark.timeout(300)
+@pytest.mark.usefixtures("one_thread", "digits_task")
+def test_wall_clock_budget_ends_the_run_with_a_checkpoint(tiny: Registry, tmp_path: Path) -> None:
+    entry = ppo.run(PPOConfig(name="t-ppo-budget", registry=str(tiny.root), output_dir=str(tmp_path / "run"),
+                              max_steps=20, save_steps=20, max_time_s=0.001, **TINY_PPO))
+    assert [r["step"] for r in _log(tmp_path / "run")] == [1]
+    assert (tmp_path / "run" / "checkpoint-1" / "ppo_state.json").is_file()
+    assert entry is not None and entry.manifest.metrics["step"] == 1
 
 
 @pytest.mark.engine
