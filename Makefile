@@ -46,8 +46,9 @@ lint: $(STAMP) k8s-validate
 k8s-validate:
 	bash k8s/validate.sh
 
-# The whole story on the bundled model (about 1.5 h on 2 CPU cores; finished stages are reused):
-# preference pairs, reward model, DPO, PPO, held-out evaluations, then base+BoN vs tuned policies.
+# The whole story on the bundled model (about 3 h on 2 CPU cores; finished stages are reused):
+# preference pairs, reward model, SFT, DPO, PPO, held-out evaluations, then serve them all and
+# compare base+BoN with the tuned policies (docs/benchmarks/bon_vs_tuned.md).
 demo: setup
 	bash benchmarks/training_pipeline.sh
 	bash benchmarks/bon_vs_tuned.sh
