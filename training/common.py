@@ -324,7 +324,7 @@ def check_vllm_adapter(path: Path) -> dict[str, Any]:
 # --------------------------------------------------------------------------- run directory
 
 
-def process_state(args: Any = None):
+def process_state(args: Any = None) -> Any:
     """accelerate's process state. Pass the TRL config first: building it is what sets up the
     (possibly distributed) state, so asking before would see a single process."""
     from accelerate import PartialState
@@ -419,7 +419,7 @@ def _log_last_step():
     return LogLastStep()
 
 
-def _wall_clock_budget(seconds: float):
+def _wall_clock_budget(seconds: float) -> Any:
     """A callback that ends training (logging and saving that step) once `seconds` have passed
     since this process began training; a resumed run gets the budget afresh. Under a
     distributed launcher the main process's clock decides for all, so no rank stops alone."""

@@ -166,7 +166,7 @@ def _type_name(value: Any) -> str:
     return {dict: "object", list: "list", str: "string"}.get(type(value), type(value).__name__)
 
 
-def _where(rows: Sequence[dict[str, Any]], index: int, source: str) -> str:
+def row_location(rows: Sequence[dict[str, Any]], index: int, source: str) -> str:
     lines = getattr(rows, "lines", None)
     if lines is not None:
         return f"{source}:{lines[index]}"
@@ -230,7 +230,7 @@ def _check_conversation(row: dict[str, Any], key: str) -> None:
         raise _RowError(f"field {key!r}: must end with a non-empty 'assistant' message")
 
 
-def _common_prefix(a: str, b: str) -> str:
+def common_prefix(a: str, b: str) -> str:
     """Character-wise common prefix: the prompt TRL extracts from an implicit-prompt pair."""
     n = 0
     while n < min(len(a), len(b)) and a[n] == b[n]:
@@ -258,7 +258,7 @@ def _preference_format(row: dict[str, Any]) -> DataFormat:
                             f"got {_type_name(row['prompt'])}")
     elif isinstance(row["chosen"], str):
         chosen, rejected = _need_string(row, "chosen"), _need_string(row, "rejected")
-        prefix = _common_prefix(chosen, rejected)
+        prefix = common_prefix(chosen, rejected)
         if chosen != rejected and not prefix.strip():
             raise _RowError("fields 'chosen' and 'rejected' share no prompt: without a 'prompt' field "
                             "both must start with the same prompt text (implicit prompt)")
@@ -318,7 +318,7 @@ def _validate(rows: Sequence[dict[str, Any]], source: str | Path | None,
     first: tuple[str, int] | None = None
     fmt = None
     for i, row in enumerate(rows):
-        where = _where(rows, i, source)
+        where = row_location(rows, i, source)
         try:
             if not isinstance(row, dict):
                 raise _RowError(f"expected an object, got {_type_name(row)}")
@@ -328,7 +328,8 @@ def _validate(rows: Sequence[dict[str, Any]], source: str | Path | None,
         if first is None:
             first = (shape, i)
         elif shape != first[0]:
-            raise DataError(f"{where}: {kind} row in format {shape!r}, but {_where(rows, first[1], source)} "
+            first_where = row_location(rows, first[1], source)
+            raise DataError(f"{where}: {kind} row in format {shape!r}, but {first_where} "
                             f"is {first[0]!r}: all rows must share one format")
     assert fmt is not None
     return fmt

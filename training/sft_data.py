@@ -25,7 +25,7 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from training.common import ConfigError, add_config_arguments, config_from_args
-from training.data import DataError, DataFormat, Rows, _common_prefix, _where
+from training.data import DataError, DataFormat, Rows, common_prefix, row_location
 
 
 @dataclass
@@ -45,8 +45,9 @@ def chosen_as_sft(rows: Rows, fmt: DataFormat, min_score: float | None = None) -
         if min_score is not None:
             score = row.get("chosen_score")
             if not isinstance(score, int | float) or isinstance(score, bool):
-                raise DataError(f"{_where(rows, i, getattr(rows, 'source', '<rows>'))}: --min-score needs a "
-                                f"numeric 'chosen_score' (as `data prefs` writes), got {score!r}")
+                where = row_location(rows, i, getattr(rows, "source", "<rows>"))
+                raise DataError(f"{where}: --min-score needs a numeric 'chosen_score' "
+                                f"(as `data prefs` writes), got {score!r}")
             if score < min_score:
                 continue
         extra = {k: v for k, v in row.items() if k not in ("prompt", "chosen", "rejected", "rejected_score")}
@@ -55,7 +56,7 @@ def chosen_as_sft(rows: Rows, fmt: DataFormat, min_score: float | None = None) -
         elif fmt is DataFormat.IMPLICIT_PROMPT_CONVERSATIONAL:
             out.append({"messages": row["chosen"], **extra})
         else:
-            prompt = _common_prefix(row["chosen"], row["rejected"])
+            prompt = common_prefix(row["chosen"], row["rejected"])
             out.append({"prompt": prompt, "completion": row["chosen"][len(prompt):], **extra})
     return out
 
