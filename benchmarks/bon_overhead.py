@@ -34,38 +34,54 @@ from training.registry import Registry
 from training.reward import init_reward_model, reward_text
 
 RM_NAME = "rm-bench-init"
-PROMPTS = [f"What is {a} + {b}? Reply with just the number." for a, b in
-           [(12, 35), (47, 18), (63, 29), (81, 14), (25, 56), (38, 44), (72, 19), (90, 7)]]
+PROMPTS = [
+    f"What is {a} + {b}? Reply with just the number."
+    for a, b in [(12, 35), (47, 18), (63, 29), (81, 14), (25, 56), (38, 44), (72, 19), (90, 7)]
+]
 
 
 def messages(i: int) -> list[dict[str, str]]:
     return [{"role": "user", "content": PROMPTS[i % len(PROMPTS)]}]
 
 
-async def run_system(name: str, servers: dict[str, ServerProcess], tokenizer: Any, args: Any,
-                     seed_base: int) -> dict[str, float]:
+async def run_system(
+    name: str, servers: dict[str, ServerProcess], tokenizer: Any, args: Any, seed_base: int
+) -> dict[str, float]:
     sampling = {"max_tokens": args.max_tokens, "temperature": args.temperature}
-    async with AsyncOpenAI(base_url=(servers["bonserve"] if name == "bonserve" else
-                                     servers["vllm"]).v1, api_key="unused", max_retries=0,
-                           timeout=600) as client, httpx.AsyncClient(timeout=600) as http:
+    async with (
+        AsyncOpenAI(
+            base_url=(servers["bonserve"] if name == "bonserve" else servers["vllm"]).v1,
+            api_key="unused",
+            max_retries=0,
+            timeout=600,
+        ) as client,
+        httpx.AsyncClient(timeout=600) as http,
+    ):
 
         async def call(i: int) -> int:
             seed = seed_base + i
             if name == "bonserve":
                 r = await client.chat.completions.create(
-                    model=DEFAULT_MODEL_NAME, messages=messages(i), n=1, seed=seed,
-                    extra_body={"best_of": args.best_of}, **sampling)
+                    model=DEFAULT_MODEL_NAME,
+                    messages=messages(i),
+                    n=1,
+                    seed=seed,
+                    extra_body={"best_of": args.best_of},
+                    **sampling,
+                )
                 return r.usage.model_extra["bonserve"]["delivered_tokens"]
             r = await client.chat.completions.create(
-                model=DEFAULT_MODEL_NAME, messages=messages(i), n=args.best_of, seed=seed,
-                **sampling)
+                model=DEFAULT_MODEL_NAME, messages=messages(i), n=args.best_of, seed=seed, **sampling
+            )
             if name == "vllm_n8":
                 return r.usage.completion_tokens // args.best_of
-            texts = [tokenizer.decode(reward_text(tokenizer, messages(i), c.message.content))
-                     for c in r.choices]
-            scored = await http.post(servers["reward"].base_url + "/classify",
-                                     json={"model": RM_NAME, "input": texts,
-                                           "use_activation": False})
+            texts = [
+                tokenizer.decode(reward_text(tokenizer, messages(i), c.message.content)) for c in r.choices
+            ]
+            scored = await http.post(
+                servers["reward"].base_url + "/classify",
+                json={"model": RM_NAME, "input": texts, "use_activation": False},
+            )
             scored.raise_for_status()
             data = scored.json()["data"]
             best = max(range(len(data)), key=lambda k: data[k]["probs"][0])
@@ -95,12 +111,25 @@ def main() -> None:
     results: dict[str, list[dict[str, float]]] = {s: [] for s in systems}
     try:
         servers["bonserve"] = start_bonserve(
-            work, "--model", str(base.path), "--served-model-name", DEFAULT_MODEL_NAME,
-            "--registry", str(registry.root), "--reward-model", RM_NAME)
+            work,
+            "--model",
+            str(base.path),
+            "--served-model-name",
+            DEFAULT_MODEL_NAME,
+            "--registry",
+            str(registry.root),
+            "--reward-model",
+            RM_NAME,
+        )
         servers["vllm"] = start_vllm(work, base.path, DEFAULT_MODEL_NAME)
         servers["reward"] = start_vllm(
-            work, rm_path, RM_NAME, name="vllm-reward", extra=["--runner", "pooling"],
-            env={"VLLM_CPU_OMP_THREADS_BIND": "nobind", "OMP_NUM_THREADS": "1"})
+            work,
+            rm_path,
+            RM_NAME,
+            name="vllm-reward",
+            extra=["--runner", "pooling"],
+            env={"VLLM_CPU_OMP_THREADS_BIND": "nobind", "OMP_NUM_THREADS": "1"},
+        )
         for s in servers.values():
             s.wait_ready()
         for name in systems:  # warm-up
@@ -110,16 +139,20 @@ def main() -> None:
             for name in order:
                 r = asyncio.run(run_system(name, servers, tokenizer, args, rnd * 1000))
                 results[name].append(r)
-                print(f"round {rnd} {name:<9} {r['req_per_s']:.2f} req/s p50 {r['p50']:.3f}s "
-                      f"p99 {r['p99']:.3f}s", flush=True)
+                print(
+                    f"round {rnd} {name:<9} {r['req_per_s']:.2f} req/s p50 {r['p50']:.3f}s "
+                    f"p99 {r['p99']:.3f}s",
+                    flush=True,
+                )
     finally:
         for s in servers.values():
             s.stop()
 
     report: dict[str, Any] = {"config": {k: str(v) for k, v in vars(args).items()}, "systems": {}}
     for name in systems:
-        report["systems"][name] = {m: statistics.median(r[m] for r in results[name])
-                                   for m in ("req_per_s", "p50", "p99")}
+        report["systems"][name] = {
+            m: statistics.median(r[m] for r in results[name]) for m in ("req_per_s", "p50", "p99")
+        }
     for ref in ("vllm_n8", "pipeline"):
         ratios = [a["p50"] / b["p50"] for a, b in zip(results["bonserve"], results[ref], strict=True)]
         report[f"p50_ratio_vs_{ref}"] = statistics.median(ratios)

@@ -24,23 +24,32 @@ from loadtests.servers import start_bonserve, start_vllm
 from training.base_model import DEFAULT_MODEL_NAME
 from training.registry import Registry
 
-PROMPTS = [f"What is {a} + {b}? Reply with just the number." for a, b in
-           [(12, 35), (47, 18), (63, 29), (81, 14), (25, 56), (38, 44), (72, 19), (90, 7)]] + [
-    "Name three colours.", "What is the capital of Italy?", "Write a haiku about rain.",
-    "Give one tip for writing clean code.", "What does a reward model do?",
-    "Explain what a GPU is in one sentence.", "List two prime numbers.", "Say hello in French.",
+PROMPTS = [
+    f"What is {a} + {b}? Reply with just the number."
+    for a, b in [(12, 35), (47, 18), (63, 29), (81, 14), (25, 56), (38, 44), (72, 19), (90, 7)]
+] + [
+    "Name three colours.",
+    "What is the capital of Italy?",
+    "Write a haiku about rain.",
+    "Give one tip for writing clean code.",
+    "What does a reward model do?",
+    "Explain what a GPU is in one sentence.",
+    "List two prime numbers.",
+    "Say hello in French.",
 ]
 
 
-async def run_level(base_url: str, model: str, concurrency: int, n_requests: int,
-                    max_tokens: int) -> dict[str, float]:
-    async with AsyncOpenAI(base_url=base_url + "/v1", api_key="unused", max_retries=0,
-                           timeout=300) as client:
+async def run_level(
+    base_url: str, model: str, concurrency: int, n_requests: int, max_tokens: int
+) -> dict[str, float]:
+    async with AsyncOpenAI(base_url=base_url + "/v1", api_key="unused", max_retries=0, timeout=300) as client:
 
         async def call(i: int) -> int:
             r = await client.chat.completions.create(
-                model=model, messages=[{"role": "user", "content": PROMPTS[i % len(PROMPTS)]}],
-                max_tokens=max_tokens, temperature=0,
+                model=model,
+                messages=[{"role": "user", "content": PROMPTS[i % len(PROMPTS)]}],
+                max_tokens=max_tokens,
+                temperature=0,
             )
             return r.usage.completion_tokens
 
@@ -49,8 +58,9 @@ async def run_level(base_url: str, model: str, concurrency: int, n_requests: int
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--requests", type=int, default=32,
-                        help="requests per level (at least 6 per concurrent client)")
+    parser.add_argument(
+        "--requests", type=int, default=32, help="requests per level (at least 6 per concurrent client)"
+    )
     parser.add_argument("--rounds", type=int, default=3)
     parser.add_argument("--concurrency", type=int, nargs="+", default=[1, 4, 16])
     parser.add_argument("--max-tokens", type=int, default=64)
@@ -74,11 +84,21 @@ def main() -> None:
             order = list(servers) if rnd % 2 == 0 else list(reversed(servers))
             for c in args.concurrency:
                 for name in order:
-                    r = asyncio.run(run_level(servers[name].base_url, DEFAULT_MODEL_NAME, c,
-                                              max(args.requests, 6 * c), args.max_tokens))
+                    r = asyncio.run(
+                        run_level(
+                            servers[name].base_url,
+                            DEFAULT_MODEL_NAME,
+                            c,
+                            max(args.requests, 6 * c),
+                            args.max_tokens,
+                        )
+                    )
                     results[name].setdefault(c, []).append(r)
-                    print(f"round {rnd} c={c:<3} {name:<9} {r['req_per_s']:.2f} req/s "
-                          f"p50 {r['p50']:.3f}s p99 {r['p99']:.3f}s", flush=True)
+                    print(
+                        f"round {rnd} c={c:<3} {name:<9} {r['req_per_s']:.2f} req/s "
+                        f"p50 {r['p50']:.3f}s p99 {r['p99']:.3f}s",
+                        flush=True,
+                    )
     finally:
         for s in servers.values():
             s.stop()
@@ -91,8 +111,9 @@ def main() -> None:
             ours = statistics.median(r[metric] for r in results["bonserve"][c])
             ref = statistics.median(r[metric] for r in results["vllm"][c])
             # Ratio per round, then the median: robust to drift across rounds.
-            ratios = [a[metric] / b[metric] for a, b in
-                      zip(results["bonserve"][c], results["vllm"][c], strict=True)]
+            ratios = [
+                a[metric] / b[metric] for a, b in zip(results["bonserve"][c], results["vllm"][c], strict=True)
+            ]
             level[metric] = {"bonserve": ours, "vllm": ref, "ratio": statistics.median(ratios)}
             print(f"{c:>4} {metric:<10} {ours:>10.3f} {ref:>10.3f} {statistics.median(ratios):>7.3f}")
         report["levels"][c] = level

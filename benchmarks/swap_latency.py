@@ -40,8 +40,10 @@ async def main_async(args: argparse.Namespace, base_url: str) -> dict[str, Any]:
     async def client(c: httpx.AsyncClient) -> None:
         while not stop.is_set():
             t0 = time.perf_counter()
-            r = await c.post(v1 + "/chat/completions", json={
-                "model": "policy", "messages": PROMPT, "max_tokens": args.max_tokens})
+            r = await c.post(
+                v1 + "/chat/completions",
+                json={"model": "policy", "messages": PROMPT, "max_tokens": args.max_tokens},
+            )
             if r.status_code != 200:
                 failures.append(f"{r.status_code}: {r.text[:200]}")
                 continue
@@ -49,19 +51,28 @@ async def main_async(args: argparse.Namespace, base_url: str) -> dict[str, Any]:
 
     async def promote(c: httpx.AsyncClient, target: str) -> dict[str, float]:
         t0 = time.perf_counter()
-        r = await c.post(base_url + "/admin/aliases/promote",
-                         json={"alias": "policy", "model": target}, timeout=900)
+        r = await c.post(
+            base_url + "/admin/aliases/promote", json={"alias": "policy", "model": target}, timeout=900
+        )
         r.raise_for_status()
         switched = time.perf_counter()
-        async with c.stream("POST", v1 + "/chat/completions", json={
-                "model": "policy", "messages": PROMPT, "max_tokens": 4, "stream": True}) as s:
+        async with c.stream(
+            "POST",
+            v1 + "/chat/completions",
+            json={"model": "policy", "messages": PROMPT, "max_tokens": 4, "stream": True},
+        ) as s:
             async for line in s.aiter_lines():
                 if '"content":"' in line and '"content":""' not in line:
                     assert f'"model":"{target}"' in line, line
                     break
         first = time.perf_counter()
-        return {"start": t0, "switched": switched, "end": first,
-                "promote_s": switched - t0, "promote_to_first_token_s": first - t0}
+        return {
+            "start": t0,
+            "switched": switched,
+            "end": first,
+            "promote_s": switched - t0,
+            "promote_to_first_token_s": first - t0,
+        }
 
     async with httpx.AsyncClient(timeout=900) as c:
         clients = [asyncio.create_task(client(c)) for _ in range(args.concurrency)]
@@ -79,9 +90,12 @@ async def main_async(args: argparse.Namespace, base_url: str) -> dict[str, Any]:
         return [lat for t0, lat, _ in samples if t0 <= hi and t0 + lat >= lo]
 
     before = [lat for t0, lat, _ in samples if t0 + lat <= before_end]
-    report: dict[str, Any] = {"config": {k: str(v) for k, v in vars(args).items()},
-                              "failed_requests": len(failures), "failures": failures[:5],
-                              "before": summarize(before) | {"n": len(before)}}
+    report: dict[str, Any] = {
+        "config": {k: str(v) for k, v in vars(args).items()},
+        "failed_requests": len(failures),
+        "failures": failures[:5],
+        "before": summarize(before) | {"n": len(before)},
+    }
     for name, swap in (("lora", lora), ("full", full)):
         during = window(swap["start"], swap["end"])
         report[name] = {
@@ -91,8 +105,9 @@ async def main_async(args: argparse.Namespace, base_url: str) -> dict[str, Any]:
             "p99_ratio_during_vs_before": summarize(during)["p99"] / summarize(before)["p99"],
             "p50_ratio_during_vs_before": summarize(during)["p50"] / summarize(before)["p50"],
         }
-    report["models_seen"] = {m: sum(1 for *_, x in samples if x == m)
-                             for m in sorted({x for *_, x in samples})}
+    report["models_seen"] = {
+        m: sum(1 for *_, x in samples if x == m) for m in sorted({x for *_, x in samples})
+    }
     return report
 
 
@@ -111,8 +126,17 @@ def main() -> None:
     base = registry.load(DEFAULT_MODEL_NAME)
     make_lora_entry(registry, base, "bench-lora", rank=8, seed=1)
     copy_full_entry(registry, base, "bench-full")
-    server = start_bonserve(work, "--registry", str(registry.root), "--model", DEFAULT_MODEL_NAME,
-                            "--alias", "policy", "--max-loras", "2")
+    server = start_bonserve(
+        work,
+        "--registry",
+        str(registry.root),
+        "--model",
+        DEFAULT_MODEL_NAME,
+        "--alias",
+        "policy",
+        "--max-loras",
+        "2",
+    )
     try:
         report = asyncio.run(main_async(args, server.base_url))
     finally:

@@ -70,6 +70,7 @@ PER_CELL = ("model", "best_of", "temperature")
 def _csv(kind: type) -> Any:
     def parse(text: str) -> list[Any]:
         return [kind(part) for part in text.split(",") if part.strip()]
+
     parse.__name__ = f"comma-separated {kind.__name__}"
     return parse
 
@@ -87,33 +88,48 @@ def add_config_flags(parser: argparse.ArgumentParser, exclude: tuple[str, ...] =
         if isinstance(kind, types.UnionType):  # X | None -> X
             kind = next(a for a in typing.get_args(kind) if a is not type(None))
         if kind is bool:
-            parser.add_argument(flag, dest=f.name, action=argparse.BooleanOptionalAction,
-                                default=argparse.SUPPRESS, help=help_text)
+            parser.add_argument(
+                flag,
+                dest=f.name,
+                action=argparse.BooleanOptionalAction,
+                default=argparse.SUPPRESS,
+                help=help_text,
+            )
         elif typing.get_origin(kind) is dict:  # goodput: ttft:MS e2el:MS
-            parser.add_argument(flag, dest=f.name, nargs="+", metavar="METRIC:MS",
-                                default=argparse.SUPPRESS, help=help_text)
+            parser.add_argument(
+                flag, dest=f.name, nargs="+", metavar="METRIC:MS", default=argparse.SUPPRESS, help=help_text
+            )
         else:
-            parser.add_argument(flag, dest=f.name, type=kind, default=argparse.SUPPRESS,
-                                help=help_text)
+            parser.add_argument(flag, dest=f.name, type=kind, default=argparse.SUPPRESS, help=help_text)
 
 
 def make_parser(parser: argparse.ArgumentParser) -> argparse.ArgumentParser:
     """`run` and `compare` subcommands on `parser`."""
     sub = parser.add_subparsers(dest="loadtest_command", required=True)
     fmt = argparse.RawDescriptionHelpFormatter
-    run = sub.add_parser("run", help="Measure one configuration.", description=__doc__,
-                         formatter_class=fmt)
+    run = sub.add_parser("run", help="Measure one configuration.", description=__doc__, formatter_class=fmt)
     add_config_flags(run)
     run.set_defaults(func=cmd_run)
 
-    compare = sub.add_parser("compare", help="Measure a matrix models x best_of x temperature.",
-                             description=__doc__, formatter_class=fmt)
+    compare = sub.add_parser(
+        "compare",
+        help="Measure a matrix models x best_of x temperature.",
+        description=__doc__,
+        formatter_class=fmt,
+    )
     compare.add_argument("--matrix", type=Path, default=None, help="YAML matrix (see above).")
-    for flag, kind, help_text in (("models", str, "Served model names, comma-separated."),
-                                  ("best-of", int, "best_of values, comma-separated (e.g. 1,2,4,8)."),
-                                  ("temperatures", float, "Temperatures, comma-separated (default 0.8).")):
-        compare.add_argument(f"--{flag}", dest="matrix_" + flag.replace("-", "_"), type=_csv(kind),
-                             default=argparse.SUPPRESS, help=help_text)
+    for flag, kind, help_text in (
+        ("models", str, "Served model names, comma-separated."),
+        ("best-of", int, "best_of values, comma-separated (e.g. 1,2,4,8)."),
+        ("temperatures", float, "Temperatures, comma-separated (default 0.8)."),
+    ):
+        compare.add_argument(
+            f"--{flag}",
+            dest="matrix_" + flag.replace("-", "_"),
+            type=_csv(kind),
+            default=argparse.SUPPRESS,
+            help=help_text,
+        )
     compare.add_argument("--title", default="Best-of-N vs tuned policies", help="Report title.")
     add_config_flags(compare, exclude=PER_CELL)
     compare.set_defaults(func=cmd_compare)
@@ -122,8 +138,13 @@ def make_parser(parser: argparse.ArgumentParser) -> argparse.ArgumentParser:
 
 def add_loadtest_command(sub: Any) -> None:
     """Register `bonserve loadtest` on the top-level subparsers."""
-    make_parser(sub.add_parser("loadtest", help="Load-test a running server; compare BoN and tuned "
-                               "policies (latency, throughput, quality, cost)."))
+    make_parser(
+        sub.add_parser(
+            "loadtest",
+            help="Load-test a running server; compare BoN and tuned "
+            "policies (latency, throughput, quality, cost).",
+        )
+    )
 
 
 def _config(args: argparse.Namespace, yaml_values: dict[str, Any]) -> LoadTestConfig:
@@ -159,8 +180,9 @@ def cmd_run(args: argparse.Namespace) -> int:
     _quiet_http_logs()
     try:
         cfg = _config(args, {})
-        report = asyncio.run(run_matrix(cfg, [Cell(cfg.model, cfg.best_of, cfg.temperature)],
-                                        title=f"Load test: {cfg.label}"))
+        report = asyncio.run(
+            run_matrix(cfg, [Cell(cfg.model, cfg.best_of, cfg.temperature)], title=f"Load test: {cfg.label}")
+        )
     except (ValueError, RuntimeError) as exc:
         print(f"error: {exc}", file=sys.stderr)
         return 2
@@ -181,9 +203,12 @@ def matrix_from(args: argparse.Namespace) -> tuple[LoadTestConfig, list[Cell]]:
             matrix[key] = getattr(args, f"matrix_{key}")
     cfg = _config(args, values)
     product = any(matrix[k] for k in MATRIX_KEYS[:3]) or not matrix["cells"]  # else cells only
-    cells = expand_matrix((matrix["models"] or [cfg.model]) if product else [],
-                          matrix["best_of"] or [1], matrix["temperatures"] or [cfg.temperature],
-                          matrix["cells"])
+    cells = expand_matrix(
+        (matrix["models"] or [cfg.model]) if product else [],
+        matrix["best_of"] or [1],
+        matrix["temperatures"] or [cfg.temperature],
+        matrix["cells"],
+    )
     return cfg, cells
 
 

@@ -45,23 +45,29 @@ class RequestResult:
     quality: float | None = None  # filled in after the run (gold verifier or reward model)
 
 
-def sampling_body(prompt: Prompt, model: str, best_of: int, temperature: float,
-                  max_tokens: int, top_p: float | None) -> dict[str, Any]:
+def sampling_body(
+    prompt: Prompt, model: str, best_of: int, temperature: float, max_tokens: int, top_p: float | None
+) -> dict[str, Any]:
     """Arguments of `chat.completions.create` shared by measured and oracle requests.
 
     best_of is always sent, even 1, so a server default (`--default-best-of`) cannot turn a
     plain row into a BoN row.
     """
-    body: dict[str, Any] = {"model": model, "messages": prompt.messages, "temperature": temperature,
-                            "max_tokens": prompt.max_tokens or max_tokens,
-                            "extra_body": {"best_of": best_of}}
+    body: dict[str, Any] = {
+        "model": model,
+        "messages": prompt.messages,
+        "temperature": temperature,
+        "max_tokens": prompt.max_tokens or max_tokens,
+        "extra_body": {"best_of": best_of},
+    }
     if top_p is not None:
         body["top_p"] = top_p
     return body
 
 
-async def stream_chat(client: AsyncOpenAI, prompt: Prompt, body: dict[str, Any],
-                      t_zero: float) -> RequestResult:
+async def stream_chat(
+    client: AsyncOpenAI, prompt: Prompt, body: dict[str, Any], t_zero: float
+) -> RequestResult:
     """Send one streamed request; never raises (failures come back with success=False)."""
     result = RequestResult(prompt.index)
     t0 = time.perf_counter()
@@ -71,7 +77,8 @@ async def stream_chat(client: AsyncOpenAI, prompt: Prompt, body: dict[str, Any],
     usage = None
     try:
         stream = await client.chat.completions.create(
-            stream=True, stream_options={"include_usage": True}, **body)
+            stream=True, stream_options={"include_usage": True}, **body
+        )
         async for chunk in stream:
             now = time.perf_counter()
             if chunk.usage is not None:
@@ -115,8 +122,7 @@ def _read_usage(result: RequestResult, usage: Any, chunks: int) -> None:
         result.cost_usd = extra.get("estimated_cost_usd")
 
 
-async def sample_candidates(client: AsyncOpenAI, prompt: Prompt, body: dict[str, Any],
-                            k: int) -> list[str]:
+async def sample_candidates(client: AsyncOpenAI, prompt: Prompt, body: dict[str, Any], k: int) -> list[str]:
     """k candidates of one prompt, unranked: `n=k` with `best_of=k`, so the server samples
     exactly what a BoN-k request would and returns all of it (for the oracle ceiling)."""
     body = {**body, "n": k, "extra_body": {**body.get("extra_body", {}), "best_of": k}}

@@ -9,8 +9,9 @@ from collections.abc import Awaitable, Callable
 from loadtests.stats import summarize
 
 
-async def closed_loop(call: Callable[[int], Awaitable[int]], n_requests: int,
-                      concurrency: int) -> dict[str, float]:
+async def closed_loop(
+    call: Callable[[int], Awaitable[int]], n_requests: int, concurrency: int
+) -> dict[str, float]:
     """`call(i)` performs request i and returns the tokens it delivered.
 
     Returns request and token throughput plus latency mean/p50/p90/p99 (seconds).

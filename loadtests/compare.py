@@ -50,4 +50,3 @@ async def run_matrix(cfg: LoadTestConfig, cells: list[Cell], title: str = "Load 
         "cells": [c.__dict__ for c in cells],
         "rows": rows,
     }
-

@@ -29,11 +29,14 @@ async def ensure_models(cfg: LoadTestConfig, models: Sequence[str]) -> None:
             if name in served:
                 continue
             if not cfg.load_models:
-                raise RuntimeError(f"the server does not serve {name!r} (it serves "
-                                   f"{', '.join(sorted(served))}); load it with POST "
-                                   "/admin/models/load or pass --load-models")
-            r = await http.post(cfg.root_url + "/admin/models/load", json={"model": name},
-                                headers=_auth(cfg.admin_key))
+                raise RuntimeError(
+                    f"the server does not serve {name!r} (it serves "
+                    f"{', '.join(sorted(served))}); load it with POST "
+                    "/admin/models/load or pass --load-models"
+                )
+            r = await http.post(
+                cfg.root_url + "/admin/models/load", json={"model": name}, headers=_auth(cfg.admin_key)
+            )
             if r.status_code != 200:
                 raise RuntimeError(f"loading {name!r} failed: {r.status_code} {r.text[:300]}")
 
@@ -53,16 +56,16 @@ async def counter_totals(cfg: LoadTestConfig) -> dict[str, float]:
     return totals
 
 
-async def reward_scores(cfg: LoadTestConfig, items: Sequence[tuple[list[dict[str, str]], str]]
-                        ) -> list[float] | None:
+async def reward_scores(
+    cfg: LoadTestConfig, items: Sequence[tuple[list[dict[str, str]], str]]
+) -> list[float] | None:
     """Scores of (messages, response) pairs by the server's reward model (POST /v1/rewards),
     or None when the server has none."""
     scores: list[float] = []
     async with httpx.AsyncClient(timeout=600) as http:
         for i in range(0, len(items), 64):  # the endpoint takes at most 64 items
-            batch = [{"messages": m, "response": text} for m, text in items[i:i + 64]]
-            r = await http.post(cfg.v1_url + "/rewards", json={"items": batch},
-                                headers=_auth(cfg.key))
+            batch = [{"messages": m, "response": text} for m, text in items[i : i + 64]]
+            r = await http.post(cfg.v1_url + "/rewards", json={"items": batch}, headers=_auth(cfg.key))
             if r.status_code in (400, 404, 405):
                 return None
             r.raise_for_status()

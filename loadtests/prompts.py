@@ -16,11 +16,13 @@ from pathlib import Path
 from loadtests.config import LoadTestConfig
 from training.tasks import Example, Task, get_task
 
-_WORDS = ("the time people year way day man thing woman life child world school state family "
-          "student group country problem hand part place case week company system program "
-          "question work government number night point home water room mother area money story "
-          "fact month lot right study book eye job word business issue side kind head house "
-          "service friend father power hour game line end member law car city community name")
+_WORDS = (
+    "the time people year way day man thing woman life child world school state family "
+    "student group country problem hand part place case week company system program "
+    "question work government number night point home water room mother area money story "
+    "fact month lot right study book eye job word business issue side kind head house "
+    "service friend father power hour game line end member law car city community name"
+)
 
 
 @dataclass(frozen=True)
@@ -44,9 +46,19 @@ def load_prompts(cfg: LoadTestConfig) -> list[Prompt]:
         return _jsonl(cfg.prompts_file)
     assert cfg.synthetic_input_len is not None
     rng, words = random.Random(cfg.seed), _WORDS.split()
-    return [Prompt(i, [{"role": "user", "content": "Continue this text: " + " ".join(
-        rng.choice(words) for _ in range(cfg.synthetic_input_len))}])
-            for i in range(cfg.num_requests)]
+    return [
+        Prompt(
+            i,
+            [
+                {
+                    "role": "user",
+                    "content": "Continue this text: "
+                    + " ".join(rng.choice(words) for _ in range(cfg.synthetic_input_len)),
+                }
+            ],
+        )
+        for i in range(cfg.num_requests)
+    ]
 
 
 def _jsonl(path: Path) -> list[Prompt]:

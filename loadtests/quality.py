@@ -29,8 +29,9 @@ from loadtests.prompts import Prompt, task_of
 from loadtests.stats import oracle_at_k
 
 
-async def score_quality(cfg: LoadTestConfig, prompts: Sequence[Prompt],
-                        results: Sequence[RequestResult]) -> str | None:
+async def score_quality(
+    cfg: LoadTestConfig, prompts: Sequence[Prompt], results: Sequence[RequestResult]
+) -> str | None:
     """Fill `quality` of each successful result; returns what scored them ("gold:TASK",
     "reward_model") or None."""
     ok = [r for r in results if r.success]
@@ -49,18 +50,22 @@ async def score_quality(cfg: LoadTestConfig, prompts: Sequence[Prompt],
     return "reward_model"
 
 
-async def oracle_samples(cfg: LoadTestConfig, client: AsyncOpenAI, prompts: Sequence[Prompt],
-                         m: int) -> dict[int, list[float]]:
+async def oracle_samples(
+    cfg: LoadTestConfig, client: AsyncOpenAI, prompts: Sequence[Prompt], m: int
+) -> dict[int, list[float]]:
     """Prompt index -> gold rewards of m unranked samples (concurrency as configured)."""
     task = task_of(cfg)
     assert task is not None, "the oracle needs a task's gold verifier"
     limit = asyncio.Semaphore(cfg.concurrency or 8)
-    bar = tqdm(total=len(prompts), desc=f"oracle {cfg.model} n={m} T={cfg.temperature:g}",
-               unit="prompt", disable=not cfg.progress)
+    bar = tqdm(
+        total=len(prompts),
+        desc=f"oracle {cfg.model} n={m} T={cfg.temperature:g}",
+        unit="prompt",
+        disable=not cfg.progress,
+    )
 
     async def one(prompt: Prompt) -> tuple[int, list[float]] | None:
-        body: dict[str, Any] = sampling_body(prompt, cfg.model, m, cfg.temperature,
-                                             cfg.max_tokens, cfg.top_p)
+        body: dict[str, Any] = sampling_body(prompt, cfg.model, m, cfg.temperature, cfg.max_tokens, cfg.top_p)
         async with limit:
             try:
                 texts = await sample_candidates(client, prompt, body, m)

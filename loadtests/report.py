@@ -33,12 +33,15 @@ METHOD = """\
 
 def pareto_front(xs: Sequence[float], ys: Sequence[float]) -> list[bool]:
     """Which points are Pareto-optimal for minimising x and maximising y (NaN: never)."""
+
     def valid(i: int) -> bool:
         return not (math.isnan(xs[i]) or math.isnan(ys[i]))
 
     def dominated(i: int) -> bool:
-        return any(valid(j) and xs[j] <= xs[i] and ys[j] >= ys[i] and (xs[j] < xs[i] or ys[j] > ys[i])
-                   for j in range(len(xs)))
+        return any(
+            valid(j) and xs[j] <= xs[i] and ys[j] >= ys[i] and (xs[j] < xs[i] or ys[j] > ys[i])
+            for j in range(len(xs))
+        )
 
     return [valid(i) and not dominated(i) for i in range(len(xs))]
 
@@ -68,7 +71,7 @@ def _fmt(value: Any, digits: int = 3) -> str:
     v = _num(value)
     if math.isnan(v):
         return "–"
-    if v != 0 and abs(v) < 10 ** -digits:
+    if v != 0 and abs(v) < 10**-digits:
         return f"{v:.2e}"
     return f"{v:.{digits}g}" if abs(v) < 1000 else f"{v:,.0f}"
 
@@ -82,22 +85,34 @@ def to_markdown(report: dict[str, Any]) -> str:
 
     def dollars(value: Any) -> str:
         return _fmt(value) if priced else "–"
+
     sources = sorted({r.get("quality_source") or "none" for r in rows})
-    quality_source = {"reward_model": "the server's reward-model score",
-                      "none": "nothing (no task, no reward model: omitted)"}
-    arrivals = ("closed loop" if math.isinf(_num(s["request_rate"])) else
-                f"open loop, {s['request_rate']:g} req/s, gamma burstiness {s['burstiness']:g}")
-    prompts = (f"task `{s['task']}` ({s['split']} split)" if s.get("task") else
-               f"`{s['prompts_file']}`" if s.get("prompts_file") else
-               f"synthetic, ~{s['synthetic_input_len']} words")
+    quality_source = {
+        "reward_model": "the server's reward-model score",
+        "none": "nothing (no task, no reward model: omitted)",
+    }
+    arrivals = (
+        "closed loop"
+        if math.isinf(_num(s["request_rate"]))
+        else f"open loop, {s['request_rate']:g} req/s, gamma burstiness {s['burstiness']:g}"
+    )
+    prompts = (
+        f"task `{s['task']}` ({s['split']} split)"
+        if s.get("task")
+        else f"`{s['prompts_file']}`"
+        if s.get("prompts_file")
+        else f"synthetic, ~{s['synthetic_input_len']} words"
+    )
     in_flight = f"at most {s['concurrency']} in flight" if s["concurrency"] else "no in-flight cap"
     bound = f" (or {s['duration_s']:g} s)" if s.get("duration_s") else ""
     lines = [
-        f"# {report.get('title', 'Load test report')}", "",
+        f"# {report.get('title', 'Load test report')}",
+        "",
         f"Server `{s['base_url']}`, {report.get('generated_at', '')}. Prompts: {prompts}; "
         f"{s['num_requests']} measured requests per row{bound}, {arrivals}, {in_flight}, "
         f"max_tokens {s['max_tokens']}, seed {s['seed']} (same prompts and arrivals in every row), "
-        f"warm-up requests excluded: {s['warmup_requests']}.", "",
+        f"warm-up requests excluded: {s['warmup_requests']}.",
+        "",
         "| configuration | n | quality | oracle | p50 E2EL ms | p99 E2EL ms | p50 TTFT ms | req/s "
         "| delivered tok/s | goodput req/s | decoded/delivered | engine-s/req | $/req "
         "| $/1k delivered tok | errors | Pareto |",
@@ -107,22 +122,49 @@ def to_markdown(report: dict[str, Any]) -> str:
         quality = _fmt(r.get("quality"))
         if not math.isnan(_num(r.get("quality_ci95"))):
             quality += f" ± {_fmt(r['quality_ci95'], 2)}"
-        pareto = ", ".join(name for name, flag in (("latency", r.get("pareto_latency")),
-                                                   ("cost", r.get("pareto_cost"))) if flag)
-        lines.append("| " + " | ".join([
-            r["label"], str(r["completed"]), quality, _fmt(r.get("oracle")), _fmt(r["e2el_ms_p50"], 4),
-            _fmt(r["e2el_ms_p99"], 4), _fmt(r["ttft_ms_p50"], 4), _fmt(r["request_throughput"]),
-            _fmt(r["output_throughput"]), _fmt(r.get("request_goodput")),
-            _fmt(r["decoded_per_delivered"]), _fmt(r["engine_seconds_per_request"]),
-            dollars(r["cost_usd_per_request"]), dollars(r["cost_usd_per_1k_delivered"]),
-            str(r["errors"]), pareto or ""]) + " |")
+        pareto = ", ".join(
+            name
+            for name, flag in (("latency", r.get("pareto_latency")), ("cost", r.get("pareto_cost")))
+            if flag
+        )
+        lines.append(
+            "| "
+            + " | ".join(
+                [
+                    r["label"],
+                    str(r["completed"]),
+                    quality,
+                    _fmt(r.get("oracle")),
+                    _fmt(r["e2el_ms_p50"], 4),
+                    _fmt(r["e2el_ms_p99"], 4),
+                    _fmt(r["ttft_ms_p50"], 4),
+                    _fmt(r["request_throughput"]),
+                    _fmt(r["output_throughput"]),
+                    _fmt(r.get("request_goodput")),
+                    _fmt(r["decoded_per_delivered"]),
+                    _fmt(r["engine_seconds_per_request"]),
+                    dollars(r["cost_usd_per_request"]),
+                    dollars(r["cost_usd_per_1k_delivered"]),
+                    str(r["errors"]),
+                    pareto or "",
+                ]
+            )
+            + " |"
+        )
     if s.get("goodput"):
         lines += ["", "Goodput SLOs (ms): " + ", ".join(f"{k} ≤ {v:g}" for k, v in s["goodput"].items())]
-    lines += ["", "Latency detail (ms): mean / p50 / p90 / p99.", "",
-              "| configuration | TTFT | TPOT | ITL | E2EL |", "|---|---|---|---|---|"]
+    lines += [
+        "",
+        "Latency detail (ms): mean / p50 / p90 / p99.",
+        "",
+        "| configuration | TTFT | TPOT | ITL | E2EL |",
+        "|---|---|---|---|---|",
+    ]
     for r in rows:
-        cells = [" / ".join(_fmt(r[f"{m}_ms_{q}"], 4) for q in ("mean", "p50", "p90", "p99"))
-                 for m in ("ttft", "tpot", "itl", "e2el")]
+        cells = [
+            " / ".join(_fmt(r[f"{m}_ms_{q}"], 4) for q in ("mean", "p50", "p90", "p99"))
+            for m in ("ttft", "tpot", "itl", "e2el")
+        ]
         lines.append(f"| {r['label']} | " + " | ".join(cells) + " |")
     errors = [(r["label"], e) for r in rows for e in r.get("error_examples", [])]
     if errors:
@@ -130,21 +172,32 @@ def to_markdown(report: dict[str, Any]) -> str:
     plots = report.get("plots", [])
     if plots:
         lines += ["", *(f"![{Path(p).stem}]({Path(p).name})" for p in plots)]
-    lines += ["", "## How the numbers are made", "",
-              METHOD.format(quality_source=" and ".join(
-                  quality_source.get(q, f"the gold verifier of task `{q.split(':', 1)[-1]}` "
-                                        "(1 correct, 0 wrong)") for q in sources))]
+    lines += [
+        "",
+        "## How the numbers are made",
+        "",
+        METHOD.format(
+            quality_source=" and ".join(
+                quality_source.get(
+                    q, f"the gold verifier of task `{q.split(':', 1)[-1]}` (1 correct, 0 wrong)"
+                )
+                for q in sources
+            )
+        ),
+    ]
     if not priced:
-        lines += ["", "The server reported no price (`--accelerator-price-per-hour` unset), so cost "
-                      "is shown in attributed engine-seconds only."]
+        lines += [
+            "",
+            "The server reported no price (`--accelerator-price-per-hour` unset), so cost "
+            "is shown in attributed engine-seconds only.",
+        ]
     return "\n".join(lines) + "\n"
 
 
 # --------------------------------------------------------------------------- plots
 
 
-def plot_tradeoff(rows: Sequence[dict[str, Any]], x_key: str, x_label: str, flag: str,
-                  path: Path) -> Path:
+def plot_tradeoff(rows: Sequence[dict[str, Any]], x_key: str, x_label: str, flag: str, path: Path) -> Path:
     """Quality (y) against x for every row: Pareto frontier as a step line, and for BoN rows
     the oracle ceiling as a hollow marker above the point."""
     import matplotlib
@@ -159,27 +212,50 @@ def plot_tradeoff(rows: Sequence[dict[str, Any]], x_key: str, x_label: str, flag
         x, y = _num(r.get(x_key)), _num(r.get("quality"))
         if math.isnan(x) or math.isnan(y):
             continue
-        ax.scatter([x], [y], s=30 + 12 * r["best_of"], color=colors[r["model"]],
-                   edgecolor="black" if r.get(flag) else "none", linewidth=1.5, zorder=3)
-        ax.annotate(f"bo{r['best_of']} T{r['temperature']:g}", (x, y), textcoords="offset points",
-                    xytext=(6, -10), fontsize=8)
+        ax.scatter(
+            [x],
+            [y],
+            s=30 + 12 * r["best_of"],
+            color=colors[r["model"]],
+            edgecolor="black" if r.get(flag) else "none",
+            linewidth=1.5,
+            zorder=3,
+        )
+        ax.annotate(
+            f"bo{r['best_of']} T{r['temperature']:g}",
+            (x, y),
+            textcoords="offset points",
+            xytext=(6, -10),
+            fontsize=8,
+        )
         oracle = _num(r.get("oracle"))
         if not math.isnan(oracle):
             ax.plot([x, x], [y, oracle], linestyle=":", color=colors[r["model"]], zorder=2)
-            ax.scatter([x], [oracle], s=40, facecolor="none", edgecolor=colors[r["model"]],
-                       marker="^", zorder=3)
+            ax.scatter(
+                [x], [oracle], s=40, facecolor="none", edgecolor=colors[r["model"]], marker="^", zorder=3
+            )
     front = sorted((_num(r[x_key]), _num(r["quality"])) for r in rows if r.get(flag))
     if front:
         ax.step(*zip(*front, strict=True), where="post", color="black", linewidth=1, alpha=0.6)
     handles = [plt.Line2D([], [], marker="o", linestyle="", color=colors[m], label=m) for m in models]
-    handles += [plt.Line2D([], [], color="black", alpha=0.6, label="Pareto frontier (outlined)"),
-                plt.Line2D([], [], marker="^", linestyle=":", color="grey", markerfacecolor="none",
-                           label="oracle ceiling of the BoN row")]
+    handles += [
+        plt.Line2D([], [], color="black", alpha=0.6, label="Pareto frontier (outlined)"),
+        plt.Line2D(
+            [],
+            [],
+            marker="^",
+            linestyle=":",
+            color="grey",
+            markerfacecolor="none",
+            label="oracle ceiling of the BoN row",
+        ),
+    ]
     ax.legend(handles=handles, fontsize=8, loc="best")
     ax.set_xlabel(x_label)
     ax.set_ylabel("quality (mean over delivered answers)")
-    ax.set_title(f"Quality vs {x_label.split(' (')[0]} — up and left is better; "
-                 "marker size = best_of", fontsize=10)
+    ax.set_title(
+        f"Quality vs {x_label.split(' (')[0]} — up and left is better; marker size = best_of", fontsize=10
+    )
     ax.grid(alpha=0.3)
     fig.tight_layout()
     fig.savefig(path, dpi=120)
@@ -196,8 +272,15 @@ def write_report(report: dict[str, Any], out: Path) -> list[Path]:
     if any(not math.isnan(_num(r.get("quality"))) for r in rows):
         cost_key, cost_label = cost_axis(rows)
         report["plots"] = [
-            str(plot_tradeoff(rows, LATENCY_KEY, "p50 end-to-end latency (ms)", "pareto_latency",
-                              out / "quality_vs_latency.png")),
+            str(
+                plot_tradeoff(
+                    rows,
+                    LATENCY_KEY,
+                    "p50 end-to-end latency (ms)",
+                    "pareto_latency",
+                    out / "quality_vs_latency.png",
+                )
+            ),
             str(plot_tradeoff(rows, cost_key, cost_label, "pareto_cost", out / "quality_vs_cost.png")),
         ]
     (out / "report.json").write_text(json.dumps(json_safe(report), indent=2, default=str))

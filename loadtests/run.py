@@ -30,16 +30,16 @@ from loadtests.stats import mean_ci95, request_metrics
 
 
 def openai_client(cfg: LoadTestConfig) -> AsyncOpenAI:
-    return AsyncOpenAI(base_url=cfg.v1_url, api_key=cfg.key, max_retries=0,
-                       timeout=cfg.request_timeout_s)
+    return AsyncOpenAI(base_url=cfg.v1_url, api_key=cfg.key, max_retries=0, timeout=cfg.request_timeout_s)
 
 
 def body_for(cfg: LoadTestConfig, prompt: Prompt) -> dict[str, Any]:
     return sampling_body(prompt, cfg.model, cfg.best_of, cfg.temperature, cfg.max_tokens, cfg.top_p)
 
 
-async def send_all(cfg: LoadTestConfig, client: AsyncOpenAI, prompts: list[Prompt]
-                   ) -> tuple[list[RequestResult], float]:
+async def send_all(
+    cfg: LoadTestConfig, client: AsyncOpenAI, prompts: list[Prompt]
+) -> tuple[list[RequestResult], float]:
     """The measured phase: (results of the requests sent, duration from the first send to the
     last completion)."""
     offsets = arrival_times(cfg.num_requests, cfg.request_rate, cfg.burstiness, cfg.seed)
@@ -80,16 +80,23 @@ async def run_config(cfg: LoadTestConfig, prompts: list[Prompt]) -> dict[str, An
         before = await counter_totals(cfg)
         results, duration = await send_all(cfg, client, prompts)
         after = await counter_totals(cfg)
-    row: dict[str, Any] = {"model": cfg.model, "best_of": cfg.best_of, "temperature": cfg.temperature,
-                           "label": cfg.label, **request_metrics(results, duration, cfg.goodput)}
+    row: dict[str, Any] = {
+        "model": cfg.model,
+        "best_of": cfg.best_of,
+        "temperature": cfg.temperature,
+        "label": cfg.label,
+        **request_metrics(results, duration, cfg.goodput),
+    }
     for name in COST_COUNTERS:  # cross-checks the usage-based cost (other traffic would show)
         row[f"{name}_delta"] = after[name] - before[name]
 
     row["quality_source"] = await score_quality(cfg, prompts, results)
     row["quality"], row["quality_ci95"] = mean_ci95(
-        [r.quality for r in results if r.success and r.quality is not None])
-    row["server_reward_mean"] = mean_ci95(
-        [r.server_reward for r in results if r.server_reward is not None])[0]
+        [r.quality for r in results if r.success and r.quality is not None]
+    )
+    row["server_reward_mean"] = mean_ci95([r.server_reward for r in results if r.server_reward is not None])[
+        0
+    ]
     row["requests"] = [_public(r) for r in results]
     return row
 

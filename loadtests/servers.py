@@ -68,11 +68,20 @@ class ServerProcess:
         return self.process.returncode
 
 
-def _spawn(name: str, cmd: Sequence[str], log_dir: Path, port: int, ready_path: str,
-           env: dict[str, str] | None = None) -> ServerProcess:
+def _spawn(
+    name: str,
+    cmd: Sequence[str],
+    log_dir: Path,
+    port: int,
+    ready_path: str,
+    env: dict[str, str] | None = None,
+) -> ServerProcess:
     log = log_dir / f"{name}-{port}.log"
     process = subprocess.Popen(
-        list(cmd), stdout=log.open("wb"), stderr=subprocess.STDOUT, start_new_session=True,
+        list(cmd),
+        stdout=log.open("wb"),
+        stderr=subprocess.STDOUT,
+        start_new_session=True,
         env={**os.environ, **(env or {})},
     )
     return ServerProcess(name, f"http://127.0.0.1:{port}", process, log, ready_path)
@@ -91,18 +100,44 @@ def start_bonserve(log_dir: Path, *flags: str, env: dict[str, str] | None = None
     return server
 
 
-def start_vllm(log_dir: Path, model_path: Path, served_name: str, *, max_model_len: int = 2048,
-               kv_cache_gib: float = 1.0, dtype: str = "float32", extra: Sequence[str] = (),
-               name: str = "vllm", env: dict[str, str] | None = None) -> ServerProcess:
+def start_vllm(
+    log_dir: Path,
+    model_path: Path,
+    served_name: str,
+    *,
+    max_model_len: int = 2048,
+    kv_cache_gib: float = 1.0,
+    dtype: str = "float32",
+    extra: Sequence[str] = (),
+    name: str = "vllm",
+    env: dict[str, str] | None = None,
+) -> ServerProcess:
     """vLLM's own OpenAI server with the engine configured like bonserve's."""
     port = free_port()
     cmd = [
-        sys.executable, "-m", "vllm.entrypoints.openai.api_server",
-        "--host", "127.0.0.1", "--port", str(port),
-        "--model", str(model_path), "--served-model-name", served_name,
-        "--dtype", dtype, "--max-model-len", str(max_model_len),
-        "--kv-cache-memory-bytes", str(int(kv_cache_gib * (1 << 30))),
-        "--no-enable-chunked-prefill", "--max-num-batched-tokens", str(max(max_model_len, 2048)),
-        "--seed", "0", "--disable-uvicorn-access-log", *extra,
+        sys.executable,
+        "-m",
+        "vllm.entrypoints.openai.api_server",
+        "--host",
+        "127.0.0.1",
+        "--port",
+        str(port),
+        "--model",
+        str(model_path),
+        "--served-model-name",
+        served_name,
+        "--dtype",
+        dtype,
+        "--max-model-len",
+        str(max_model_len),
+        "--kv-cache-memory-bytes",
+        str(int(kv_cache_gib * (1 << 30))),
+        "--no-enable-chunked-prefill",
+        "--max-num-batched-tokens",
+        str(max(max_model_len, 2048)),
+        "--seed",
+        "0",
+        "--disable-uvicorn-access-log",
+        *extra,
     ]
     return _spawn(name, cmd, log_dir, port, "/health", env)

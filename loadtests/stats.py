@@ -39,8 +39,9 @@ def tpot(latency: float, ttft: float, output_tokens: int) -> float:
     return (latency - ttft) / (output_tokens - 1) if output_tokens > 1 else 0.0
 
 
-def good_requests(slos_ms: dict[str, float], ttfts: Sequence[float], tpots: Sequence[float],
-                  e2els: Sequence[float]) -> int:
+def good_requests(
+    slos_ms: dict[str, float], ttfts: Sequence[float], tpots: Sequence[float], e2els: Sequence[float]
+) -> int:
     """Requests that meet every given SLO (ms; metrics in seconds), as `vllm bench serve
     --goodput` counts them: a metric without an SLO is not checked."""
     columns = {"ttft": ttfts, "tpot": tpots, "e2el": e2els}
@@ -69,8 +70,9 @@ def oracle_at_k(rewards: Sequence[float], k: int) -> float:
     return sum(r * math.comb(i, k - 1) for i, r in enumerate(ordered)) / math.comb(n, k)
 
 
-def request_metrics(results: Sequence[Any], duration_s: float,
-                    goodput_slos_ms: dict[str, float] | None = None) -> dict[str, Any]:
+def request_metrics(
+    results: Sequence[Any], duration_s: float, goodput_slos_ms: dict[str, float] | None = None
+) -> dict[str, Any]:
     """What `vllm bench serve` reports for one run, plus BoN token and cost accounting.
 
     `results` are loadtests.client.RequestResult; latencies come back in milliseconds,
@@ -99,9 +101,9 @@ def request_metrics(results: Sequence[Any], duration_s: float,
         "mean_candidates": statistics.fmean(r.candidates for r in ok) if ok else math.nan,
         "reward_model_tokens": sum(r.reward_model_tokens for r in ok),
         # TPOT over requests with more than one token, as vLLM's mean/percentiles do
-        **_ms_summary("ttft", ttfts, ms), **_ms_summary("e2el", e2els, ms),
-        **_ms_summary("tpot", [t for t, r in zip(tpots, ok, strict=True) if r.delivered_tokens > 1],
-                      ms),
+        **_ms_summary("ttft", ttfts, ms),
+        **_ms_summary("e2el", e2els, ms),
+        **_ms_summary("tpot", [t for t, r in zip(tpots, ok, strict=True) if r.delivered_tokens > 1], ms),
         **_ms_summary("itl", itls, ms),
     }
     if goodput_slos_ms:

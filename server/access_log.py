@@ -57,8 +57,15 @@ class AccessLogMiddleware:
                 if status == 200:  # error latencies would distort the serving percentiles
                     metrics.E2E.labels(model, mode).observe(latency)
             if scope.get("path") not in ("/health", "/ready", "/metrics"):
-                logger.info(json.dumps({
-                    "request_id": request_id, "method": scope.get("method"),
-                    "path": scope.get("path"), "status": status,
-                    "latency_s": round(latency, 4), **extra,
-                }))
+                logger.info(
+                    json.dumps(
+                        {
+                            "request_id": request_id,
+                            "method": scope.get("method"),
+                            "path": scope.get("path"),
+                            "status": status,
+                            "latency_s": round(latency, 4),
+                            **extra,
+                        }
+                    )
+                )

@@ -28,13 +28,13 @@ class PromoteRequest(_Body):
     alias: str = Field(..., min_length=1, max_length=128, pattern=r"^[A-Za-z0-9][A-Za-z0-9._-]*$")
     model: str = Field(..., min_length=1, max_length=128)
     unload_previous: bool = Field(
-        True, description="Free the previous target once drained (if nothing else uses it).")
+        True, description="Free the previous target once drained (if nothing else uses it)."
+    )
 
 
 def _manager(state: AppState) -> ModelManager:
     if state.manager is None:
-        raise APIError(503, "model management is not available on this server",
-                       type="service_unavailable")
+        raise APIError(503, "model management is not available on this server", type="service_unavailable")
     return state.manager
 
 

@@ -111,8 +111,9 @@ def _install_error_handlers(app: FastAPI, settings: Settings) -> None:
         errors = exc.errors()
         first = errors[0] if errors else {}
         if first.get("type") == "json_invalid":
-            return APIError(400, "We could not parse the JSON body of your request.",
-                            code="invalid_json").response()
+            return APIError(
+                400, "We could not parse the JSON body of your request.", code="invalid_json"
+            ).response()
         loc = [str(p) for p in first.get("loc", ()) if p != "body"]
         param = ".".join(loc) or None
         cause = (first.get("ctx") or {}).get("error")
@@ -129,8 +130,9 @@ def _install_error_handlers(app: FastAPI, settings: Settings) -> None:
     @app.exception_handler(StarletteHTTPException)
     async def _http(_: Request, exc: StarletteHTTPException) -> JSONResponse:
         kinds = {401: "authentication_error", 404: "not_found_error", 405: "invalid_request_error"}
-        return APIError(exc.status_code, str(exc.detail),
-                        type=kinds.get(exc.status_code, "invalid_request_error")).response()
+        return APIError(
+            exc.status_code, str(exc.detail), type=kinds.get(exc.status_code, "invalid_request_error")
+        ).response()
 
     @app.exception_handler(Exception)
     async def _unexpected(_: Request, exc: Exception) -> JSONResponse:
@@ -145,13 +147,21 @@ def build_state(settings: Settings) -> AppState:
     builder = EngineBuilder(settings)
     model_path, name, base = resolve_checkpoint(settings, settings.model, "--model")
     served_name = settings.served_model_name or name
-    engines = {"policy": ManagedEngine("policy", builder.policy(model_path, served_name, "policy"),
-                                       restart_backoff_s=settings.engine_restart_backoff_s)}
+    engines = {
+        "policy": ManagedEngine(
+            "policy",
+            builder.policy(model_path, served_name, "policy"),
+            restart_backoff_s=settings.engine_restart_backoff_s,
+        )
+    }
     reward = None
     if settings.reward_model:
         rm_path, rm_name, _ = resolve_checkpoint(settings, settings.reward_model, "--reward-model")
-        engines["reward"] = ManagedEngine("reward", builder.reward(rm_path, rm_name, "reward"),
-                                          restart_backoff_s=settings.engine_restart_backoff_s)
+        engines["reward"] = ManagedEngine(
+            "reward",
+            builder.reward(rm_path, rm_name, "reward"),
+            restart_backoff_s=settings.engine_restart_backoff_s,
+        )
         reward = RewardScorer(engines["reward"], rm_name)
     elif settings.default_best_of.strip() not in ("", "1"):
         raise SystemExit("--default-best-of needs --reward-model to rerank candidates")

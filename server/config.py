@@ -39,13 +39,12 @@ class Settings(BaseSettings):
         "POST /admin/aliases/promote.",
     )
     max_loras: int = Field(
-        0, ge=0,
+        0,
+        ge=0,
         description="LoRA adapters resident in the policy engine at once; 0 disables LoRA "
         "(vLLM, like this server, must be started with LoRA on to load adapters at run time).",
     )
-    max_lora_rank: int = Field(
-        64, description="Largest LoRA rank the policy engine accepts (vLLM: 8..512)."
-    )
+    max_lora_rank: int = Field(64, description="Largest LoRA rank the policy engine accepts (vLLM: 8..512).")
     reward_model: str | None = Field(
         None,
         description="Reward model for Best-of-N: registry entry name or checkpoint directory.",
@@ -92,9 +91,7 @@ class Settings(BaseSettings):
             "dequantised SmolLM2 to bfloat16, which changes its greedy answers."
         ),
     )
-    enforce_eager: bool = Field(
-        False, description="Skip torch.compile (faster start, slower decode)."
-    )
+    enforce_eager: bool = Field(False, description="Skip torch.compile (faster start, slower decode).")
     enable_chunked_prefill: bool = Field(
         False,
         description=(
@@ -107,19 +104,16 @@ class Settings(BaseSettings):
     engine_restart_backoff_s: float = Field(2.0, ge=0, description="Pause before a restart.")
 
     swap_memory_headroom: float = Field(
-        1.5, ge=1.0,
+        1.5,
+        ge=1.0,
         description="Loading a full checkpoint needs weights x this + the KV cache free in memory.",
     )
 
     # --- request limits
     max_n: int = Field(16, ge=1, description="Largest `n` a request may ask for.")
     max_tokens_limit: int = Field(2048, ge=1, description="Largest `max_tokens` a request may ask.")
-    default_max_tokens: int = Field(
-        256, ge=1, description="`max_tokens` when the request does not set it."
-    )
-    max_concurrent_requests: int = Field(
-        64, ge=1, description="Requests admitted into the engine at once."
-    )
+    default_max_tokens: int = Field(256, ge=1, description="`max_tokens` when the request does not set it.")
+    max_concurrent_requests: int = Field(64, ge=1, description="Requests admitted into the engine at once.")
     max_waiting_requests: int = Field(
         256, ge=0, description="Requests queued for admission; beyond this new ones get 429."
     )
@@ -129,7 +123,8 @@ class Settings(BaseSettings):
 
     # --- cost model
     accelerator_price_per_hour: float = Field(
-        0.0, ge=0,
+        0.0,
+        ge=0,
         description="Price of one replica per hour (USD) for the estimated-cost metrics.",
     )
 

@@ -56,8 +56,9 @@ EngineFactory = Callable[[], Any]
 _SPAWN_LOCK = threading.Lock()
 
 
-def build_async_llm(engine_kwargs: dict[str, Any], env: dict[str, str] | None = None,
-                    metrics_name: str | None = None) -> Any:
+def build_async_llm(
+    engine_kwargs: dict[str, Any], env: dict[str, str] | None = None, metrics_name: str | None = None
+) -> Any:
     """Create a vLLM AsyncLLM from plain AsyncEngineArgs keyword arguments (blocking).
 
     `env` is applied only while the engine's processes are spawned (they inherit it): the

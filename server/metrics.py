@@ -22,50 +22,91 @@ from prometheus_client import REGISTRY, Counter, Gauge, Histogram, Summary
 from prometheus_client.metrics_core import Metric
 from prometheus_client.registry import Collector
 
-LATENCY_BUCKETS = (0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 0.75, 1.0, 1.5, 2.0, 3.0, 5.0, 7.5, 10.0,
-                   15.0, 20.0, 30.0, 60.0, 120.0)
+LATENCY_BUCKETS = (
+    0.01,
+    0.025,
+    0.05,
+    0.1,
+    0.25,
+    0.5,
+    0.75,
+    1.0,
+    1.5,
+    2.0,
+    3.0,
+    5.0,
+    7.5,
+    10.0,
+    15.0,
+    20.0,
+    30.0,
+    60.0,
+    120.0,
+)
 CANDIDATE_BUCKETS = (1, 2, 4, 8, 16, 32, 64)
 
-REQUESTS = Counter("bonserve_requests_total", "Requests by served model, mode and HTTP status.",
-                   ["model", "mode", "status"])
-TTFT = Histogram("bonserve_time_to_first_token_seconds",
-                 "Time from request arrival to the first delivered content token (BoN: after "
-                 "selection).", ["model", "mode"], buckets=LATENCY_BUCKETS)
-E2E = Histogram("bonserve_e2e_request_latency_seconds", "Request arrival to last byte.",
-                ["model", "mode"], buckets=LATENCY_BUCKETS)
-QUEUE = Histogram("bonserve_queue_time_seconds", "Time waiting for an admission slot.",
-                  ["model"], buckets=LATENCY_BUCKETS)
-CANDIDATES = Histogram("bonserve_candidates_per_request", "Candidates sampled per request.",
-                       ["model"], buckets=CANDIDATE_BUCKETS)
-REWARD_SCORING = Histogram("bonserve_reward_scoring_seconds",
-                           "Scoring all candidates of a request with the reward model.",
-                           ["model"], buckets=LATENCY_BUCKETS)
+REQUESTS = Counter(
+    "bonserve_requests_total", "Requests by served model, mode and HTTP status.", ["model", "mode", "status"]
+)
+TTFT = Histogram(
+    "bonserve_time_to_first_token_seconds",
+    "Time from request arrival to the first delivered content token (BoN: after selection).",
+    ["model", "mode"],
+    buckets=LATENCY_BUCKETS,
+)
+E2E = Histogram(
+    "bonserve_e2e_request_latency_seconds",
+    "Request arrival to last byte.",
+    ["model", "mode"],
+    buckets=LATENCY_BUCKETS,
+)
+QUEUE = Histogram(
+    "bonserve_queue_time_seconds", "Time waiting for an admission slot.", ["model"], buckets=LATENCY_BUCKETS
+)
+CANDIDATES = Histogram(
+    "bonserve_candidates_per_request", "Candidates sampled per request.", ["model"], buckets=CANDIDATE_BUCKETS
+)
+REWARD_SCORING = Histogram(
+    "bonserve_reward_scoring_seconds",
+    "Scoring all candidates of a request with the reward model.",
+    ["model"],
+    buckets=LATENCY_BUCKETS,
+)
 # A Summary (sum and count), not a Histogram: rewards can be negative, and the Prometheus client
 # drops a histogram's _sum when its buckets go below zero, so the mean could not be computed.
-CHOSEN_REWARD = Summary("bonserve_chosen_reward", "Reward of the best returned candidate.",
-                        ["model"])
-REWARD_GAP = Histogram("bonserve_chosen_reward_gap",
-                       "Reward of the best candidate minus the mean reward of all candidates.",
-                       ["model"], buckets=(0.0, 0.1, 0.25, 0.5, 1.0, 2.0, 5.0, 10.0))
+CHOSEN_REWARD = Summary("bonserve_chosen_reward", "Reward of the best returned candidate.", ["model"])
+REWARD_GAP = Histogram(
+    "bonserve_chosen_reward_gap",
+    "Reward of the best candidate minus the mean reward of all candidates.",
+    ["model"],
+    buckets=(0.0, 0.1, 0.25, 0.5, 1.0, 2.0, 5.0, 10.0),
+)
 PROMPT_TOKENS = Counter("bonserve_prompt_tokens_total", "Prompt tokens.", ["model", "mode"])
-DELIVERED_TOKENS = Counter("bonserve_delivered_tokens_total",
-                           "Completion tokens returned to clients.", ["model", "mode"])
-DECODED_TOKENS = Counter("bonserve_decoded_tokens_total",
-                         "Completion tokens decoded, every candidate counted.", ["model", "mode"])
-REWARD_TOKENS = Counter("bonserve_reward_model_tokens_total",
-                        "Tokens scored by the reward model.", ["model"])
-ENGINE_SECONDS = Counter("bonserve_engine_seconds_total",
-                         "Replica-seconds attributed to requests (see cost model).",
-                         ["model", "mode"])
-COST = Counter("bonserve_estimated_cost_dollars_total",
-               "Estimated cost: attributed replica-seconds x price per hour / 3600.",
-               ["model", "mode"])
-ENGINE_RESTARTS = Counter("bonserve_engine_restarts_total", "Engine restarts after death.",
-                          ["engine"])
+DELIVERED_TOKENS = Counter(
+    "bonserve_delivered_tokens_total", "Completion tokens returned to clients.", ["model", "mode"]
+)
+DECODED_TOKENS = Counter(
+    "bonserve_decoded_tokens_total", "Completion tokens decoded, every candidate counted.", ["model", "mode"]
+)
+REWARD_TOKENS = Counter("bonserve_reward_model_tokens_total", "Tokens scored by the reward model.", ["model"])
+ENGINE_SECONDS = Counter(
+    "bonserve_engine_seconds_total",
+    "Replica-seconds attributed to requests (see cost model).",
+    ["model", "mode"],
+)
+COST = Counter(
+    "bonserve_estimated_cost_dollars_total",
+    "Estimated cost: attributed replica-seconds x price per hour / 3600.",
+    ["model", "mode"],
+)
+ENGINE_RESTARTS = Counter("bonserve_engine_restarts_total", "Engine restarts after death.", ["engine"])
 SWAPS = Counter("bonserve_swaps_total", "Hot-swaps (promotions) completed.", ["role"])
-SWAP_SECONDS = Histogram("bonserve_swap_duration_seconds",
-                         "Promotion time: load/warm the new checkpoint, switch, drain the old.",
-                         ["role"], buckets=LATENCY_BUCKETS)
+SWAP_SECONDS = Histogram(
+    "bonserve_swap_duration_seconds",
+    "Promotion time: load/warm the new checkpoint, switch, drain the old.",
+    ["role"],
+    buckets=LATENCY_BUCKETS,
+)
 IN_FLIGHT = Gauge("bonserve_requests_in_flight", "Requests holding an engine slot.")
 WAITING = Gauge("bonserve_requests_waiting", "Requests queued for an engine slot.")
 
@@ -119,8 +160,9 @@ class EngineMetrics(Collector):
         self._engines: dict[str, list[Collector]] = {}
 
     def adopt(self, engine: str) -> None:
-        ours = [c for c in list(REGISTRY._collector_to_names)
-                if str(getattr(c, "_name", "")).startswith("vllm:")]
+        ours = [
+            c for c in list(REGISTRY._collector_to_names) if str(getattr(c, "_name", "")).startswith("vllm:")
+        ]
         for collector in ours:
             REGISTRY.unregister(collector)
         self._engines[engine] = ours
@@ -136,8 +178,7 @@ class EngineMetrics(Collector):
                 for family in collector.collect():
                     merged = families.get(family.name)
                     if merged is None:
-                        merged = Metric(family.name, family.documentation, family.type,
-                                        family.unit)
+                        merged = Metric(family.name, family.documentation, family.type, family.unit)
                         families[family.name] = merged
                     merged.samples.extend(family.samples)
         yield from families.values()

@@ -45,13 +45,21 @@ class SwapResult:
 
 def _registry_error(exc: RegistryError) -> APIError:
     status = 404 if isinstance(exc, RegistryNotFound) else 422
-    return APIError(status, str(exc), param="model",
-                    code="model_not_found" if status == 404 else "invalid_checkpoint")
+    return APIError(
+        status, str(exc), param="model", code="model_not_found" if status == 404 else "invalid_checkpoint"
+    )
 
 
 class ModelManager:
-    def __init__(self, settings: Settings, router: ModelRouter, engines: dict[str, ManagedEngine],
-                 builder: EngineBuilder, policy_base: str, reward: RewardScorer | None) -> None:
+    def __init__(
+        self,
+        settings: Settings,
+        router: ModelRouter,
+        engines: dict[str, ManagedEngine],
+        builder: EngineBuilder,
+        policy_base: str,
+        reward: RewardScorer | None,
+    ) -> None:
         self.settings = settings
         self.router = router
         self.engines = engines  # name -> engine, for /ready and /metrics
@@ -73,39 +81,60 @@ class ModelManager:
     def _check_lora(self, entry: Entry) -> None:
         config_path = entry.path / "adapter_config.json"
         if not config_path.is_file() or not (entry.path / "adapter_model.safetensors").is_file():
-            raise APIError(422, f"LoRA checkpoint '{entry.name}' lacks adapter_config.json or "
-                                "adapter_model.safetensors", code="invalid_checkpoint")
+            raise APIError(
+                422,
+                f"LoRA checkpoint '{entry.name}' lacks adapter_config.json or adapter_model.safetensors",
+                code="invalid_checkpoint",
+            )
         try:
             config = json.loads(config_path.read_text())
         except json.JSONDecodeError as exc:
-            raise APIError(422, f"'{entry.name}': adapter_config.json is corrupt: {exc}",
-                           code="invalid_checkpoint") from exc
+            raise APIError(
+                422, f"'{entry.name}': adapter_config.json is corrupt: {exc}", code="invalid_checkpoint"
+            ) from exc
         rank = config.get("r")
         if rank not in VLLM_LORA_RANKS or rank > self.settings.max_lora_rank:
-            raise APIError(422, f"'{entry.name}': LoRA rank {rank!r} is not servable (allowed: "
-                                f"{[r for r in VLLM_LORA_RANKS if r <= self.settings.max_lora_rank]})",
-                           code="unsupported_lora_rank")
+            raise APIError(
+                422,
+                f"'{entry.name}': LoRA rank {rank!r} is not servable (allowed: "
+                f"{[r for r in VLLM_LORA_RANKS if r <= self.settings.max_lora_rank]})",
+                code="unsupported_lora_rank",
+            )
         if config.get("modules_to_save"):
-            raise APIError(422, f"'{entry.name}': adapters with modules_to_save "
-                                f"({config['modules_to_save']}) cannot be served by vLLM",
-                           code="invalid_checkpoint")
+            raise APIError(
+                422,
+                f"'{entry.name}': adapters with modules_to_save "
+                f"({config['modules_to_save']}) cannot be served by vLLM",
+                code="invalid_checkpoint",
+            )
         base = entry.manifest.base_model
         if base != self.policy_base:
-            raise APIError(422, f"'{entry.name}' was trained on base '{base}', but this server's "
-                                f"policy is '{self.policy_base}'", code="wrong_base")
+            raise APIError(
+                422,
+                f"'{entry.name}' was trained on base '{base}', but this server's "
+                f"policy is '{self.policy_base}'",
+                code="wrong_base",
+            )
         if not self.settings.max_loras:
-            raise APIError(409, "LoRA serving is off: start the server with --max-loras N",
-                           code="lora_disabled")
+            raise APIError(
+                409, "LoRA serving is off: start the server with --max-loras N", code="lora_disabled"
+            )
 
     def _check_memory(self, entry: Entry) -> None:
-        weights = sum(info["size"] for rel, info in entry.manifest.files.items()
-                      if rel.endswith((".safetensors", ".bin")))
+        weights = sum(
+            info["size"]
+            for rel, info in entry.manifest.files.items()
+            if rel.endswith((".safetensors", ".bin"))
+        )
         need = weights * self.settings.swap_memory_headroom + self.settings.kv_cache_gib * (1 << 30)
         free = available_memory()
         if need > free:
-            raise APIError(409, f"not enough free memory to load '{entry.name}': needs about "
-                                f"{need / 2**30:.1f} GiB, {free / 2**30:.1f} GiB available",
-                           code="insufficient_memory")
+            raise APIError(
+                409,
+                f"not enough free memory to load '{entry.name}': needs about "
+                f"{need / 2**30:.1f} GiB, {free / 2**30:.1f} GiB available",
+                code="insufficient_memory",
+            )
 
     # ------------------------------------------------------------------ operations
 
@@ -119,8 +148,9 @@ class ModelManager:
         entry = self._entry(name)
         kind, fmt = entry.manifest.kind, entry.manifest.format
         if kind == "rm":
-            raise APIError(422, f"'{name}' is a reward model: use POST /admin/reward/promote",
-                           code="wrong_kind")
+            raise APIError(
+                422, f"'{name}' is a reward model: use POST /admin/reward/promote", code="wrong_kind"
+            )
         if fmt == "lora":
             self._check_lora(entry)
             return await self._load_lora(entry)
@@ -133,19 +163,28 @@ class ModelManager:
     async def _load_lora(self, entry: Entry) -> ServedModel:
         from vllm.lora.request import LoRARequest
 
-        base = self.router.resolve(self.policy_base) if self.router.is_known(self.policy_base) \
+        base = (
+            self.router.resolve(self.policy_base)
+            if self.router.is_known(self.policy_base)
             else self._policy_model()
+        )
         engine = base.engine.require()
-        request = LoRARequest(lora_name=entry.name, lora_int_id=self._next_lora_id,
-                              lora_path=str(entry.path))
+        request = LoRARequest(lora_name=entry.name, lora_int_id=self._next_lora_id, lora_path=str(entry.path))
         self._next_lora_id += 1
         try:
             await engine.add_lora(request)
         except Exception as exc:  # vLLM validates the adapter's tensors here
-            raise APIError(422, f"vLLM refused adapter '{entry.name}': {exc}",
-                           code="invalid_checkpoint") from exc
-        served = ServedModel(name=entry.name, engine=base.engine, kind=entry.manifest.kind,
-                             parent=entry.manifest.parent, format="lora", lora=request)
+            raise APIError(
+                422, f"vLLM refused adapter '{entry.name}': {exc}", code="invalid_checkpoint"
+            ) from exc
+        served = ServedModel(
+            name=entry.name,
+            engine=base.engine,
+            kind=entry.manifest.kind,
+            parent=entry.manifest.parent,
+            format="lora",
+            lora=request,
+        )
         self.router.add(served)
         return served
 
@@ -154,13 +193,13 @@ class ModelManager:
         return next(m for m in self.router.all() if m.engine is policy and m.lora is None)
 
     async def _start_engine(self, name: str, factory: Any) -> ManagedEngine:
-        engine = ManagedEngine(name, factory,
-                               restart_backoff_s=self.settings.engine_restart_backoff_s)
+        engine = ManagedEngine(name, factory, restart_backoff_s=self.settings.engine_restart_backoff_s)
         await engine.start()
         if engine.state != EngineState.RUNNING:
             await engine.stop()
-            raise APIError(422, f"engine for '{name}' failed to start: {engine.last_error}",
-                           code="invalid_checkpoint")
+            raise APIError(
+                422, f"engine for '{name}' failed to start: {engine.last_error}", code="invalid_checkpoint"
+            )
         self.engines[name] = engine
         return engine
 
@@ -171,11 +210,11 @@ class ModelManager:
     async def _unload(self, name: str) -> None:
         served = self.router.resolve(name)
         if served.name != name:
-            raise APIError(400, f"'{name}' is an alias; unload its target '{served.name}'",
-                           param="model")
+            raise APIError(400, f"'{name}' is an alias; unload its target '{served.name}'", param="model")
         if served.engine is self.engines["policy"] and served.lora is None:
-            raise APIError(409, f"'{name}' is the server's startup policy and cannot be unloaded",
-                           code="model_in_use")
+            raise APIError(
+                409, f"'{name}' is the server's startup policy and cannot be unloaded", code="model_in_use"
+            )
         self.router.remove(name)  # new requests can no longer resolve it
         await self._drained(served)
         if served.lora is not None:
@@ -189,8 +228,7 @@ class ModelManager:
 
     async def _drained(self, served: ServedModel) -> None:
         if not await served.drain(self.settings.request_timeout_s):
-            logger.warning("%s still had %d requests after draining", served.name,
-                           served.in_flight)
+            logger.warning("%s still had %d requests after draining", served.name, served.in_flight)
 
     async def promote(self, alias: str, name: str, unload_previous: bool = True) -> SwapResult:
         t0 = time.perf_counter()
@@ -198,8 +236,12 @@ class ModelManager:
             await self._load(name)
             previous = self.router.set_alias(alias, name)
             unloaded = None
-            if (unload_previous and previous and previous != name
-                    and previous not in self.router.aliases().values()):
+            if (
+                unload_previous
+                and previous
+                and previous != name
+                and previous not in self.router.aliases().values()
+            ):
                 try:
                     await self._unload(previous)
                     unloaded = previous
@@ -212,15 +254,19 @@ class ModelManager:
 
     async def promote_reward(self, name: str) -> SwapResult:
         if self.reward is None:
-            raise APIError(409, "this server runs without a reward model (--reward-model)",
-                           code="no_reward_model")
+            raise APIError(
+                409, "this server runs without a reward model (--reward-model)", code="no_reward_model"
+            )
         t0 = time.perf_counter()
         async with self._lock:
             entry = self._entry(name)
             if entry.manifest.kind != "rm" or entry.manifest.format != "full":
-                raise APIError(422, f"'{name}' is not a full reward-model checkpoint "
-                                    f"(kind={entry.manifest.kind}, format={entry.manifest.format})",
-                               code="wrong_kind")
+                raise APIError(
+                    422,
+                    f"'{name}' is not a full reward-model checkpoint "
+                    f"(kind={entry.manifest.kind}, format={entry.manifest.format})",
+                    code="wrong_kind",
+                )
             self._check_memory(entry)
             new = await self._start_engine(f"reward:{name}", self.builder.reward(entry.path, name))
             old, previous = self.reward.engine, self.reward.name
@@ -230,8 +276,9 @@ class ModelManager:
         # Scoring calls hold the engine for well under a second; give them the request
         # timeout at most, then free the old engine.
         deadline = time.monotonic() + self.settings.request_timeout_s
-        while (old.ready and old.engine.get_num_unfinished_requests()  # noqa: ASYNC110
-               and time.monotonic() < deadline):
+        while (  # noqa: ASYNC110 (polling the engine's own counter; no event to wait on)
+            old.ready and old.engine.get_num_unfinished_requests() and time.monotonic() < deadline
+        ):
             await asyncio.sleep(0.1)
         await old.stop()
         seconds = time.perf_counter() - t0
@@ -241,8 +288,16 @@ class ModelManager:
 
     def state(self) -> dict[str, Any]:
         return {
-            "models": [{"name": m.name, "kind": m.kind, "format": m.format, "parent": m.parent,
-                        "engine": m.engine.name} for m in self.router.all()],
+            "models": [
+                {
+                    "name": m.name,
+                    "kind": m.kind,
+                    "format": m.format,
+                    "parent": m.parent,
+                    "engine": m.engine.name,
+                }
+                for m in self.router.all()
+            ],
             "aliases": self.router.aliases(),
             "reward_model": self.reward.name if self.reward else None,
             "engines": {name: e.status() for name, e in self.engines.items()},
@@ -265,10 +320,17 @@ def available_memory() -> int:
 def registry_listing(registry: Registry) -> dict[str, Any]:
     return {
         "root": str(registry.root),
-        "entries": [{"name": e.name, "kind": e.manifest.kind, "format": e.manifest.format,
-                     "base_model": e.manifest.base_model, "parent": e.manifest.parent,
-                     "created_at": e.manifest.created_at, "metrics": e.manifest.metrics}
-                    for e in registry.entries()],
+        "entries": [
+            {
+                "name": e.name,
+                "kind": e.manifest.kind,
+                "format": e.manifest.format,
+                "base_model": e.manifest.base_model,
+                "parent": e.manifest.parent,
+                "created_at": e.manifest.created_at,
+                "metrics": e.manifest.metrics,
+            }
+            for e in registry.entries()
+        ],
         "problems": registry.problems(),
     }
-

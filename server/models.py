@@ -56,15 +56,23 @@ class ModelRouter:
 
     def add(self, model: ServedModel) -> None:
         if model.name in self._aliases:
-            raise APIError(409, f"'{model.name}' is an alias; checkpoints and aliases need "
-                                "distinct names", param="model", code="name_conflict")
+            raise APIError(
+                409,
+                f"'{model.name}' is an alias; checkpoints and aliases need distinct names",
+                param="model",
+                code="name_conflict",
+            )
         self._models[model.name] = model
 
     def remove(self, name: str) -> ServedModel:
         targets = [a for a, t in self._aliases.items() if t == name]
         if targets:
-            raise APIError(409, f"'{name}' is the target of alias(es) {targets}; promote another "
-                                "checkpoint first", param="model", code="model_in_use")
+            raise APIError(
+                409,
+                f"'{name}' is the target of alias(es) {targets}; promote another checkpoint first",
+                param="model",
+                code="model_in_use",
+            )
         if name not in self._models:
             raise self._not_found(name)
         return self._models.pop(name)
@@ -73,8 +81,9 @@ class ModelRouter:
         """Point `alias` at a served checkpoint; returns the previous target. Atomic: one
         dict assignment between two awaits."""
         if alias in self._models:
-            raise APIError(409, f"'{alias}' is a checkpoint name, not an alias", param="alias",
-                           code="name_conflict")
+            raise APIError(
+                409, f"'{alias}' is a checkpoint name, not an alias", param="alias", code="name_conflict"
+            )
         if target not in self._models:
             raise self._not_found(target)
         previous = self._aliases.get(alias)
@@ -102,5 +111,9 @@ class ModelRouter:
 
     def _not_found(self, name: str) -> APIError:
         known = ", ".join(sorted([*self._models, *self._aliases])) or "none"
-        return APIError(404, f"The model '{name}' does not exist. Served models: {known}",
-                        param="model", code="model_not_found")
+        return APIError(
+            404,
+            f"The model '{name}' does not exist. Served models: {known}",
+            param="model",
+            code="model_not_found",
+        )

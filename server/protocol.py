@@ -85,8 +85,9 @@ class ResponseFormat(_Strict):
     @model_validator(mode="after")
     def _schema_present(self) -> ResponseFormat:
         if self.type == "json_schema" and self.json_schema is None:
-            raise ParamError("response_format",
-                             "response_format.type 'json_schema' needs a 'json_schema' object")
+            raise ParamError(
+                "response_format", "response_format.type 'json_schema' needs a 'json_schema' object"
+            )
         return self
 
 
@@ -205,9 +206,11 @@ class UsageBreakdown(BaseModel):
     decoded_tokens: int
     reward_model_tokens: int = 0
     engine_seconds: float | None = Field(
-        None, description="Replica-seconds attributed to this request (cost model).")
+        None, description="Replica-seconds attributed to this request (cost model)."
+    )
     estimated_cost_usd: float | None = Field(
-        None, description="engine_seconds x accelerator_price_per_hour / 3600.")
+        None, description="engine_seconds x accelerator_price_per_hour / 3600."
+    )
 
 
 class Usage(BaseModel):
@@ -311,8 +314,9 @@ class ModelCard(BaseModel):
     max_model_len: int | None = None
     # ---- extension
     kind: str | None = Field(None, description="base/sft/rm/dpo/ppo/..., or 'alias'.")
-    parent: str | None = Field(None, description="Checkpoint this one derives from (for an "
-                               "alias: its current target).")
+    parent: str | None = Field(
+        None, description="Checkpoint this one derives from (for an alias: its current target)."
+    )
     format: str | None = Field(None, description="'full' weights or a 'lora' adapter.")
 
 

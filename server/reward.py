@@ -76,10 +76,12 @@ class Ranked:
     reward_tokens: int
 
 
-def rank_candidates(rewards: Sequence[float], finish_reasons: Sequence[str | None],
-                    length_penalty: float) -> list[int]:
+def rank_candidates(
+    rewards: Sequence[float], finish_reasons: Sequence[str | None], length_penalty: float
+) -> list[int]:
     """Indices best-first. Candidates cut by max_tokens may be penalised; ties go to the
     lower candidate index, so the order is deterministic."""
-    adjusted = [r - (length_penalty if f == "length" else 0.0)
-                for r, f in zip(rewards, finish_reasons, strict=True)]
+    adjusted = [
+        r - (length_penalty if f == "length" else 0.0) for r, f in zip(rewards, finish_reasons, strict=True)
+    ]
     return sorted(range(len(adjusted)), key=lambda i: (-adjusted[i], i))

@@ -59,17 +59,21 @@ async def cancel_on_disconnect(request: Request, work: Awaitable[T]) -> T:
 
 
 def _sse(lines: AsyncIterator[str]) -> StreamingResponse:
-    return StreamingResponse(
-        lines, media_type="text/event-stream", headers={"Cache-Control": "no-cache"}
-    )
+    return StreamingResponse(lines, media_type="text/event-stream", headers={"Cache-Control": "no-cache"})
 
 
 def _log_fields(request: Request, body: Any, state: AppState, serving: Any) -> None:
     """Fields for the access log and the request metrics (labels bounded to served names)."""
     known = state.router.is_known(body.model)
     request.scope["state"]["access_log"].update(
-        model=body.model, n=body.n, best_of=body.best_of, stream=body.stream, user=body.user,
-        model_label=body.model if known else "unknown", mode=serving.mode(body))
+        model=body.model,
+        n=body.n,
+        best_of=body.best_of,
+        stream=body.stream,
+        user=body.user,
+        model_label=body.model if known else "unknown",
+        mode=serving.mode(body),
+    )
 
 
 @openai_router.post("/chat/completions", response_model=ChatCompletionResponse)
@@ -92,19 +96,30 @@ async def rewards(body: RewardRequest, state: StateDep) -> RewardResponse:
     debugging BoN): the same inputs and engine that rerank candidates."""
     scorer = state.reward
     if scorer is None:
-        raise APIError(404, "this server has no reward model (start it with --reward-model)",
-                       param="model", code="model_not_found")
+        raise APIError(
+            404,
+            "this server has no reward model (start it with --reward-model)",
+            param="model",
+            code="model_not_found",
+        )
     if body.model is not None and body.model != scorer.name:
-        raise APIError(404, f"The reward model '{body.model}' does not exist. Served: {scorer.name}",
-                       param="model", code="model_not_found")
-    inputs = [scorer.conversation_ids([m.as_dict() for m in item.messages], item.response)
-              for item in body.items]
+        raise APIError(
+            404,
+            f"The reward model '{body.model}' does not exist. Served: {scorer.name}",
+            param="model",
+            code="model_not_found",
+        )
+    inputs = [
+        scorer.conversation_ids([m.as_dict() for m in item.messages], item.response) for item in body.items
+    ]
     async with state.admission.slot():
         scores = await scorer.score(inputs, new_id("rwd"))
     tokens = sum(map(len, inputs))
-    return RewardResponse(model=scorer.name,
-                          data=[RewardScore(index=i, reward=r) for i, r in enumerate(scores)],
-                          usage=RewardUsage(prompt_tokens=tokens, total_tokens=tokens))
+    return RewardResponse(
+        model=scorer.name,
+        data=[RewardScore(index=i, reward=r) for i, r in enumerate(scores)],
+        usage=RewardUsage(prompt_tokens=tokens, total_tokens=tokens),
+    )
 
 
 @openai_router.get("/models", response_model=ModelList)
@@ -112,14 +127,19 @@ async def list_models(state: StateDep) -> ModelList:
     cards = []
     for m in state.router.all():
         info = m.engine.info
-        cards.append(ModelCard(
-            id=m.name, created=m.created, kind=m.kind, parent=m.parent, format=m.format,
-            max_model_len=info.max_model_len if info else None,
-        ))
+        cards.append(
+            ModelCard(
+                id=m.name,
+                created=m.created,
+                kind=m.kind,
+                parent=m.parent,
+                format=m.format,
+                max_model_len=info.max_model_len if info else None,
+            )
+        )
     for alias, target in state.router.aliases().items():
         m = state.router.resolve(alias)
-        cards.append(ModelCard(id=alias, created=m.created, kind="alias", parent=target,
-                               format=m.format))
+        cards.append(ModelCard(id=alias, created=m.created, kind="alias", parent=target, format=m.format))
     return ModelList(data=cards)
 
 

@@ -118,7 +118,9 @@ async def run_to_completion(prep: PreparedRequest) -> Any:
     final = None
     try:
         async for out in prep.engine.generate(
-            {"prompt_token_ids": prep.prompt_ids}, prep.params, prep.request_id,
+            {"prompt_token_ids": prep.prompt_ids},
+            prep.params,
+            prep.request_id,
             lora_request=prep.model.lora,
         ):
             final = out
@@ -128,16 +130,16 @@ async def run_to_completion(prep: PreparedRequest) -> Any:
         raise _engine_error(prep.model, prep.engine, exc) from exc
     if final is None or len(final.outputs) != prep.params.n:
         got = 0 if final is None else len(final.outputs)
-        raise APIError(
-            500, f"engine returned {got} of {prep.params.n} candidates", type="server_error"
-        )
+        raise APIError(500, f"engine returned {got} of {prep.params.n} candidates", type="server_error")
     return final
 
 
 async def stream_deltas(prep: PreparedRequest) -> AsyncIterator[Any]:
     try:
         async for out in prep.engine.generate(
-            {"prompt_token_ids": prep.prompt_ids}, prep.params, prep.request_id,
+            {"prompt_token_ids": prep.prompt_ids},
+            prep.params,
+            prep.request_id,
             lora_request=prep.model.lora,
         ):
             yield out
@@ -151,8 +153,13 @@ async def stream_deltas(prep: PreparedRequest) -> AsyncIterator[Any]:
 
 
 class BaseServing:
-    def __init__(self, settings: Settings, router: ModelRouter, admission: Admission,
-                 reward: RewardScorer | None = None) -> None:
+    def __init__(
+        self,
+        settings: Settings,
+        router: ModelRouter,
+        admission: Admission,
+        reward: RewardScorer | None = None,
+    ) -> None:
         self.settings = settings
         self.router = router
         self.admission = admission
@@ -165,7 +172,7 @@ class BaseServing:
             raise unavailable(str(exc)) from exc
 
     def mode(self, req: SamplingFields) -> str:
-        """"bon" or "single", for metric labels (never raises)."""
+        """ "bon" or "single", for metric labels (never raises)."""
         try:
             return "bon" if self._candidates(req, self.router.resolve(req.model)) > req.n else "single"
         except APIError:
@@ -177,18 +184,21 @@ class BaseServing:
             raise bad_request(f"n={req.n} exceeds this server's limit of {self.settings.max_n}", "n")
         if req.best_of is not None:
             if req.best_of > self.settings.max_best_of:
-                raise bad_request(f"best_of={req.best_of} exceeds this server's limit of "
-                                  f"{self.settings.max_best_of}", "best_of")
+                raise bad_request(
+                    f"best_of={req.best_of} exceeds this server's limit of {self.settings.max_best_of}",
+                    "best_of",
+                )
             if req.best_of > req.n and self.reward is None:
                 raise bad_request(
                     "best_of > n needs a reward model to rerank candidates; this server has none "
-                    "(start it with --reward-model)", "best_of")
+                    "(start it with --reward-model)",
+                    "best_of",
+                )
             return req.best_of
         default = self.settings.best_of_for(model.name) if self.reward is not None else 1
         return max(req.n, default)
 
-    async def _generate_ranked(self, prep: PreparedRequest
-                               ) -> tuple[list[Any], Ranked | None, Lease]:
+    async def _generate_ranked(self, prep: PreparedRequest) -> tuple[list[Any], Ranked | None, Lease]:
         """Run the request; with best_of > n, rerank. Returns (all candidates, ranking, lease)."""
         async with self.admission.slot(prep.model.name) as lease, self._deadline():
             if prep.best_of == prep.n:
@@ -211,8 +221,9 @@ class BaseServing:
                     if o.finish_reason is not None and o.index not in scoring:
                         scoring[o.index] = asyncio.create_task(self._score(prep, candidate))
             if len(scoring) != prep.best_of:
-                raise APIError(500, f"engine finished {len(scoring)} of {prep.best_of} candidates",
-                               type="server_error")
+                raise APIError(
+                    500, f"engine finished {len(scoring)} of {prep.best_of} candidates", type="server_error"
+                )
             decoded = time.perf_counter()
             scored = await asyncio.gather(*(scoring[i] for i in range(prep.best_of)))
             metrics.REWARD_SCORING.labels(prep.model.name).observe(time.perf_counter() - decoded)
@@ -220,10 +231,8 @@ class BaseServing:
             for task in scoring.values():
                 task.cancel()
         rewards = [r for r, _ in scored]
-        order = rank_candidates(rewards, [c.finish_reason for c in candidates],
-                                self.settings.length_penalty)
-        return candidates, Ranked(order=order, rewards=rewards,
-                                  reward_tokens=sum(n for _, n in scored))
+        order = rank_candidates(rewards, [c.finish_reason for c in candidates], self.settings.length_penalty)
+        return candidates, Ranked(order=order, rewards=rewards, reward_tokens=sum(n for _, n in scored))
 
     async def _score(self, prep: PreparedRequest, candidate: Candidate) -> tuple[float, int]:
         """(reward, tokens scored) of one finished candidate."""
@@ -252,8 +261,7 @@ class BaseServing:
     def _max_tokens(self, requested: int | None, prompt_len: int, max_model_len: int) -> int:
         if requested is not None and requested > self.settings.max_tokens_limit:
             raise bad_request(
-                f"max_tokens={requested} exceeds this server's limit of "
-                f"{self.settings.max_tokens_limit}",
+                f"max_tokens={requested} exceeds this server's limit of {self.settings.max_tokens_limit}",
                 "max_tokens",
             )
         room = max_model_len - prompt_len
@@ -277,8 +285,15 @@ class BaseServing:
         return requested
 
     def _sampling_params(
-        self, req: SamplingFields, *, candidates: int, max_tokens: int, logprobs: int | None,
-        delta: bool, vocab_size: int, structured: Any = None,
+        self,
+        req: SamplingFields,
+        *,
+        candidates: int,
+        max_tokens: int,
+        logprobs: int | None,
+        delta: bool,
+        vocab_size: int,
+        structured: Any = None,
     ) -> Any:
         """vLLM SamplingParams; `delta` streams increments (streaming, and Best-of-N, which
         scores candidates as they finish) instead of one final output."""
@@ -291,11 +306,10 @@ class BaseServing:
             logit_bias = {int(k): v for k, v in req.logit_bias.items()}
             bad = [k for k in logit_bias if not 0 <= k < vocab_size]
             if bad:
-                raise bad_request(f"logit_bias has token ids outside the vocabulary: {bad}",
-                                  "logit_bias")
+                raise bad_request(f"logit_bias has token ids outside the vocabulary: {bad}", "logit_bias")
         stop = [req.stop] if isinstance(req.stop, str) else req.stop
         try:
-                return SamplingParams(
+            return SamplingParams(
                 n=candidates,
                 temperature=1.0 if req.temperature is None else req.temperature,
                 top_p=1.0 if req.top_p is None else req.top_p,
@@ -328,8 +342,9 @@ class BaseServing:
                 code="request_timeout",
             ) from None
 
-    def _account(self, prep: PreparedRequest, decoded: int, delivered: int,
-                 ranked: Ranked | None, lease: Lease) -> Usage:
+    def _account(
+        self, prep: PreparedRequest, decoded: int, delivered: int, ranked: Ranked | None, lease: Lease
+    ) -> Usage:
         """Usage for the response and the same numbers as metrics. completion_tokens counts
         every decoded candidate (as OpenAI billed legacy best_of)."""
         name, mode = prep.model.name, prep.mode
@@ -365,11 +380,21 @@ class BaseServing:
     def _first_token(prep: PreparedRequest) -> None:
         metrics.TTFT.labels(prep.model.name, prep.mode).observe(time.perf_counter() - prep.arrived)
 
-    def _usage_of(self, prep: PreparedRequest, outputs: Sequence[Any],
-                  chosen: Sequence[tuple[Any, float | None]], ranked: Ranked | None,
-                  lease: Lease) -> Usage:
-        return self._account(prep, sum(len(o.token_ids) for o in outputs),
-                             sum(len(o.token_ids) for o, _ in chosen), ranked, lease)
+    def _usage_of(
+        self,
+        prep: PreparedRequest,
+        outputs: Sequence[Any],
+        chosen: Sequence[tuple[Any, float | None]],
+        ranked: Ranked | None,
+        lease: Lease,
+    ) -> Usage:
+        return self._account(
+            prep,
+            sum(len(o.token_ids) for o in outputs),
+            sum(len(o.token_ids) for o, _ in chosen),
+            ranked,
+            lease,
+        )
 
 
 def select(outputs: Sequence[Any], ranked: Ranked | None, n: int) -> list[tuple[Any, float | None]]:
@@ -469,19 +494,23 @@ class ChatServing(BaseServing):
                 messages, add_generation_prompt=True, tokenize=True, return_dict=False
             )
         except Exception as exc:  # template errors are caused by the conversation's shape
-            raise bad_request(f"the chat template rejected these messages: {exc}",
-                              "messages") from exc
+            raise bad_request(f"the chat template rejected these messages: {exc}", "messages") from exc
         max_tokens = self._max_tokens(
             req.requested_max_tokens, len(prompt_ids), model.engine.info.max_model_len
         )
         logprobs = (req.top_logprobs or 0) if req.logprobs else None
         params = self._sampling_params(
-            req, candidates=candidates, max_tokens=max_tokens, logprobs=logprobs,
-            delta=req.stream or candidates > req.n, vocab_size=len(tokenizer),
+            req,
+            candidates=candidates,
+            max_tokens=max_tokens,
+            logprobs=logprobs,
+            delta=req.stream or candidates > req.n,
+            vocab_size=len(tokenizer),
             structured=_structured_outputs(req),
         )
-        return PreparedRequest(model, engine, list(prompt_ids), params, req.n, new_id("chatcmpl"),
-                               messages=messages)
+        return PreparedRequest(
+            model, engine, list(prompt_ids), params, req.n, new_id("chatcmpl"), messages=messages
+        )
 
     async def create(self, req: ChatCompletionRequest) -> ChatCompletionResponse | AsyncIterator[str]:
         prep = self._prepare(req)
@@ -496,8 +525,12 @@ class ChatServing(BaseServing):
         return response
 
     def _response(
-        self, req: ChatCompletionRequest, prep: PreparedRequest, outputs: Sequence[Any],
-        ranked: Ranked | None, lease: Lease,
+        self,
+        req: ChatCompletionRequest,
+        prep: PreparedRequest,
+        outputs: Sequence[Any],
+        ranked: Ranked | None,
+        lease: Lease,
     ) -> ChatCompletionResponse:
         top_n = req.top_logprobs or 0
         chosen = select(outputs, ranked, prep.n)
@@ -519,22 +552,40 @@ class ChatServing(BaseServing):
             usage=self._usage_of(prep, outputs, chosen, ranked, lease),
         )
 
-    async def _replay(self, req: ChatCompletionRequest, prep: PreparedRequest,
-                      response: ChatCompletionResponse) -> AsyncIterator[str]:
+    async def _replay(
+        self, req: ChatCompletionRequest, prep: PreparedRequest, response: ChatCompletionResponse
+    ) -> AsyncIterator[str]:
         """Stream a finished Best-of-N response: each selected choice as role, content and
         finish chunks (the winner is only known once every candidate is scored)."""
+
         def chunk(choices: list[ChatChunkChoice], usage: Usage | None = None) -> str:
-            return sse(ChatCompletionChunk(id=response.id, created=response.created,
-                                           model=response.model, choices=choices, usage=usage))
+            return sse(
+                ChatCompletionChunk(
+                    id=response.id,
+                    created=response.created,
+                    model=response.model,
+                    choices=choices,
+                    usage=usage,
+                )
+            )
 
         self._first_token(prep)
         for c in response.choices:
-            yield chunk([ChatChunkChoice(index=c.index, delta=DeltaMessage(role="assistant",
-                                                                           content=""))])
-            yield chunk([ChatChunkChoice(index=c.index, delta=DeltaMessage(content=c.message.content),
-                                         logprobs=c.logprobs)])
-            yield chunk([ChatChunkChoice(index=c.index, delta=DeltaMessage(),
-                                         finish_reason=c.finish_reason, reward=c.reward)])
+            yield chunk([ChatChunkChoice(index=c.index, delta=DeltaMessage(role="assistant", content=""))])
+            yield chunk(
+                [
+                    ChatChunkChoice(
+                        index=c.index, delta=DeltaMessage(content=c.message.content), logprobs=c.logprobs
+                    )
+                ]
+            )
+            yield chunk(
+                [
+                    ChatChunkChoice(
+                        index=c.index, delta=DeltaMessage(), finish_reason=c.finish_reason, reward=c.reward
+                    )
+                ]
+            )
         if req.stream_options and req.stream_options.include_usage:
             yield chunk([], usage=response.usage)
         yield SSE_DONE
@@ -545,21 +596,30 @@ class ChatServing(BaseServing):
         tally = StreamTally()
 
         def chunk(choices: list[ChatChunkChoice]) -> str:
-            return sse(ChatCompletionChunk(
-                id=prep.request_id, created=created, model=prep.model.name, choices=choices
-            ))
+            return sse(
+                ChatCompletionChunk(
+                    id=prep.request_id, created=created, model=prep.model.name, choices=choices
+                )
+            )
 
         for i in range(prep.n):
             yield chunk([ChatChunkChoice(index=i, delta=DeltaMessage(role="assistant", content=""))])
         async for o in self._increments(prep, tally):
-            yield chunk([ChatChunkChoice(
-                index=o.index,
-                delta=DeltaMessage(content=o.text or None),
-                logprobs=_chat_logprobs(o, req.top_logprobs or 0) if req.logprobs else None,
-                finish_reason=o.finish_reason,
-            )])
+            yield chunk(
+                [
+                    ChatChunkChoice(
+                        index=o.index,
+                        delta=DeltaMessage(content=o.text or None),
+                        logprobs=_chat_logprobs(o, req.top_logprobs or 0) if req.logprobs else None,
+                        finish_reason=o.finish_reason,
+                    )
+                ]
+            )
         usage = self._account(prep, tally.tokens, tally.tokens, None, tally.lease)
         if include_usage:
-            yield sse(ChatCompletionChunk(id=prep.request_id, created=created,
-                                          model=prep.model.name, choices=[], usage=usage))
+            yield sse(
+                ChatCompletionChunk(
+                    id=prep.request_id, created=created, model=prep.model.name, choices=[], usage=usage
+                )
+            )
         yield SSE_DONE

@@ -28,8 +28,7 @@ class AppState:
 
     def __post_init__(self) -> None:
         self.chat = ChatServing(self.settings, self.router, self.admission, self.reward)
-        self.completions = CompletionServing(self.settings, self.router, self.admission,
-                                             self.reward)
+        self.completions = CompletionServing(self.settings, self.router, self.admission, self.reward)
 
     @property
     def ready(self) -> bool:

@@ -24,10 +24,11 @@ def test_async_llm_generates_from_prepared_model(default_model: Path) -> None:
         tokenizer = engine.get_tokenizer()
         ids = tokenizer.apply_chat_template(
             [{"role": "user", "content": "What is the capital of France?"}],
-            add_generation_prompt=True, tokenize=True, return_dict=False,
+            add_generation_prompt=True,
+            tokenize=True,
+            return_dict=False,
         )
-        params = SamplingParams(temperature=0, max_tokens=16,
-                                output_kind=RequestOutputKind.FINAL_ONLY)
+        params = SamplingParams(temperature=0, max_tokens=16, output_kind=RequestOutputKind.FINAL_ONLY)
 
         async def run() -> str:
             final = None

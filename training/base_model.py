@@ -47,12 +47,14 @@ def greedy_answer(model_dir: Path, question: str, max_new_tokens: int = 24) -> s
     tokenizer = AutoTokenizer.from_pretrained(model_dir)
     model = AutoModelForCausalLM.from_pretrained(model_dir, dtype=torch.float32)
     ids = tokenizer.apply_chat_template(
-        [{"role": "user", "content": question}], add_generation_prompt=True, return_tensors="pt",
+        [{"role": "user", "content": question}],
+        add_generation_prompt=True,
+        return_tensors="pt",
         return_dict=True,
     )
     with torch.no_grad():
         out = model.generate(**ids, max_new_tokens=max_new_tokens, do_sample=False)
-    return tokenizer.decode(out[0, ids["input_ids"].shape[1]:], skip_special_tokens=True)
+    return tokenizer.decode(out[0, ids["input_ids"].shape[1] :], skip_special_tokens=True)
 
 
 def prepare_default_model(registry: Registry | None = None, *, force: bool = False) -> Path:
@@ -77,9 +79,7 @@ def prepare_default_model(registry: Registry | None = None, *, force: bool = Fal
     t0 = time.monotonic()
     _step(f"1/4 loading and dequantising {gguf.name} ({gguf.stat().st_size / 1e6:.0f} MB)")
     tokenizer = AutoTokenizer.from_pretrained(gguf.parent, gguf_file=gguf.name)
-    model = AutoModelForCausalLM.from_pretrained(
-        gguf.parent, gguf_file=gguf.name, dtype=torch.float32
-    )
+    model = AutoModelForCausalLM.from_pretrained(gguf.parent, gguf_file=gguf.name, dtype=torch.float32)
     # save_pretrained refuses a model that still claims to be GGUF-quantised; the weights are
     # already dequantised fp32 tensors at this point.
     model.config.quantization_config = None

@@ -45,43 +45,70 @@ class TrainConfig:
 
     data: str = field(metadata={"help": "Training data: JSONL / JSON / Parquet file or a save_to_disk dir."})
     name: str = field(metadata={"help": "Name of the registry entry to write."})
-    base: str = field(default=DEFAULT_MODEL_NAME, metadata={
-        "help": "Registry entry to start from (a full checkpoint, or a LoRA entry whose adapter is "
-                "trained further / merged with --full)."})
-    registry: str | None = field(default=None, metadata={
-        "help": "Registry directory (default $BONSERVE_HOME/registry)."})
-    output_dir: str | None = field(default=None, metadata={
-        "help": "Run directory for trainer state and checkpoints (default $BONSERVE_HOME/runs/NAME)."})
-    resume: bool = field(default=False, metadata={
-        "help": "Continue from the last checkpoint in the run directory."})
-    overwrite: bool = field(default=False, metadata={
-        "help": "Delete an existing run directory first (otherwise a run with checkpoints is refused "
-                "unless --resume)."})
+    base: str = field(
+        default=DEFAULT_MODEL_NAME,
+        metadata={
+            "help": "Registry entry to start from (a full checkpoint, or a LoRA entry whose adapter is "
+            "trained further / merged with --full)."
+        },
+    )
+    registry: str | None = field(
+        default=None, metadata={"help": "Registry directory (default $BONSERVE_HOME/registry)."}
+    )
+    output_dir: str | None = field(
+        default=None,
+        metadata={
+            "help": "Run directory for trainer state and checkpoints (default $BONSERVE_HOME/runs/NAME)."
+        },
+    )
+    resume: bool = field(
+        default=False, metadata={"help": "Continue from the last checkpoint in the run directory."}
+    )
+    overwrite: bool = field(
+        default=False,
+        metadata={
+            "help": "Delete an existing run directory first (otherwise a run with checkpoints is refused "
+            "unless --resume)."
+        },
+    )
     full: bool = field(default=False, metadata={"help": "Full fine-tuning instead of LoRA."})
-    lora_r: int = field(default=16, metadata={
-        "help": f"LoRA rank; vLLM serves ranks {', '.join(map(str, VLLM_LORA_RANKS))}."})
+    lora_r: int = field(
+        default=16, metadata={"help": f"LoRA rank; vLLM serves ranks {', '.join(map(str, VLLM_LORA_RANKS))}."}
+    )
     lora_alpha: int | None = field(default=None, metadata={"help": "LoRA alpha (default 2 × rank)."})
     lora_dropout: float = field(default=0.05, metadata={"help": "LoRA dropout."})
     max_steps: int = field(default=60, metadata={"help": "Optimizer steps to train."})
-    max_time_s: float | None = field(default=None, metadata={
-        "help": "Also stop once training has run this many seconds (checked after each step; the "
-                "checkpoint and entry are written as usual): a compute budget for comparing methods "
-                "at equal wall time. The learning-rate schedule still spans --max-steps."})
-    learning_rate: float | None = field(default=None, metadata={
-        "help": "Peak learning rate (default 2e-4 with LoRA, 1e-5 with --full)."})
+    max_time_s: float | None = field(
+        default=None,
+        metadata={
+            "help": "Also stop once training has run this many seconds (checked after each step; the "
+            "checkpoint and entry are written as usual): a compute budget for comparing methods "
+            "at equal wall time. The learning-rate schedule still spans --max-steps."
+        },
+    )
+    learning_rate: float | None = field(
+        default=None, metadata={"help": "Peak learning rate (default 2e-4 with LoRA, 1e-5 with --full)."}
+    )
     batch_size: int = field(default=8, metadata={"help": "Examples (or pairs) per device per step."})
-    gradient_accumulation_steps: int = field(default=1, metadata={
-        "help": "Micro-batches accumulated per optimizer step."})
+    gradient_accumulation_steps: int = field(
+        default=1, metadata={"help": "Micro-batches accumulated per optimizer step."}
+    )
     max_length: int = field(default=512, metadata={"help": "Longest tokenized example kept/truncated."})
     warmup_steps: int = field(default=0, metadata={"help": "Linear warm-up steps."})
     logging_steps: int = field(default=5, metadata={"help": "Log (and print) metrics every N steps."})
     save_steps: int = field(default=20, metadata={"help": "Write a resumable checkpoint every N steps."})
     save_total_limit: int = field(default=2, metadata={"help": "Keep at most N checkpoints in the run dir."})
     seed: int = field(default=0, metadata={"help": "Seed of data order and initialisation."})
-    bf16: bool = field(default=False, metadata={
-        "help": "bf16 mixed precision (GPU). Off by default: TRL on CPU needs bf16=False."})
-    gradient_checkpointing: bool = field(default=False, metadata={
-        "help": "Recompute activations (saves memory, ~20% slower; off: the default model is small)."})
+    bf16: bool = field(
+        default=False,
+        metadata={"help": "bf16 mixed precision (GPU). Off by default: TRL on CPU needs bf16=False."},
+    )
+    gradient_checkpointing: bool = field(
+        default=False,
+        metadata={
+            "help": "Recompute activations (saves memory, ~20% slower; off: the default model is small)."
+        },
+    )
 
     def __post_init__(self) -> None:
         from training.registry import check_name
@@ -101,8 +128,15 @@ class TrainConfig:
             raise ConfigError(f"lora_alpha={self.lora_alpha!r}: must be positive")
         if not 0.0 <= self.lora_dropout < 1.0:
             raise ConfigError(f"lora_dropout={self.lora_dropout!r}: must lie in [0, 1)")
-        for key in ("max_steps", "batch_size", "gradient_accumulation_steps", "max_length",
-                    "logging_steps", "save_steps", "save_total_limit"):
+        for key in (
+            "max_steps",
+            "batch_size",
+            "gradient_accumulation_steps",
+            "max_length",
+            "logging_steps",
+            "save_steps",
+            "save_total_limit",
+        ):
             value = getattr(self, key)
             if not isinstance(value, int) or isinstance(value, bool) or value < 1:
                 raise ConfigError(f"{key}={value!r}: must be an integer >= 1")
@@ -175,8 +209,12 @@ def add_config_arguments(parser: argparse.ArgumentParser, cls: type) -> argparse
     dataclass defaults < YAML recipe < command line.
     """
     hints = typing.get_type_hints(cls)
-    parser.add_argument("--config", default=None, metavar="YAML",
-                        help="YAML recipe setting any of the options below; flags override it.")
+    parser.add_argument(
+        "--config",
+        default=None,
+        metavar="YAML",
+        help="YAML recipe setting any of the options below; flags override it.",
+    )
     for f in dataclasses.fields(cls):
         flag = "--" + f.name.replace("_", "-")
         kind, is_bool = _arg_type(hints[f.name])
@@ -185,8 +223,13 @@ def add_config_arguments(parser: argparse.ArgumentParser, cls: type) -> argparse
         help_text = f.metadata.get("help", "").replace("%", "%%")  # argparse formats help with %
         help_text += " (required)" if required else f" (default: {default})"
         if is_bool:
-            parser.add_argument(flag, dest=f.name, action=argparse.BooleanOptionalAction,
-                                default=argparse.SUPPRESS, help=help_text)
+            parser.add_argument(
+                flag,
+                dest=f.name,
+                action=argparse.BooleanOptionalAction,
+                default=argparse.SUPPRESS,
+                help=help_text,
+            )
         else:
             parser.add_argument(flag, dest=f.name, type=kind, default=argparse.SUPPRESS, help=help_text)
     return parser
@@ -213,17 +256,26 @@ def config_from_args(cls: type, args: argparse.Namespace) -> Any:
             raise ConfigError(f"--config {recipe!r}: unknown options {unknown}")
         values.update(loaded)
     values.update({k: v for k, v in vars(args).items() if k in names})
-    missing = [f.name for f in dataclasses.fields(cls)
-               if f.default is dataclasses.MISSING and f.default_factory is dataclasses.MISSING
-               and f.name not in values]
+    missing = [
+        f.name
+        for f in dataclasses.fields(cls)
+        if f.default is dataclasses.MISSING
+        and f.default_factory is dataclasses.MISSING
+        and f.name not in values
+    ]
     if missing:
         flags = ", ".join("--" + m.replace("_", "-") for m in missing)
         raise ConfigError(f"missing required option(s): {flags}")
     return cls(**values)
 
 
-def run_main(cls: type, run: Callable[[Any], Entry], parser: argparse.ArgumentParser,
-             argv: Sequence[str] | None = None, args: argparse.Namespace | None = None) -> int:
+def run_main(
+    cls: type,
+    run: Callable[[Any], Entry],
+    parser: argparse.ArgumentParser,
+    argv: Sequence[str] | None = None,
+    args: argparse.Namespace | None = None,
+) -> int:
     """Parse, build the config, run; user errors print one line and return 1."""
     from training.data import DataError
 
@@ -302,8 +354,14 @@ def lora_config(config: TrainConfig, task_type: str):
     head alone) and nothing saved in full: the adapter vLLM can load."""
     from peft import LoraConfig
 
-    return LoraConfig(task_type=task_type, r=config.lora_r, lora_alpha=config.lora_alpha,
-                      lora_dropout=config.lora_dropout, target_modules="all-linear", bias="none")
+    return LoraConfig(
+        task_type=task_type,
+        r=config.lora_r,
+        lora_alpha=config.lora_alpha,
+        lora_dropout=config.lora_dropout,
+        target_modules="all-linear",
+        bias="none",
+    )
 
 
 def check_vllm_adapter(path: Path) -> dict[str, Any]:
@@ -314,8 +372,10 @@ def check_vllm_adapter(path: Path) -> dict[str, Any]:
         raise RegistryError(f"{path}: adapter_config.json / adapter_model.safetensors missing")
     cfg = json.loads(cfg_path.read_text())
     if cfg.get("modules_to_save"):
-        raise RegistryError(f"{path}: adapter saves modules in full ({cfg['modules_to_save']}); "
-                            "vLLM adapters must not have modules_to_save")
+        raise RegistryError(
+            f"{path}: adapter saves modules in full ({cfg['modules_to_save']}); "
+            "vLLM adapters must not have modules_to_save"
+        )
     if cfg.get("r") not in VLLM_LORA_RANKS:
         raise RegistryError(f"{path}: LoRA rank {cfg.get('r')!r} is not one vLLM serves {VLLM_LORA_RANKS}")
     return cfg
@@ -352,15 +412,22 @@ def prepare_run_dir(config: TrainConfig, data_digest: str, args: Any = None) -> 
         if info_path.is_file():
             before = json.loads(info_path.read_text())
             if before.get("data_hash") != data_digest:
-                raise ConfigError(f"resume=True but --data {config.data!r} differs from the data the run in "
-                                  f"{run_dir} started with (hash {before.get('data_hash', '?')[:12]})")
+                raise ConfigError(
+                    f"resume=True but --data {config.data!r} differs from the data the run in "
+                    f"{run_dir} started with (hash {before.get('data_hash', '?')[:12]})"
+                )
     elif has_checkpoints:
-        raise ConfigError(f"run directory {run_dir} already holds checkpoints: pass --resume to continue, "
-                          "--overwrite to start again, or another --output-dir")
+        raise ConfigError(
+            f"run directory {run_dir} already holds checkpoints: pass --resume to continue, "
+            "--overwrite to start again, or another --output-dir"
+        )
     if state.is_main_process:
         run_dir.mkdir(parents=True, exist_ok=True)
-        info_path.write_text(json.dumps({"data_hash": data_digest, "config": dataclasses.asdict(config)},
-                                        indent=2, sort_keys=True))
+        info_path.write_text(
+            json.dumps(
+                {"data_hash": data_digest, "config": dataclasses.asdict(config)}, indent=2, sort_keys=True
+            )
+        )
     state.wait_for_everyone()
     return run_dir
 
@@ -455,9 +522,18 @@ def save_trained(trainer, config: TrainConfig) -> Path:
     return final
 
 
-def write_entry(config: TrainConfig, start: Start, *, kind: str, fmt: str, data_digest: str,
-                metrics: dict[str, Any], fill: Callable[[Path], None], tokenizer,
-                extra: dict[str, Any] | None = None) -> Entry | None:
+def write_entry(
+    config: TrainConfig,
+    start: Start,
+    *,
+    kind: str,
+    fmt: str,
+    data_digest: str,
+    metrics: dict[str, Any],
+    fill: Callable[[Path], None],
+    tokenizer,
+    extra: dict[str, Any] | None = None,
+) -> Entry | None:
     """Write one registry entry from the main process (None on the others).
 
     `fill(staging)` puts the weights in; the tokenizer is added here; a LoRA entry is
@@ -470,9 +546,15 @@ def write_entry(config: TrainConfig, start: Start, *, kind: str, fmt: str, data_
     entry = None
     if state.is_main_process:
         manifest = Manifest(
-            name=config.name, kind=kind, format=fmt, base_model=start.base_model_name,
-            parent=start.entry.name, data_hash=data_digest,
-            hyperparameters=dataclasses.asdict(config), metrics=metrics, extra=extra or {},
+            name=config.name,
+            kind=kind,
+            format=fmt,
+            base_model=start.base_model_name,
+            parent=start.entry.name,
+            data_hash=data_digest,
+            hyperparameters=dataclasses.asdict(config),
+            metrics=metrics,
+            extra=extra or {},
         )
         with registry.write(manifest) as staging:
             fill(staging)
@@ -494,6 +576,8 @@ def copy_adapter(final: Path, staging: Path) -> None:
 
 def copy_full(final: Path, staging: Path) -> None:
     for path in final.iterdir():
-        if path.is_file() and (path.suffix == ".safetensors" or path.name in (
-                "config.json", "generation_config.json", "model.safetensors.index.json")):
+        if path.is_file() and (
+            path.suffix == ".safetensors"
+            or path.name in ("config.json", "generation_config.json", "model.safetensors.index.json")
+        ):
             shutil.copy2(path, staging / path.name)

@@ -210,8 +210,9 @@ def _need_messages(row: dict[str, Any], key: str, *, roles: Sequence[str] = ROLE
 def _check_prompt_messages(row: dict[str, Any], key: str) -> None:
     messages = _need_messages(row, key)
     if messages[-1]["role"] != "user":
-        raise _RowError(f"field {key!r}: the prompt must end with a 'user' message, "
-                        f"got {messages[-1]['role']!r}")
+        raise _RowError(
+            f"field {key!r}: the prompt must end with a 'user' message, got {messages[-1]['role']!r}"
+        )
 
 
 def _check_completion_messages(row: dict[str, Any], key: str) -> list[dict]:
@@ -254,28 +255,36 @@ def _preference_format(row: dict[str, Any]) -> DataFormat:
             _check_completion_messages(row, "rejected")
             fmt = DataFormat.CONVERSATIONAL
         else:
-            raise _RowError(f"field 'prompt': expected a string or a list of messages, "
-                            f"got {_type_name(row['prompt'])}")
+            raise _RowError(
+                f"field 'prompt': expected a string or a list of messages, got {_type_name(row['prompt'])}"
+            )
     elif isinstance(row["chosen"], str):
         chosen, rejected = _need_string(row, "chosen"), _need_string(row, "rejected")
         prefix = common_prefix(chosen, rejected)
         if chosen != rejected and not prefix.strip():
-            raise _RowError("fields 'chosen' and 'rejected' share no prompt: without a 'prompt' field "
-                            "both must start with the same prompt text (implicit prompt)")
+            raise _RowError(
+                "fields 'chosen' and 'rejected' share no prompt: without a 'prompt' field "
+                "both must start with the same prompt text (implicit prompt)"
+            )
         if chosen != rejected and prefix in (chosen, rejected):
-            raise _RowError("fields 'chosen' and 'rejected': one is a prefix of the other, "
-                            "so one reply is empty once the shared prompt is removed")
+            raise _RowError(
+                "fields 'chosen' and 'rejected': one is a prefix of the other, "
+                "so one reply is empty once the shared prompt is removed"
+            )
         fmt = DataFormat.IMPLICIT_PROMPT
     elif isinstance(row["chosen"], list):
         _check_conversation(row, "chosen")
         _check_conversation(row, "rejected")
         if row["chosen"][:-1] != row["rejected"][:-1]:
-            raise _RowError("fields 'chosen' and 'rejected': without a 'prompt' field both chats must "
-                            "share every message but the last (implicit prompt)")
+            raise _RowError(
+                "fields 'chosen' and 'rejected': without a 'prompt' field both chats must "
+                "share every message but the last (implicit prompt)"
+            )
         fmt = DataFormat.IMPLICIT_PROMPT_CONVERSATIONAL
     else:
-        raise _RowError(f"field 'chosen': expected a string or a list of messages, "
-                        f"got {_type_name(row['chosen'])}")
+        raise _RowError(
+            f"field 'chosen': expected a string or a list of messages, got {_type_name(row['chosen'])}"
+        )
     if row["chosen"] == row["rejected"]:
         raise _RowError("fields 'chosen' and 'rejected' are identical: the pair carries no preference")
     return fmt
@@ -306,12 +315,17 @@ def _sft_shape(row: dict[str, Any]) -> tuple[str, DataFormat]:
         _check_prompt_messages(row, "prompt")
         _check_completion_messages(row, "completion")
         return "prompt_completion_messages", DataFormat.CONVERSATIONAL
-    raise _RowError(f"field 'prompt': expected a string or a list of messages, "
-                    f"got {_type_name(row['prompt'])}")
+    raise _RowError(
+        f"field 'prompt': expected a string or a list of messages, got {_type_name(row['prompt'])}"
+    )
 
 
-def _validate(rows: Sequence[dict[str, Any]], source: str | Path | None,
-              shape_of: Callable[[dict[str, Any]], tuple[str, DataFormat]], kind: str) -> DataFormat:
+def _validate(
+    rows: Sequence[dict[str, Any]],
+    source: str | Path | None,
+    shape_of: Callable[[dict[str, Any]], tuple[str, DataFormat]],
+    kind: str,
+) -> DataFormat:
     source = str(source if source is not None else getattr(rows, "source", "<rows>"))
     if not rows:
         raise DataError(f"{source}: no rows")
@@ -329,8 +343,10 @@ def _validate(rows: Sequence[dict[str, Any]], source: str | Path | None,
             first = (shape, i)
         elif shape != first[0]:
             first_where = row_location(rows, first[1], source)
-            raise DataError(f"{where}: {kind} row in format {shape!r}, but {first_where} "
-                            f"is {first[0]!r}: all rows must share one format")
+            raise DataError(
+                f"{where}: {kind} row in format {shape!r}, but {first_where} "
+                f"is {first[0]!r}: all rows must share one format"
+            )
     assert fmt is not None
     return fmt
 

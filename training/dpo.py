@@ -43,20 +43,40 @@ from training.common import (
 )
 from training.registry import Entry
 
-LOSS_TYPES = ("sigmoid", "hinge", "ipo", "robust", "bco_pair", "sppo_hard", "apo_zero", "apo_down",
-              "sigmoid_norm")
+LOSS_TYPES = (
+    "sigmoid",
+    "hinge",
+    "ipo",
+    "robust",
+    "bco_pair",
+    "sppo_hard",
+    "apo_zero",
+    "apo_down",
+    "sigmoid_norm",
+)
 
 
 @dataclass
 class DPOConfig(TrainConfig):
     """`bonserve train dpo` options (the shared ones are documented on TrainConfig)."""
 
-    beta: float = field(default=0.1, metadata={
-        "help": "Strength of the KL pull toward the reference; the implicit reward is beta*log(pi/pi_ref)."})
-    loss_type: str = field(default="sigmoid", metadata={
-        "help": f"TRL DPO loss: one of {', '.join(LOSS_TYPES)} (sigmoid = the DPO paper's)."})
-    label_smoothing: float = field(default=0.0, metadata={
-        "help": "Assumed probability that a pair's labels are flipped (robust/cDPO); 0 = plain DPO."})
+    beta: float = field(
+        default=0.1,
+        metadata={
+            "help": "Strength of the KL pull toward the reference; the implicit reward is "
+            "beta*log(pi/pi_ref)."
+        },
+    )
+    loss_type: str = field(
+        default="sigmoid",
+        metadata={"help": f"TRL DPO loss: one of {', '.join(LOSS_TYPES)} (sigmoid = the DPO paper's)."},
+    )
+    label_smoothing: float = field(
+        default=0.0,
+        metadata={
+            "help": "Assumed probability that a pair's labels are flipped (robust/cDPO); 0 = plain DPO."
+        },
+    )
 
     def __post_init__(self) -> None:
         super().__post_init__()
@@ -77,8 +97,12 @@ def run(config: DPOConfig) -> Entry | None:
     rows, _ = load_preference_data(config.data)
     digest = data_hash(rows)
     start = resolve_start(config.open_registry(), config.base)
-    args = trl.DPOConfig(**config.trainer_kwargs(), beta=config.beta, loss_type=[config.loss_type],
-                         label_smoothing=config.label_smoothing)
+    args = trl.DPOConfig(
+        **config.trainer_kwargs(),
+        beta=config.beta,
+        loss_type=[config.loss_type],
+        label_smoothing=config.label_smoothing,
+    )
     prepare_run_dir(config, digest, args)
 
     tokenizer = load_tokenizer(start)
@@ -87,15 +111,27 @@ def run(config: DPOConfig) -> Entry | None:
     ref_model = load_causal_lm(start, trainable_adapter=False) if config.full else None
     peft_config = None if (config.full or continue_adapter) else lora_config(config, "CAUSAL_LM")
     columns = ["prompt", "chosen", "rejected"]
-    trainer = trl.DPOTrainer(model=model, ref_model=ref_model, args=args,
-                             train_dataset=to_dataset(rows, columns), processing_class=tokenizer,
-                             peft_config=peft_config)
+    trainer = trl.DPOTrainer(
+        model=model,
+        ref_model=ref_model,
+        args=args,
+        train_dataset=to_dataset(rows, columns),
+        processing_class=tokenizer,
+        peft_config=peft_config,
+    )
     metrics = train(trainer, config)
     final = save_trained(trainer, config)
     fmt = "full" if config.full else "lora"
-    return write_entry(config, start, kind="dpo", fmt=fmt, data_digest=digest, metrics=metrics,
-                       tokenizer=tokenizer,
-                       fill=lambda staging: (copy_full if fmt == "full" else copy_adapter)(final, staging))
+    return write_entry(
+        config,
+        start,
+        kind="dpo",
+        fmt=fmt,
+        data_digest=digest,
+        metrics=metrics,
+        tokenizer=tokenizer,
+        fill=lambda staging: (copy_full if fmt == "full" else copy_adapter)(final, staging),
+    )
 
 
 def make_parser(parser: argparse.ArgumentParser | None = None) -> argparse.ArgumentParser:

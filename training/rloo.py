@@ -33,21 +33,25 @@ from training.registry import Entry
 class RLOOConfig(OnlineRLConfig):
     """`bonserve train rloo` options (the shared ones are documented on OnlineRLConfig)."""
 
-    normalize_advantages: bool = field(default=False, metadata={
-        "help": "Whiten the leave-one-out advantages over the batch (mean 0, std 1)."})
+    normalize_advantages: bool = field(
+        default=False,
+        metadata={"help": "Whiten the leave-one-out advantages over the batch (mean 0, std 1)."},
+    )
 
 
 def run(config: RLOOConfig) -> Entry | None:
     """Train with RLOO and write the entry; returns it (None on non-main processes)."""
     import trl
 
-    return run_online(config, "rloo", trl.RLOOTrainer, trl.RLOOConfig,
-                      {"normalize_advantages": config.normalize_advantages})
+    return run_online(
+        config, "rloo", trl.RLOOTrainer, trl.RLOOConfig, {"normalize_advantages": config.normalize_advantages}
+    )
 
 
 def make_parser(parser: argparse.ArgumentParser | None = None) -> argparse.ArgumentParser:
-    parser = parser or argparse.ArgumentParser(prog="bonserve train rloo",
-                                               description=__doc__.splitlines()[0])
+    parser = parser or argparse.ArgumentParser(
+        prog="bonserve train rloo", description=__doc__.splitlines()[0]
+    )
     return make_online_parser(RLOOConfig, parser)
 
 

@@ -56,10 +56,14 @@ PROBE_TOLERANCE = 1e-4
 class RMConfig(TrainConfig):
     """`bonserve train rm` options (the shared ones are documented on TrainConfig)."""
 
-    eval_data: str | None = field(default=None, metadata={
-        "help": "Held-out preference pairs; their pairwise accuracy is measured after training."})
-    center_rewards_coefficient: float | None = field(default=None, metadata={
-        "help": "Weight of the auxiliary loss pulling mean rewards to zero (TRL's option; off)."})
+    eval_data: str | None = field(
+        default=None,
+        metadata={"help": "Held-out preference pairs; their pairwise accuracy is measured after training."},
+    )
+    center_rewards_coefficient: float | None = field(
+        default=None,
+        metadata={"help": "Weight of the auxiliary loss pulling mean rewards to zero (TRL's option; off)."},
+    )
 
     def __post_init__(self) -> None:
         super().__post_init__()
@@ -107,9 +111,11 @@ def run(config: RMConfig) -> Entry | None:
     eval_rows = load_preference_data(config.eval_data)[0] if config.eval_data else None
     digest = data_hash(rows)
     start = resolve_start(config.open_registry(), config.base)
-    args = trl.RewardConfig(**config.trainer_kwargs(),
-                            center_rewards_coefficient=config.center_rewards_coefficient,
-                            per_device_eval_batch_size=config.batch_size)
+    args = trl.RewardConfig(
+        **config.trainer_kwargs(),
+        center_rewards_coefficient=config.center_rewards_coefficient,
+        per_device_eval_batch_size=config.batch_size,
+    )
     run_dir = prepare_run_dir(config, digest, args)
 
     tokenizer = load_tokenizer(start)
@@ -120,9 +126,12 @@ def run(config: RMConfig) -> Entry | None:
     peft_config = None if config.full else lora_config(config, "SEQ_CLS")  # adds `score` in full
     columns = ["prompt", "chosen", "rejected"]
     trainer = trl.RewardTrainer(
-        model=model, args=args, train_dataset=to_dataset(rows, columns),
+        model=model,
+        args=args,
+        train_dataset=to_dataset(rows, columns),
         eval_dataset=to_dataset(eval_rows, columns) if eval_rows else None,
-        processing_class=tokenizer, peft_config=peft_config,
+        processing_class=tokenizer,
+        peft_config=peft_config,
     )
     metrics = train(trainer, config)
     if eval_rows:
@@ -140,25 +149,41 @@ def run(config: RMConfig) -> Entry | None:
 
             base = AutoModelForSequenceClassification.from_pretrained(
                 run_dir / "merged-start" if start.is_lora else start.root.path,
-                num_labels=1, dtype=torch.float32)
+                num_labels=1,
+                dtype=torch.float32,
+            )
             merged = PeftModel.from_pretrained(base, final).merge_and_unload()
             merged.config.pad_token_id = tokenizer.pad_token_id
             merged.save_pretrained(staging, safe_serialization=True)
         reloaded = AutoModelForSequenceClassification.from_pretrained(staging, dtype=torch.float32)
         if reloaded.config.num_labels != 1 or reloaded.config.pad_token_id is None:
-            raise RegistryError(f"reward checkpoint has num_labels={reloaded.config.num_labels}, "
-                                f"pad_token_id={reloaded.config.pad_token_id}: expected 1 and a pad id")
+            raise RegistryError(
+                f"reward checkpoint has num_labels={reloaded.config.num_labels}, "
+                f"pad_token_id={reloaded.config.pad_token_id}: expected 1 and a pad id"
+            )
         saved = probe_reward(reloaded, tokenizer)
         reference = in_memory if in_memory is not None else saved
         if abs(saved - reference) > PROBE_TOLERANCE:
-            raise RegistryError(f"reward checkpoint scores the probe {saved:.6f} after saving but "
-                                f"{reference:.6f} before: the score head or merge was lost")
+            raise RegistryError(
+                f"reward checkpoint scores the probe {saved:.6f} after saving but "
+                f"{reference:.6f} before: the score head or merge was lost"
+            )
         metrics["probe_reward"] = saved
 
-    entry = write_entry(config, start, kind="rm", fmt="full", data_digest=digest, metrics=metrics,
-                        tokenizer=tokenizer, fill=fill,
-                        extra={"probe": {"messages": PROBE_MESSAGES, "response": PROBE_RESPONSE},
-                               "trained_as": config.format})
+    entry = write_entry(
+        config,
+        start,
+        kind="rm",
+        fmt="full",
+        data_digest=digest,
+        metrics=metrics,
+        tokenizer=tokenizer,
+        fill=fill,
+        extra={
+            "probe": {"messages": PROBE_MESSAGES, "response": PROBE_RESPONSE},
+            "trained_as": config.format,
+        },
+    )
     if entry is not None:
         shutil.rmtree(run_dir / "merged-start", ignore_errors=True)
     return entry

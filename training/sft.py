@@ -45,8 +45,9 @@ from training.registry import Entry
 class SFTConfig(TrainConfig):
     """`bonserve train sft` options (the shared ones are documented on TrainConfig)."""
 
-    completion_only_loss: bool = field(default=True, metadata={
-        "help": "With prompt/completion data, train on completion tokens only."})
+    completion_only_loss: bool = field(
+        default=True, metadata={"help": "With prompt/completion data, train on completion tokens only."}
+    )
 
     def __post_init__(self) -> None:
         super().__post_init__()
@@ -71,14 +72,26 @@ def run(config: SFTConfig) -> Entry | None:
     continue_adapter = start.is_lora and not config.full
     model = load_causal_lm(start, trainable_adapter=continue_adapter)
     peft_config = None if (config.full or continue_adapter) else lora_config(config, "CAUSAL_LM")
-    trainer = trl.SFTTrainer(model=model, args=args, train_dataset=to_dataset(rows, columns),
-                             processing_class=tokenizer, peft_config=peft_config)
+    trainer = trl.SFTTrainer(
+        model=model,
+        args=args,
+        train_dataset=to_dataset(rows, columns),
+        processing_class=tokenizer,
+        peft_config=peft_config,
+    )
     metrics = train(trainer, config)
     final = save_trained(trainer, config)
     fmt = "full" if config.full else "lora"
-    return write_entry(config, start, kind="sft", fmt=fmt, data_digest=digest, metrics=metrics,
-                       tokenizer=tokenizer,
-                       fill=lambda staging: (copy_full if fmt == "full" else copy_adapter)(final, staging))
+    return write_entry(
+        config,
+        start,
+        kind="sft",
+        fmt=fmt,
+        data_digest=digest,
+        metrics=metrics,
+        tokenizer=tokenizer,
+        fill=lambda staging: (copy_full if fmt == "full" else copy_adapter)(final, staging),
+    )
 
 
 def make_parser(parser: argparse.ArgumentParser | None = None) -> argparse.ArgumentParser:

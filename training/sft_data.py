@@ -34,8 +34,10 @@ class SFTDataConfig:
 
     from_prefs: str = field(metadata={"help": "Preference data (TRL format) whose `chosen` replies to keep."})
     out: str = field(metadata={"help": "JSONL file to write the SFT rows to."})
-    min_score: float | None = field(default=None, metadata={
-        "help": "Keep rows whose `chosen_score` is at least this (default: keep every row)."})
+    min_score: float | None = field(
+        default=None,
+        metadata={"help": "Keep rows whose `chosen_score` is at least this (default: keep every row)."},
+    )
 
 
 def chosen_as_sft(rows: Rows, fmt: DataFormat, min_score: float | None = None) -> list[dict[str, Any]]:
@@ -46,8 +48,10 @@ def chosen_as_sft(rows: Rows, fmt: DataFormat, min_score: float | None = None) -
             score = row.get("chosen_score")
             if not isinstance(score, int | float) or isinstance(score, bool):
                 where = row_location(rows, i, getattr(rows, "source", "<rows>"))
-                raise DataError(f"{where}: --min-score needs a numeric 'chosen_score' "
-                                f"(as `data prefs` writes), got {score!r}")
+                raise DataError(
+                    f"{where}: --min-score needs a numeric 'chosen_score' "
+                    f"(as `data prefs` writes), got {score!r}"
+                )
             if score < min_score:
                 continue
         extra = {k: v for k, v in row.items() if k not in ("prompt", "chosen", "rejected", "rejected_score")}
@@ -57,7 +61,7 @@ def chosen_as_sft(rows: Rows, fmt: DataFormat, min_score: float | None = None) -
             out.append({"messages": row["chosen"], **extra})
         else:
             prompt = common_prefix(row["chosen"], row["rejected"])
-            out.append({"prompt": prompt, "completion": row["chosen"][len(prompt):], **extra})
+            out.append({"prompt": prompt, "completion": row["chosen"][len(prompt) :], **extra})
     return out
 
 
@@ -70,8 +74,13 @@ def run(config: SFTDataConfig) -> dict[str, Any]:
         raise DataError(f"{config.from_prefs}: no row has chosen_score >= {config.min_score}")
     validate_sft_rows(sft_rows, config.out)
     write_jsonl(config.out, sft_rows)
-    return {"pairs": len(rows), "rows": len(sft_rows), "dropped_below_min_score": len(rows) - len(sft_rows),
-            "format": str(fmt), "out": config.out}
+    return {
+        "pairs": len(rows),
+        "rows": len(sft_rows),
+        "dropped_below_min_score": len(rows) - len(sft_rows),
+        "format": str(fmt),
+        "out": config.out,
+    }
 
 
 def make_parser(parser: argparse.ArgumentParser | None = None) -> argparse.ArgumentParser:

@@ -15,19 +15,37 @@ from pathlib import Path
 from training.registry import Entry, Manifest, Registry
 
 
-def make_lora_entry(registry: Registry, base: Entry, name: str, *, rank: int = 8, seed: int = 0,
-                    modules_to_save: list[str] | None = None) -> Path:
+def make_lora_entry(
+    registry: Registry,
+    base: Entry,
+    name: str,
+    *,
+    rank: int = 8,
+    seed: int = 0,
+    modules_to_save: list[str] | None = None,
+) -> Path:
     import torch
     from peft import LoraConfig, get_peft_model
     from transformers import AutoModelForCausalLM, AutoTokenizer
 
     torch.manual_seed(seed)
     model = AutoModelForCausalLM.from_pretrained(base.path, dtype=torch.float32)
-    config = LoraConfig(r=rank, lora_alpha=2 * rank, target_modules=["q_proj", "v_proj"],
-                        init_lora_weights=False, modules_to_save=modules_to_save)
+    config = LoraConfig(
+        r=rank,
+        lora_alpha=2 * rank,
+        target_modules=["q_proj", "v_proj"],
+        init_lora_weights=False,
+        modules_to_save=modules_to_save,
+    )
     peft_model = get_peft_model(model, config)
-    manifest = Manifest(name=name, kind="sft", format="lora", base_model=base.name,
-                        parent=base.name, hyperparameters={"r": rank, "seed": seed})
+    manifest = Manifest(
+        name=name,
+        kind="sft",
+        format="lora",
+        base_model=base.name,
+        parent=base.name,
+        hyperparameters={"r": rank, "seed": seed},
+    )
     with registry.write(manifest) as staging:
         peft_model.save_pretrained(staging)
         AutoTokenizer.from_pretrained(base.path).save_pretrained(staging)
@@ -35,8 +53,7 @@ def make_lora_entry(registry: Registry, base: Entry, name: str, *, rank: int = 8
 
 
 def copy_full_entry(registry: Registry, base: Entry, name: str, kind: str = "sft") -> Path:
-    manifest = Manifest(name=name, kind=kind, format="full", base_model=base.name,
-                        parent=base.name)
+    manifest = Manifest(name=name, kind=kind, format="full", base_model=base.name, parent=base.name)
     with registry.write(manifest) as staging:
         for rel in base.manifest.files:
             (staging / rel).parent.mkdir(parents=True, exist_ok=True)

@@ -36,8 +36,16 @@ NAMESPACE = "bonserve"
 # Settings read outside server.config: BONSERVE_HOME is training/registry.py's store root.
 NON_SETTINGS_ENV = {"BONSERVE_HOME"}
 # Where the root filesystem is read-only, these must point into writable emptyDirs.
-CACHE_ENV = ("HOME", "XDG_CACHE_HOME", "VLLM_CACHE_ROOT", "VLLM_CONFIG_ROOT",
-             "TORCHINDUCTOR_CACHE_DIR", "TRITON_CACHE_DIR", "HF_HOME", "TMPDIR")
+CACHE_ENV = (
+    "HOME",
+    "XDG_CACHE_HOME",
+    "VLLM_CACHE_ROOT",
+    "VLLM_CONFIG_ROOT",
+    "TORCHINDUCTOR_CACHE_DIR",
+    "TRITON_CACHE_DIR",
+    "HF_HOME",
+    "TMPDIR",
+)
 
 
 # --------------------------------------------------------------------------- rendering
@@ -46,11 +54,18 @@ CACHE_ENV = ("HOME", "XDG_CACHE_HOME", "VLLM_CACHE_ROOT", "VLLM_CONFIG_ROOT",
 @pytest.fixture(scope="module")
 def rendered(tmp_path_factory: pytest.TempPathFactory) -> dict[str, list[dict[str, Any]]]:
     out = tmp_path_factory.mktemp("rendered")
-    proc = subprocess.run(["bash", str(ROOT / "k8s" / "validate.sh"), "--render-only", str(out)],
-                          capture_output=True, text=True, timeout=900, check=False)
+    proc = subprocess.run(
+        ["bash", str(ROOT / "k8s" / "validate.sh"), "--render-only", str(out)],
+        capture_output=True,
+        text=True,
+        timeout=900,
+        check=False,
+    )
     assert proc.returncode == 0, f"rendering failed:\n{proc.stdout}\n{proc.stderr}"
-    return {name: [d for d in yaml.safe_load_all((out / f"{name}.yaml").read_text()) if d]
-            for name in (*OVERLAYS, "jobs")}
+    return {
+        name: [d for d in yaml.safe_load_all((out / f"{name}.yaml").read_text()) if d]
+        for name in (*OVERLAYS, "jobs")
+    }
 
 
 def one(docs: list[dict[str, Any]], kind: str) -> dict[str, Any]:
@@ -71,8 +86,11 @@ def all_containers(spec: dict[str, Any]) -> list[dict[str, Any]]:
 
 
 def server_container(docs: list[dict[str, Any]]) -> dict[str, Any]:
-    (c,) = [c for c in one(docs, "Deployment")["spec"]["template"]["spec"]["containers"]
-            if c["name"] == "bonserve"]
+    (c,) = [
+        c
+        for c in one(docs, "Deployment")["spec"]["template"]["spec"]["containers"]
+        if c["name"] == "bonserve"
+    ]
     return c
 
 
@@ -83,8 +101,7 @@ def literal_env(container: dict[str, Any]) -> dict[str, str]:
 def dockerfile_instruction(path: Path, name: str) -> str:
     """The last `NAME ...` instruction of a Dockerfile (continuation lines joined)."""
     text = re.sub(r"\\\n\s*", " ", path.read_text())
-    values = [line.split(None, 1)[1] for line in text.splitlines()
-              if line.upper().startswith(name + " ")]
+    values = [line.split(None, 1)[1] for line in text.splitlines() if line.upper().startswith(name + " ")]
     assert values, f"{path.name} has no {name}"
     return values[-1].strip()
 
@@ -130,9 +147,21 @@ def resolve_port(container: dict[str, Any], port: int | str) -> int:
 def test_overlays_render_the_expected_resources(rendered: dict[str, list[dict[str, Any]]]) -> None:
     for name in OVERLAYS:
         kinds = sorted(d["kind"] for d in rendered[name])
-        assert kinds == sorted(["Namespace", "ServiceAccount", "PersistentVolumeClaim", "Deployment",
-                                "Service", "PodDisruptionBudget", "NetworkPolicy", "ScaledObject",
-                                "ServiceMonitor", "PrometheusRule", "ConfigMap"]), name
+        assert kinds == sorted(
+            [
+                "Namespace",
+                "ServiceAccount",
+                "PersistentVolumeClaim",
+                "Deployment",
+                "Service",
+                "PodDisruptionBudget",
+                "NetworkPolicy",
+                "ScaledObject",
+                "ServiceMonitor",
+                "PrometheusRule",
+                "ConfigMap",
+            ]
+        ), name
     assert sorted(d["kind"] for d in rendered["jobs"]) == ["Job", "NetworkPolicy"]
     for name, docs in rendered.items():
         for d in docs:
@@ -152,14 +181,20 @@ def test_parser_rejects_unknown_flags() -> None:
 
 def test_every_bonserve_env_var_is_a_real_setting(rendered: dict[str, list[dict[str, Any]]]) -> None:
     known = {f"BONSERVE_{name.upper()}" for name in Settings.model_fields} | NON_SETTINGS_ENV
-    used = {e["name"] for _, spec in pod_specs(rendered) for c in all_containers(spec)
-            for e in c.get("env", []) if e["name"].startswith("BONSERVE_")}
+    used = {
+        e["name"]
+        for _, spec in pod_specs(rendered)
+        for c in all_containers(spec)
+        for e in c.get("env", [])
+        if e["name"].startswith("BONSERVE_")
+    }
     assert used, "no BONSERVE_* variables found: is the rendering empty?"
     assert used <= known, f"not bonserve settings: {sorted(used - known)}"
 
 
-def test_bonserve_home_is_where_the_registry_lives(monkeypatch: pytest.MonkeyPatch,
-                                                  rendered: dict[str, list[dict[str, Any]]]) -> None:
+def test_bonserve_home_is_where_the_registry_lives(
+    monkeypatch: pytest.MonkeyPatch, rendered: dict[str, list[dict[str, Any]]]
+) -> None:
     """BONSERVE_HOME is no Settings field: check the module that reads it honours it, and that
     the server's registry is the one `models prepare` and training write ($BONSERVE_HOME/registry)."""
     monkeypatch.setenv("BONSERVE_HOME", "/data")
@@ -170,8 +205,9 @@ def test_bonserve_home_is_where_the_registry_lives(monkeypatch: pytest.MonkeyPat
 
 
 @pytest.mark.parametrize("overlay", OVERLAYS)
-def test_server_command_and_env_make_valid_settings(overlay: str, monkeypatch: pytest.MonkeyPatch,
-                                                    rendered: dict[str, list[dict[str, Any]]]) -> None:
+def test_server_command_and_env_make_valid_settings(
+    overlay: str, monkeypatch: pytest.MonkeyPatch, rendered: dict[str, list[dict[str, Any]]]
+) -> None:
     """`bonserve serve` with the container's flags and literal BONSERVE_* env must validate."""
     for key in [k for k in os.environ if k.startswith("BONSERVE_")]:
         monkeypatch.delenv(key)
@@ -210,7 +246,7 @@ def test_dockerfiles_agree_with_the_manifests(rendered: dict[str, list[dict[str,
         cmd = json.loads(dockerfile_instruction(path, "CMD"))
         parse_or_fail(["bonserve", *cmd])
         container = server_container(rendered[variant])
-        assert cmd == container["args"][:len(cmd)], "the manifest spells out the image's CMD"
+        assert cmd == container["args"][: len(cmd)], "the manifest spells out the image's CMD"
         assert dockerfile_instruction(path, "USER") == f"{UID}:{UID}"
         assert int(dockerfile_instruction(path, "EXPOSE")) == resolve_port(container, "http")
         assert "BONSERVE_HOME=/data" in dockerfile_instruction(path, "ENV")
@@ -231,8 +267,12 @@ def test_training_job_writes_the_servers_registry(rendered: dict[str, list[dict[
     (train,) = job["containers"]
     assert bonserve_argv(train)[:3] == ["bonserve", "train", "dpo"]
     deployment = one(rendered["cpu"], "Deployment")["spec"]["template"]["spec"]
-    claims = {v["persistentVolumeClaim"]["claimName"] for spec in (job, deployment)
-              for v in spec["volumes"] if "persistentVolumeClaim" in v}
+    claims = {
+        v["persistentVolumeClaim"]["claimName"]
+        for spec in (job, deployment)
+        for v in spec["volumes"]
+        if "persistentVolumeClaim" in v
+    }
     assert claims == {one(rendered["cpu"], "PersistentVolumeClaim")["metadata"]["name"]}
     (mount,) = [m for m in train["volumeMounts"] if m["mountPath"] == "/data"]
     assert not mount.get("readOnly")
@@ -246,8 +286,9 @@ def test_probe_paths_are_real_routes(rendered: dict[str, list[dict[str, Any]]]) 
     routes = route_paths()
     for name in OVERLAYS:
         container = server_container(rendered[name])
-        probes = {kind: container[kind]["httpGet"]
-                  for kind in ("startupProbe", "readinessProbe", "livenessProbe")}
+        probes = {
+            kind: container[kind]["httpGet"] for kind in ("startupProbe", "readinessProbe", "livenessProbe")
+        }
         for kind, probe in probes.items():
             assert probe["path"] in routes, f"{name} {kind}: {probe['path']} is no route"
             assert resolve_port(container, probe["port"]) == resolve_port(container, "http")
@@ -295,11 +336,14 @@ def test_selectors_select_the_server_pods(rendered: dict[str, list[dict[str, Any
 
 
 def test_autoscaler_targets_the_deployment_on_a_real_vllm_metric(
-        rendered: dict[str, list[dict[str, Any]]]) -> None:
+    rendered: dict[str, list[dict[str, Any]]],
+) -> None:
     spec = importlib.util.find_spec("vllm")
     assert spec and spec.submodule_search_locations, "vllm is not installed"
-    metrics_src = "".join(p.read_text() for p in
-                          (Path(next(iter(spec.submodule_search_locations))) / "v1" / "metrics").glob("*.py"))
+    metrics_src = "".join(
+        p.read_text()
+        for p in (Path(next(iter(spec.submodule_search_locations))) / "v1" / "metrics").glob("*.py")
+    )
     for name in OVERLAYS:
         docs = rendered[name]
         scaled = one(docs, "ScaledObject")["spec"]
@@ -319,8 +363,7 @@ def test_rollout_never_drops_below_serving_capacity(rendered: dict[str, list[dic
     for name in OVERLAYS:
         docs = rendered[name]
         strategy = one(docs, "Deployment")["spec"]["strategy"]
-        assert strategy == {"type": "RollingUpdate",
-                            "rollingUpdate": {"maxUnavailable": 0, "maxSurge": 1}}
+        assert strategy == {"type": "RollingUpdate", "rollingUpdate": {"maxUnavailable": 0, "maxSurge": 1}}
         assert one(docs, "PodDisruptionBudget")["spec"]["maxUnavailable"] == 1
         assert one(docs, "ScaledObject")["spec"]["minReplicaCount"] >= 2
 
@@ -375,7 +418,8 @@ def test_writable_paths_are_empty_dirs(rendered: dict[str, list[dict[str, Any]]]
             for key in CACHE_ENV:
                 if key in env:
                     assert any(Path(env[key]).is_relative_to(p) for p in writable), (
-                        f"{where} {c['name']}: {key}={env[key]} is not on a writable emptyDir")
+                        f"{where} {c['name']}: {key}={env[key]} is not on a writable emptyDir"
+                    )
 
 
 def test_registry_volume_is_read_only_for_the_server(rendered: dict[str, list[dict[str, Any]]]) -> None:

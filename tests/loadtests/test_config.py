@@ -48,10 +48,19 @@ def test_prompt_sources(tmp_path: Path) -> None:
 
 
 def test_matrix_expansion() -> None:
-    cells = expand_matrix(["a", "b"], [1, 4], [0.8], [{"model": "b", "best_of": 1, "temperature": 0.0},
-                                                      {"model": "a", "best_of": 4, "temperature": 0.8}])
-    assert cells == [Cell("a", 1, 0.8), Cell("a", 4, 0.8), Cell("b", 1, 0.8), Cell("b", 4, 0.8),
-                     Cell("b", 1, 0.0)]  # the duplicate explicit cell is dropped
+    cells = expand_matrix(
+        ["a", "b"],
+        [1, 4],
+        [0.8],
+        [{"model": "b", "best_of": 1, "temperature": 0.0}, {"model": "a", "best_of": 4, "temperature": 0.8}],
+    )
+    assert cells == [
+        Cell("a", 1, 0.8),
+        Cell("a", 4, 0.8),
+        Cell("b", 1, 0.8),
+        Cell("b", 4, 0.8),
+        Cell("b", 1, 0.0),
+    ]  # the duplicate explicit cell is dropped
     with pytest.raises(ValueError):
         expand_matrix([], [1], [0.8], [{"best_of": 2}])
 
@@ -61,8 +70,19 @@ def parse(*argv: str) -> argparse.Namespace:
 
 
 def test_cli_flags_override_yaml_values() -> None:
-    args = parse("compare", "--models", "a,b", "--best-of", "1,2,4", "--concurrency", "2",
-                 "--goodput", "ttft:100", "e2el:900", "--no-oracle")
+    args = parse(
+        "compare",
+        "--models",
+        "a,b",
+        "--best-of",
+        "1,2,4",
+        "--concurrency",
+        "2",
+        "--goodput",
+        "ttft:100",
+        "e2el:900",
+        "--no-oracle",
+    )
     assert args.matrix_models == ["a", "b"] and args.matrix_best_of == [1, 2, 4]
     cfg = _config(args, {"concurrency": 8, "num_requests": 12})
     assert (cfg.concurrency, cfg.num_requests, cfg.oracle) == (2, 12, False)
@@ -75,9 +95,11 @@ def test_cli_flags_override_yaml_values() -> None:
 
 def test_yaml_matrix_with_cells_only_and_flag_overrides(tmp_path: Path) -> None:
     f = tmp_path / "m.yaml"
-    f.write_text("cells:\n  - {model: dpo, best_of: 1, temperature: 0.0}\n"
-                 "  - {model: base, best_of: 8}\nnum_requests: 30\nconcurrency: 8\n"
-                 "goodput: {e2el: 4000}\n")
+    f.write_text(
+        "cells:\n  - {model: dpo, best_of: 1, temperature: 0.0}\n"
+        "  - {model: base, best_of: 8}\nnum_requests: 30\nconcurrency: 8\n"
+        "goodput: {e2el: 4000}\n"
+    )
     cfg, cells = matrix_from(parse("compare", "--matrix", str(f), "--concurrency", "2"))
     assert cells == [Cell("dpo", 1, 0.0), Cell("base", 8, 0.8)]  # no product row added
     assert (cfg.num_requests, cfg.concurrency, cfg.goodput) == (30, 2, {"e2el": 4000.0})
@@ -89,8 +111,9 @@ def test_yaml_matrix_with_cells_only_and_flag_overrides(tmp_path: Path) -> None:
 # --------------------------------------------------------------------------- dispatch (fake server)
 
 
-async def _fake_stream_chat(client: Any, prompt: Prompt, body: dict[str, Any],
-                            t_zero: float) -> RequestResult:
+async def _fake_stream_chat(
+    client: Any, prompt: Prompt, body: dict[str, Any], t_zero: float
+) -> RequestResult:
     """A named fake of loadtests.client.stream_chat: every request takes 50 ms."""
     _fake_stream_chat.in_flight += 1  # type: ignore[attr-defined]
     _fake_stream_chat.peak = max(_fake_stream_chat.peak, _fake_stream_chat.in_flight)  # type: ignore[attr-defined]
@@ -120,8 +143,7 @@ async def test_closed_loop_caps_concurrency_and_cycles_prompts(fake_stream: Any)
 
 
 async def test_open_loop_follows_the_schedule_and_duration_bound(fake_stream: Any) -> None:
-    cfg = LoadTestConfig(num_requests=1000, request_rate=50.0, concurrency=0, duration_s=0.4,
-                         progress=False)
+    cfg = LoadTestConfig(num_requests=1000, request_rate=50.0, concurrency=0, duration_s=0.4, progress=False)
     results, duration = await run.send_all(cfg, None, PROMPTS)  # type: ignore[arg-type]
     # about 0.4 s x 50/s = 20 arrivals were sent, then sending stopped
     assert 8 <= len(results) <= 40 and duration < 2.0

@@ -21,12 +21,19 @@ def test_pareto_front_minimises_x_and_maximises_y() -> None:
     assert pareto_front([], []) == []
 
 
-def row(model: str, best_of: int, latency: float, quality: float, cost: float,
-        oracle: float | None = None) -> dict[str, Any]:
-    r: dict[str, Any] = {"model": model, "best_of": best_of, "temperature": 0.8,
-                         "label": f"{model} best_of={best_of} T=0.8", "quality": quality,
-                         "quality_ci95": 0.05, "quality_source": "gold:arithmetic",
-                         **request_metrics([ok(latency / 2, latency, 8, 8 * best_of, [])], 1.0)}
+def row(
+    model: str, best_of: int, latency: float, quality: float, cost: float, oracle: float | None = None
+) -> dict[str, Any]:
+    r: dict[str, Any] = {
+        "model": model,
+        "best_of": best_of,
+        "temperature": 0.8,
+        "label": f"{model} best_of={best_of} T=0.8",
+        "quality": quality,
+        "quality_ci95": 0.05,
+        "quality_source": "gold:arithmetic",
+        **request_metrics([ok(latency / 2, latency, 8, 8 * best_of, [])], 1.0),
+    }
     r["e2el_ms_p50"] = latency * 1000
     r["cost_usd_per_request"] = cost
     if oracle is not None:
@@ -34,19 +41,36 @@ def row(model: str, best_of: int, latency: float, quality: float, cost: float,
     return r
 
 
-SETTINGS = {"base_url": "http://127.0.0.1:8000/v1", "task": "arithmetic", "split": "heldout",
-            "num_requests": 8, "request_rate": math.inf, "burstiness": 1.0, "concurrency": 4,
-            "max_tokens": 64, "seed": 0, "warmup_requests": 2, "goodput": {"e2el": 2000},
-            "duration_s": None}
+SETTINGS = {
+    "base_url": "http://127.0.0.1:8000/v1",
+    "task": "arithmetic",
+    "split": "heldout",
+    "num_requests": 8,
+    "request_rate": math.inf,
+    "burstiness": 1.0,
+    "concurrency": 4,
+    "max_tokens": 64,
+    "seed": 0,
+    "warmup_requests": 2,
+    "goodput": {"e2el": 2000},
+    "duration_s": None,
+}
 
 
 def test_report_files_and_markdown(tmp_path: Path) -> None:
-    rows = [row("base", 1, 0.5, 0.27, 0.001), row("base", 8, 2.0, 0.30, 0.004, oracle=0.4),
-            row("dpo", 1, 0.5, 0.58, 0.001)]
+    rows = [
+        row("base", 1, 0.5, 0.27, 0.001),
+        row("base", 8, 2.0, 0.30, 0.004, oracle=0.4),
+        row("dpo", 1, 0.5, 0.58, 0.001),
+    ]
     report = {"title": "t", "generated_at": "now", "settings": SETTINGS, "rows": rows}
     paths = write_report(report, tmp_path)
-    assert {p.name for p in paths} == {"report.json", "report.md", "quality_vs_latency.png",
-                                       "quality_vs_cost.png"}
+    assert {p.name for p in paths} == {
+        "report.json",
+        "report.md",
+        "quality_vs_latency.png",
+        "quality_vs_cost.png",
+    }
     assert all(p.stat().st_size > 0 for p in paths)
     assert (tmp_path / "quality_vs_cost.png").read_bytes()[:4] == b"\x89PNG"
     data = json.loads((tmp_path / "report.json").read_text())  # strict JSON: no NaN/Infinity

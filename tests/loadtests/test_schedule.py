@@ -15,8 +15,7 @@ def test_mean_interarrival_is_one_over_rate(burstiness: float) -> None:
     gaps = interarrival_times(20_000, rate=4.0, burstiness=burstiness, seed=1)
     assert statistics.fmean(gaps) == pytest.approx(0.25, rel=0.03)
     # gamma(shape k): coefficient of variation 1/sqrt(k); Poisson (k=1) has CV 1
-    assert statistics.stdev(gaps) / statistics.fmean(gaps) == pytest.approx(burstiness ** -0.5,
-                                                                            rel=0.05)
+    assert statistics.stdev(gaps) / statistics.fmean(gaps) == pytest.approx(burstiness**-0.5, rel=0.05)
 
 
 def test_deterministic_for_a_seed() -> None:

@@ -26,8 +26,12 @@ def test_percentile_interpolates_like_numpy() -> None:
     assert percentile(values, 90) == pytest.approx(3.7)  # pos 2.7 -> 3 + 0.7
     assert percentile(list(range(101)), 99) == pytest.approx(99.0)
     assert math.isnan(percentile([], 50))
-    assert summarize([1.0, 2.0, 3.0]) == {"mean": 2.0, "p50": 2.0, "p90": pytest.approx(2.8),
-                                          "p99": pytest.approx(2.98)}
+    assert summarize([1.0, 2.0, 3.0]) == {
+        "mean": 2.0,
+        "p50": 2.0,
+        "p90": pytest.approx(2.8),
+        "p99": pytest.approx(2.98),
+    }
 
 
 def test_tpot_is_vllms_definition() -> None:
@@ -63,18 +67,35 @@ def test_mean_ci95() -> None:
     assert math.isnan(mean_ci95([])[0])
 
 
-def ok(ttft: float, latency: float, delivered: int, decoded: int, itl: list[float],
-       cost: float | None = 0.5, index: int = 0) -> RequestResult:
-    return RequestResult(index, success=True, ttft=ttft, latency=latency, itl=itl,
-                         prompt_tokens=10, delivered_tokens=delivered, decoded_tokens=decoded,
-                         candidates=decoded // max(delivered, 1), engine_seconds=1.0, cost_usd=cost)
+def ok(
+    ttft: float,
+    latency: float,
+    delivered: int,
+    decoded: int,
+    itl: list[float],
+    cost: float | None = 0.5,
+    index: int = 0,
+) -> RequestResult:
+    return RequestResult(
+        index,
+        success=True,
+        ttft=ttft,
+        latency=latency,
+        itl=itl,
+        prompt_tokens=10,
+        delivered_tokens=delivered,
+        decoded_tokens=decoded,
+        candidates=decoded // max(delivered, 1),
+        engine_seconds=1.0,
+        cost_usd=cost,
+    )
 
 
 def test_request_metrics_on_known_requests() -> None:
     results = [
-        ok(0.1, 0.5, 5, 5, [0.1, 0.1, 0.1, 0.1]),          # tpot 0.1
-        ok(0.4, 0.4, 4, 16, []),                            # BoN: one chunk, tpot 0
-        ok(0.2, 0.2, 1, 1, []),                             # one token: no TPOT sample
+        ok(0.1, 0.5, 5, 5, [0.1, 0.1, 0.1, 0.1]),  # tpot 0.1
+        ok(0.4, 0.4, 4, 16, []),  # BoN: one chunk, tpot 0
+        ok(0.2, 0.2, 1, 1, []),  # one token: no TPOT sample
         RequestResult(3, error="APIStatusError: 429"),
     ]
     m = request_metrics(results, duration_s=2.0, goodput_slos_ms={"ttft": 300, "tpot": 50})

@@ -64,8 +64,9 @@ class FakeAsyncLLM:
     def shutdown(self) -> None:
         self.errored = True
 
-    async def generate(self, prompt: Any, params: Any, request_id: str,
-                       lora_request: Any = None) -> AsyncIterator[Any]:
+    async def generate(
+        self, prompt: Any, params: Any, request_id: str, lora_request: Any = None
+    ) -> AsyncIterator[Any]:
         from vllm.v1.engine.exceptions import EngineDeadError
 
         self.requests.append(params)
@@ -78,8 +79,9 @@ class FakeAsyncLLM:
             self.aborted += 1
             raise
         words = self.reply.split()
-        outs = [FakeCompletion(i, f"{self.reply} {i}", list(range(1, len(words) + 2)))
-                for i in range(params.n)]
+        outs = [
+            FakeCompletion(i, f"{self.reply} {i}", list(range(1, len(words) + 2))) for i in range(params.n)
+        ]
         yield SimpleNamespace(outputs=outs, finished=True)
 
 
@@ -116,8 +118,9 @@ class FakeVaryingLLM(FakeAsyncLLM):
 
     finish_reasons: tuple[str, ...] = ()
 
-    async def generate(self, prompt: Any, params: Any, request_id: str,
-                       lora_request: Any = None) -> AsyncIterator[Any]:
+    async def generate(
+        self, prompt: Any, params: Any, request_id: str, lora_request: Any = None
+    ) -> AsyncIterator[Any]:
         self.requests.append(params)
         outs = []
         for i in range(params.n):
@@ -134,11 +137,13 @@ class FakeTwoStepLLM(FakeAsyncLLM):
     gap_s: float = 0.2
     events: list[Any] = field(default_factory=list)
 
-    async def generate(self, prompt: Any, params: Any, request_id: str,
-                       lora_request: Any = None) -> AsyncIterator[Any]:
+    async def generate(
+        self, prompt: Any, params: Any, request_id: str, lora_request: Any = None
+    ) -> AsyncIterator[Any]:
         self.events.append(("policy-step", 1))
         first = [FakeCompletion(0, "short", [1], "stop")] + [
-            FakeCompletion(i, "long", [1], None) for i in range(1, params.n)]
+            FakeCompletion(i, "long", [1], None) for i in range(1, params.n)
+        ]
         yield SimpleNamespace(outputs=first, finished=False)
         await asyncio.sleep(self.gap_s)
         self.events.append(("policy-step", 2))

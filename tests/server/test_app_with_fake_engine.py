@@ -28,9 +28,12 @@ def make_state(settings: Settings, factory: Callable[[], Any]) -> AppState:
     engine = ManagedEngine("policy", factory, restart_backoff_s=0, watch_interval_s=0.05)
     router = ModelRouter()
     router.add(ServedModel(name="fake", engine=engine))
-    return AppState(settings=settings, router=router, engines={"policy": engine},
-                    admission=Admission(settings.max_concurrent_requests,
-                                        settings.max_waiting_requests))
+    return AppState(
+        settings=settings,
+        router=router,
+        engines={"policy": engine},
+        admission=Admission(settings.max_concurrent_requests, settings.max_waiting_requests),
+    )
 
 
 @pytest.fixture
@@ -67,27 +70,30 @@ async def test_chat_shape_and_usage(client_for: Callable[..., Any]) -> None:
     assert [ch["index"] for ch in body["choices"]] == [0, 1, 2]
     assert body["usage"]["completion_tokens"] == 3 * 3  # 3 candidates x 3 fake tokens
     breakdown = body["usage"]["bonserve"]
-    assert {k: breakdown[k] for k in ("candidates", "delivered_tokens", "decoded_tokens",
-                                      "reward_model_tokens")} == {
-        "candidates": 3, "delivered_tokens": 9, "decoded_tokens": 9, "reward_model_tokens": 0}
+    assert {
+        k: breakdown[k] for k in ("candidates", "delivered_tokens", "decoded_tokens", "reward_model_tokens")
+    } == {"candidates": 3, "delivered_tokens": 9, "decoded_tokens": 9, "reward_model_tokens": 0}
     assert breakdown["engine_seconds"] >= 0 and breakdown["estimated_cost_usd"] == 0.0
 
 
-@pytest.mark.parametrize("body,status,param", [
-    ({**CHAT, "n": 17}, 400, "n"),
-    ({**CHAT, "max_tokens": 4096}, 400, "max_tokens"),
-    ({**CHAT, "max_tokens": 120, "messages": [{"role": "user", "content": "x" * 30}]}, 400,
-     "max_tokens"),
-    ({**CHAT, "messages": [{"role": "user", "content": "x" * 200}]}, 400, "messages"),
-    ({**CHAT, "model": "nope"}, 404, "model"),
-    ({**CHAT, "best_of": 4}, 400, "best_of"),
-    ({**CHAT, "logit_bias": {"5000": 1}}, 400, "logit_bias"),
-    ({**CHAT, "temperature": "hot"}, 400, "temperature"),
-    ({**CHAT, "n": 2, "best_of": 1}, 400, "best_of"),
-    ({**CHAT, "top_logprobs": 2}, 400, "top_logprobs"),
-])
-async def test_bad_requests_get_envelopes(client_for: Callable[..., Any], body: dict[str, Any],
-                                          status: int, param: str) -> None:
+@pytest.mark.parametrize(
+    "body,status,param",
+    [
+        ({**CHAT, "n": 17}, 400, "n"),
+        ({**CHAT, "max_tokens": 4096}, 400, "max_tokens"),
+        ({**CHAT, "max_tokens": 120, "messages": [{"role": "user", "content": "x" * 30}]}, 400, "max_tokens"),
+        ({**CHAT, "messages": [{"role": "user", "content": "x" * 200}]}, 400, "messages"),
+        ({**CHAT, "model": "nope"}, 404, "model"),
+        ({**CHAT, "best_of": 4}, 400, "best_of"),
+        ({**CHAT, "logit_bias": {"5000": 1}}, 400, "logit_bias"),
+        ({**CHAT, "temperature": "hot"}, 400, "temperature"),
+        ({**CHAT, "n": 2, "best_of": 1}, 400, "best_of"),
+        ({**CHAT, "top_logprobs": 2}, 400, "top_logprobs"),
+    ],
+)
+async def test_bad_requests_get_envelopes(
+    client_for: Callable[..., Any], body: dict[str, Any], status: int, param: str
+) -> None:
     c = await client_for()
     err = assert_envelope(await c.post("/v1/chat/completions", json=body), status)
     assert err["param"] == param
@@ -95,8 +101,7 @@ async def test_bad_requests_get_envelopes(client_for: Callable[..., Any], body: 
 
 async def test_malformed_json_and_body_cap(client_for: Callable[..., Any]) -> None:
     c = await client_for(max_body_bytes=2048)
-    r = await c.post("/v1/chat/completions", content=b"{nope",
-                     headers={"content-type": "application/json"})
+    r = await c.post("/v1/chat/completions", content=b"{nope", headers={"content-type": "application/json"})
     assert_envelope(r, 400, "invalid_json")
     big = {**CHAT, "messages": [{"role": "user", "content": "y" * 5000}]}
     assert_envelope(await c.post("/v1/chat/completions", json=big), 413, "request_too_large")
@@ -117,8 +122,7 @@ async def test_timeout_is_504(client_for: Callable[..., Any]) -> None:
 
 
 async def test_full_queue_is_429_with_retry_after(client_for: Callable[..., Any]) -> None:
-    c = await client_for(lambda: FakeAsyncLLM(delay_s=0.5), max_concurrent_requests=1,
-                         max_waiting_requests=1)
+    c = await client_for(lambda: FakeAsyncLLM(delay_s=0.5), max_concurrent_requests=1, max_waiting_requests=1)
     rs = await asyncio.gather(*(c.post("/v1/chat/completions", json=CHAT) for _ in range(5)))
     codes = sorted(r.status_code for r in rs)
     assert codes == [200, 200, 429, 429, 429]
@@ -164,7 +168,6 @@ async def test_unknown_route_and_method_use_envelope(client_for: Callable[..., A
     c = await client_for()
     assert_envelope(await c.get("/v1/nothing"), 404)
     assert_envelope(await c.get("/v1/chat/completions"), 405)
-
 
 
 async def test_request_id_is_echoed_or_generated(client_for: Callable[..., Any]) -> None:

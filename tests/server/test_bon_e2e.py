@@ -31,20 +31,27 @@ MESSAGES = [{"role": "user", "content": "Suggest a name for a pet goldfish."}]
 @pytest.fixture(scope="module")
 def reward_registry(default_model: Path, tmp_path_factory: pytest.TempPathFactory) -> Registry:
     registry = Registry(tmp_path_factory.mktemp("registry"))
-    init_reward_model(Registry(default_model.parent), default_model.name, RM, seed=0,
-                      out=registry)
-    init_reward_model(Registry(default_model.parent), default_model.name, RM2, seed=1,
-                      out=registry)
+    init_reward_model(Registry(default_model.parent), default_model.name, RM, seed=0, out=registry)
+    init_reward_model(Registry(default_model.parent), default_model.name, RM2, seed=1, out=registry)
     return registry
 
 
 @pytest.fixture(scope="module")
-def bon_server(default_model: Path, reward_registry: Registry,
-               tmp_path_factory: pytest.TempPathFactory) -> Iterator[ServerProcess]:
-    srv = start_bonserve(tmp_path_factory.mktemp("bon"), "--model", str(default_model),
-                         "--served-model-name", "smollm2-135m-instruct",
-                         "--registry", str(reward_registry.root), "--reward-model", RM,
-                         "--enforce-eager")
+def bon_server(
+    default_model: Path, reward_registry: Registry, tmp_path_factory: pytest.TempPathFactory
+) -> Iterator[ServerProcess]:
+    srv = start_bonserve(
+        tmp_path_factory.mktemp("bon"),
+        "--model",
+        str(default_model),
+        "--served-model-name",
+        "smollm2-135m-instruct",
+        "--registry",
+        str(reward_registry.root),
+        "--reward-model",
+        RM,
+        "--enforce-eager",
+    )
     yield srv
     srv.stop()
 
@@ -55,8 +62,14 @@ def client(srv: ServerProcess) -> openai.OpenAI:
 
 def test_openai_client_best_of_extra_body(bon_server: ServerProcess) -> None:
     r = client(bon_server).chat.completions.create(
-        model=bon_server.model, messages=MESSAGES, n=2, max_tokens=16, temperature=1.0, seed=5,
-        extra_body={"best_of": 4})
+        model=bon_server.model,
+        messages=MESSAGES,
+        n=2,
+        max_tokens=16,
+        temperature=1.0,
+        seed=5,
+        extra_body={"best_of": 4},
+    )
     assert len(r.choices) == 2
     rewards = [ch.model_extra["reward"] for ch in r.choices]
     assert rewards[0] >= rewards[1]
@@ -66,13 +79,17 @@ def test_openai_client_best_of_extra_body(bon_server: ServerProcess) -> None:
     assert extra["reward_model_tokens"] > 0
 
 
-def test_reranking_matches_transformers(bon_server: ServerProcess,
-                                        reward_registry: Registry) -> None:
+def test_reranking_matches_transformers(bon_server: ServerProcess, reward_registry: Registry) -> None:
     """Same seed, best_of=n=4 (no rerank) gives all candidates; BoN n=2 must return the two
     that transformers scores highest, best first, with matching rewards."""
     c = client(bon_server)
-    common = {"model": bon_server.model, "messages": MESSAGES, "max_tokens": 16,
-              "temperature": 1.0, "seed": 1234}
+    common = {
+        "model": bon_server.model,
+        "messages": MESSAGES,
+        "max_tokens": 16,
+        "temperature": 1.0,
+        "seed": 1234,
+    }
     everything = c.chat.completions.create(n=4, extra_body={"best_of": 4}, **common)
     candidates = [ch.message.content for ch in everything.choices]
     assert len(set(candidates)) >= 2, candidates
@@ -85,11 +102,13 @@ def test_reranking_matches_transformers(bon_server: ServerProcess,
         assert ch.model_extra["reward"] == pytest.approx(reference[i], abs=2e-3, rel=2e-3)
 
 
-def test_rewards_endpoint_matches_transformers(bon_server: ServerProcess,
-                                               reward_registry: Registry) -> None:
+def test_rewards_endpoint_matches_transformers(bon_server: ServerProcess, reward_registry: Registry) -> None:
     responses = ["Bubbles.", "I would call it Captain Fin.", "no"]
-    body = httpx.post(bon_server.v1 + "/rewards", timeout=60, json={
-        "items": [{"messages": MESSAGES, "response": r} for r in responses]}).json()
+    body = httpx.post(
+        bon_server.v1 + "/rewards",
+        timeout=60,
+        json={"items": [{"messages": MESSAGES, "response": r} for r in responses]},
+    ).json()
     reference = transformers_rewards(reward_registry.path_of(RM), MESSAGES, responses)
     assert [d["reward"] for d in body["data"]] == pytest.approx(reference, abs=2e-3, rel=2e-3)
     assert body["model"] == RM and body["usage"]["prompt_tokens"] > 0
@@ -97,20 +116,30 @@ def test_rewards_endpoint_matches_transformers(bon_server: ServerProcess,
 
 def test_streaming_best_of_streams_the_winner(bon_server: ServerProcess) -> None:
     c = client(bon_server)
-    common = {"model": bon_server.model, "messages": MESSAGES, "max_tokens": 16,
-              "temperature": 1.0, "seed": 77, "extra_body": {"best_of": 3}}
+    common = {
+        "model": bon_server.model,
+        "messages": MESSAGES,
+        "max_tokens": 16,
+        "temperature": 1.0,
+        "seed": 77,
+        "extra_body": {"best_of": 3},
+    }
     full = c.chat.completions.create(**common)
-    chunks = list(c.chat.completions.create(stream=True, stream_options={"include_usage": True},
-                                            **common))
+    chunks = list(c.chat.completions.create(stream=True, stream_options={"include_usage": True}, **common))
     text = "".join(ch.choices[0].delta.content or "" for ch in chunks if ch.choices)
     assert text == full.choices[0].message.content
     assert chunks[-1].usage.model_extra["bonserve"]["candidates"] == 3
 
 
-@pytest.mark.parametrize("extra,status", [
-    ({"best_of": 1, "n": 2}, 400), ({"best_of": 0}, 400), ({"best_of": 17}, 400),
-    ({"best_of": "many"}, 400),
-])
+@pytest.mark.parametrize(
+    "extra,status",
+    [
+        ({"best_of": 1, "n": 2}, 400),
+        ({"best_of": 0}, 400),
+        ({"best_of": 17}, 400),
+        ({"best_of": "many"}, 400),
+    ],
+)
 def test_bad_best_of(bon_server: ServerProcess, extra: dict, status: int) -> None:
     body = {"model": bon_server.model, "messages": MESSAGES, "max_tokens": 4, **extra}
     r = httpx.post(bon_server.v1 + "/chat/completions", json=body, timeout=60)
@@ -119,8 +148,9 @@ def test_bad_best_of(bon_server: ServerProcess, extra: dict, status: int) -> Non
 
 
 def test_reward_engine_death_is_503_then_recovers(bon_server: ServerProcess) -> None:
-    cores = [p for p in psutil.Process(bon_server.process.pid).children(recursive=True)
-             if "EngineCore" in p.name()]
+    cores = [
+        p for p in psutil.Process(bon_server.process.pid).children(recursive=True) if "EngineCore" in p.name()
+    ]
     assert len(cores) == 2
     max(cores, key=lambda p: p.create_time()).kill()  # engines start policy first, reward second
     body = {"model": bon_server.model, "messages": MESSAGES, "max_tokens": 4, "best_of": 2}
@@ -160,16 +190,15 @@ def scrape(srv: ServerProcess) -> dict[str, float]:
 
 def total(samples: dict[str, float], name: str, **labels: str) -> float:
     want = [f'{k}="{v}"' for k, v in labels.items()]
-    return sum(v for key, v in samples.items()
-               if key.split("{")[0] == name and all(w in key for w in want))
+    return sum(v for key, v in samples.items() if key.split("{")[0] == name and all(w in key for w in want))
 
 
 def test_metrics_move_by_the_right_amounts(bon_server: ServerProcess) -> None:
     m = bon_server.model
     before = scrape(bon_server)
     r = client(bon_server).chat.completions.create(
-        model=m, messages=MESSAGES, n=1, max_tokens=12, temperature=1.0, seed=9,
-        extra_body={"best_of": 3})
+        model=m, messages=MESSAGES, n=1, max_tokens=12, temperature=1.0, seed=9, extra_body={"best_of": 3}
+    )
     usage = r.usage.model_extra["bonserve"]
     after = scrape(bon_server)
 
@@ -198,10 +227,10 @@ def test_dashboard_and_alerts_use_only_exported_series(bon_server: ServerProcess
     # make sure every labelled series has at least one sample: single, BoN, stream, an error
     c = client(bon_server)
     c.chat.completions.create(model=bon_server.model, messages=MESSAGES, max_tokens=4)
-    c.chat.completions.create(model=bon_server.model, messages=MESSAGES, max_tokens=4,
-                              extra_body={"best_of": 2})
-    list(c.chat.completions.create(model=bon_server.model, messages=MESSAGES, max_tokens=4,
-                                   stream=True))
+    c.chat.completions.create(
+        model=bon_server.model, messages=MESSAGES, max_tokens=4, extra_body={"best_of": 2}
+    )
+    list(c.chat.completions.create(model=bon_server.model, messages=MESSAGES, max_tokens=4, stream=True))
     exported = {key.split("{")[0] for key in scrape(bon_server)}
     used = set()
     for path in (K8S_MONITORING / "dashboard.json", K8S_MONITORING / "prometheusrule.yaml"):
@@ -209,8 +238,9 @@ def test_dashboard_and_alerts_use_only_exported_series(bon_server: ServerProcess
     assert len(used) >= 15
     missing = sorted(u for u in used if u not in exported)
     text = httpx.get(bon_server.base_url + "/metrics", timeout=30).text
-    assert not missing, (f"used by dashboard/alerts but not exported: {missing}\n"
-                         + "\n".join(ln for ln in text.splitlines() if "chosen" in ln))
+    assert not missing, f"used by dashboard/alerts but not exported: {missing}\n" + "\n".join(
+        ln for ln in text.splitlines() if "chosen" in ln
+    )
 
 
 def test_reward_model_hot_swap(bon_server: ServerProcess, reward_registry: Registry) -> None:
@@ -224,9 +254,11 @@ def test_reward_model_hot_swap(bon_server: ServerProcess, reward_registry: Regis
     assert (before["model"], after["model"]) == (RM, RM2)
     reference = transformers_rewards(reward_registry.path_of(RM2), MESSAGES, ["Bubbles.", "Finn"])
     assert [d["reward"] for d in after["data"]] == pytest.approx(reference, abs=2e-3, rel=2e-3)
-    bad = httpx.post(bon_server.base_url + "/admin/reward/promote",
-                     json={"model": bon_server.model}, timeout=60)
+    bad = httpx.post(
+        bon_server.base_url + "/admin/reward/promote", json={"model": bon_server.model}, timeout=60
+    )
     assert bad.status_code in (404, 422)
     ok = client(bon_server).chat.completions.create(
-        model=bon_server.model, messages=MESSAGES, max_tokens=4, extra_body={"best_of": 2})
+        model=bon_server.model, messages=MESSAGES, max_tokens=4, extra_body={"best_of": 2}
+    )
     assert ok.usage.model_extra["bonserve"]["candidates"] == 2

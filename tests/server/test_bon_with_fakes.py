@@ -40,10 +40,16 @@ async def bon_client() -> AsyncIterator[Callable[..., Any]]:
         router = ModelRouter()
         router.add(ServedModel(name="fake", engine=p))
         router.add(ServedModel(name="tuned", engine=p))
-        state = AppState(settings=settings, router=router, engines={"policy": p, "reward": r},
-                         admission=Admission(8, 8), reward=RewardScorer(r, "fake-rm"))
-        return httpx.AsyncClient(transport=httpx.ASGITransport(app=build_app(settings, state)),
-                                 base_url="http://t")
+        state = AppState(
+            settings=settings,
+            router=router,
+            engines={"policy": p, "reward": r},
+            admission=Admission(8, 8),
+            reward=RewardScorer(r, "fake-rm"),
+        )
+        return httpx.AsyncClient(
+            transport=httpx.ASGITransport(app=build_app(settings, state)), base_url="http://t"
+        )
 
     yield make
     for e in engines:
@@ -121,8 +127,7 @@ async def test_rewards_endpoint(bon_client: Callable[..., Any]) -> None:
 async def test_candidates_are_scored_as_they_finish(bon_client: Callable[..., Any]) -> None:
     """The early candidate's scoring starts before the others are done decoding."""
     events: list[Any] = []
-    c = await bon_client(policy=FakeTwoStepLLM(events=events),
-                         reward=FakeRecordingRewardLLM(events=events))
+    c = await bon_client(policy=FakeTwoStepLLM(events=events), reward=FakeRecordingRewardLLM(events=events))
     body = (await c.post("/v1/chat/completions", json={**CHAT, "best_of": 3})).json()
     kinds = [e[0] if e[0] == "score" else f"step{e[1]}" for e in events]
     assert kinds[:3] == ["step1", "score", "step2"], events

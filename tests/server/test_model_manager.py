@@ -26,8 +26,9 @@ def make_manager(tmp_path: Path) -> tuple[ModelManager, Registry]:
     policy = ManagedEngine("policy", FakeAsyncLLM)
     router = ModelRouter()
     router.add(ServedModel(name="base", engine=policy))
-    manager = ModelManager(settings, router, {"policy": policy}, EngineBuilder(settings),
-                           policy_base="base", reward=None)
+    manager = ModelManager(
+        settings, router, {"policy": policy}, EngineBuilder(settings), policy_base="base", reward=None
+    )
     return manager, registry
 
 

@@ -37,8 +37,12 @@ def test_models_health_version(server: RunningServer) -> None:
 
 def test_sync_chat_greedy_answer_usage_and_logprobs(server: RunningServer) -> None:
     r = client(server).chat.completions.create(
-        model=server.model, messages=FRANCE, temperature=0, max_tokens=24,
-        logprobs=True, top_logprobs=3,
+        model=server.model,
+        messages=FRANCE,
+        temperature=0,
+        max_tokens=24,
+        logprobs=True,
+        top_logprobs=3,
     )
     choice = r.choices[0]
     assert "Paris" in choice.message.content
@@ -56,11 +60,11 @@ def test_sync_chat_greedy_answer_usage_and_logprobs(server: RunningServer) -> No
 
 def test_max_tokens_and_stop(server: RunningServer) -> None:
     c = client(server)
-    r = c.chat.completions.create(model=server.model, messages=FRANCE, temperature=0,
-                                  max_completion_tokens=3)
+    r = c.chat.completions.create(model=server.model, messages=FRANCE, temperature=0, max_completion_tokens=3)
     assert r.choices[0].finish_reason == "length" and r.usage.completion_tokens == 3
-    r = c.chat.completions.create(model=server.model, messages=FRANCE, temperature=0,
-                                  max_tokens=24, stop=[" Paris"])
+    r = c.chat.completions.create(
+        model=server.model, messages=FRANCE, temperature=0, max_tokens=24, stop=[" Paris"]
+    )
     assert r.choices[0].finish_reason == "stop"
     assert "Paris" not in r.choices[0].message.content
 
@@ -68,8 +72,12 @@ def test_max_tokens_and_stop(server: RunningServer) -> None:
 async def test_async_n_returns_distinct_choices(server: RunningServer) -> None:
     async with aclient(server) as c:
         r = await c.chat.completions.create(
-            model=server.model, messages=[{"role": "user", "content": "Tell me a short story."}],
-            n=4, temperature=1.0, max_tokens=24, seed=11,
+            model=server.model,
+            messages=[{"role": "user", "content": "Tell me a short story."}],
+            n=4,
+            temperature=1.0,
+            max_tokens=24,
+            seed=11,
         )
     assert [ch.index for ch in r.choices] == [0, 1, 2, 3]
     assert len({ch.message.content for ch in r.choices}) == 4
@@ -78,11 +86,15 @@ async def test_async_n_returns_distinct_choices(server: RunningServer) -> None:
 
 def test_streaming_matches_non_streaming(server: RunningServer) -> None:
     c = client(server)
-    full = c.chat.completions.create(model=server.model, messages=FRANCE, temperature=0,
-                                     max_tokens=24)
-    stream = c.chat.completions.create(model=server.model, messages=FRANCE, temperature=0,
-                                       max_tokens=24, stream=True,
-                                       stream_options={"include_usage": True})
+    full = c.chat.completions.create(model=server.model, messages=FRANCE, temperature=0, max_tokens=24)
+    stream = c.chat.completions.create(
+        model=server.model,
+        messages=FRANCE,
+        temperature=0,
+        max_tokens=24,
+        stream=True,
+        stream_options={"include_usage": True},
+    )
     chunks = list(stream)
     text = "".join(ch.choices[0].delta.content or "" for ch in chunks if ch.choices)
     assert text == full.choices[0].message.content
@@ -94,7 +106,8 @@ def test_streaming_matches_non_streaming(server: RunningServer) -> None:
 
 def test_streaming_n2_sends_both_choices(server: RunningServer) -> None:
     stream = client(server).chat.completions.create(
-        model=server.model, messages=FRANCE, n=2, max_tokens=12, stream=True, seed=3)
+        model=server.model, messages=FRANCE, n=2, max_tokens=12, stream=True, seed=3
+    )
     texts = ["", ""]
     finished = set()
     for ch in stream:
@@ -108,8 +121,10 @@ def test_streaming_n2_sends_both_choices(server: RunningServer) -> None:
 def test_seed_is_reproducible(server: RunningServer) -> None:
     c = client(server)
     msgs = [{"role": "user", "content": "Invent a name for a cat."}]
-    a, b, other = (c.chat.completions.create(model=server.model, messages=msgs, temperature=1.0,
-                                             max_tokens=16, seed=s) for s in (42, 42, 43))
+    a, b, other = (
+        c.chat.completions.create(model=server.model, messages=msgs, temperature=1.0, max_tokens=16, seed=s)
+        for s in (42, 42, 43)
+    )
     assert a.choices[0].message.content == b.choices[0].message.content
     assert other.choices[0].message.content != a.choices[0].message.content
 
@@ -119,11 +134,19 @@ def test_seeded_burst_does_not_kill_engine(server: RunningServer) -> None:
 
     async def burst() -> list[Any]:
         async with aclient(server) as c:
-            return await asyncio.gather(*(
-                c.chat.completions.create(
-                    model=server.model, n=4, seed=i, temperature=0.8, max_tokens=16,
-                    messages=[{"role": "user", "content": f"What is {i} + {i + 7}?"}])
-                for i in range(24)))
+            return await asyncio.gather(
+                *(
+                    c.chat.completions.create(
+                        model=server.model,
+                        n=4,
+                        seed=i,
+                        temperature=0.8,
+                        max_tokens=16,
+                        messages=[{"role": "user", "content": f"What is {i} + {i + 7}?"}],
+                    )
+                    for i in range(24)
+                )
+            )
 
     results = asyncio.run(burst())
     assert all(len(r.choices) == 4 for r in results)
@@ -133,31 +156,53 @@ def test_seeded_burst_does_not_kill_engine(server: RunningServer) -> None:
 def test_json_modes(server: RunningServer) -> None:
     c = client(server)
     r = c.chat.completions.create(
-        model=server.model, temperature=0, max_tokens=48,
+        model=server.model,
+        temperature=0,
+        max_tokens=48,
         messages=[{"role": "user", "content": "Give me a JSON object with a key 'city'."}],
-        response_format={"type": "json_object"})
+        response_format={"type": "json_object"},
+    )
     assert isinstance(json.loads(r.choices[0].message.content), dict)
-    schema = {"type": "object", "properties": {"answer": {"type": "integer"}},
-              "required": ["answer"], "additionalProperties": False}
+    schema = {
+        "type": "object",
+        "properties": {"answer": {"type": "integer"}},
+        "required": ["answer"],
+        "additionalProperties": False,
+    }
     r = c.chat.completions.create(
-        model=server.model, temperature=0, max_tokens=32,
+        model=server.model,
+        temperature=0,
+        max_tokens=32,
         messages=[{"role": "user", "content": "What is 2 + 3? Answer in JSON."}],
-        response_format={"type": "json_schema",
-                         "json_schema": {"name": "sum", "schema": schema, "strict": True}})
+        response_format={
+            "type": "json_schema",
+            "json_schema": {"name": "sum", "schema": schema, "strict": True},
+        },
+    )
     data = json.loads(r.choices[0].message.content)
     assert set(data) == {"answer"} and isinstance(data["answer"], int)
 
 
 def test_completions_echo_logprobs_and_stream(server: RunningServer) -> None:
     c = client(server)
-    r = c.completions.create(model=server.model, prompt="The capital of France is",
-                             max_tokens=4, temperature=0, logprobs=2, echo=True)
+    r = c.completions.create(
+        model=server.model,
+        prompt="The capital of France is",
+        max_tokens=4,
+        temperature=0,
+        logprobs=2,
+        echo=True,
+    )
     text = r.choices[0].text
     assert text.startswith("The capital of France is") and "Paris" in text
     assert len(r.choices[0].logprobs.tokens) == r.usage.completion_tokens == 4
-    streamed = "".join(ch.choices[0].text for ch in c.completions.create(
-        model=server.model, prompt="The capital of France is", max_tokens=4, temperature=0,
-        stream=True) if ch.choices)
+    streamed = "".join(
+        ch.choices[0].text
+        for ch in c.completions.create(
+            model=server.model, prompt="The capital of France is", max_tokens=4, temperature=0, stream=True
+        )
+        if ch.choices
+    )
     assert text == "The capital of France is" + streamed
 
 
@@ -174,8 +219,15 @@ BAD_REQUESTS: list[tuple[dict[str, Any], int]] = [
     ({"frobnicate": True}, 400),
     ({"tools": [{"type": "function", "function": {"name": "f"}}]}, 400),
     ({"best_of": 4}, 400),
-    ({"response_format": {"type": "json_schema", "json_schema": {"name": "x",
-                                                                 "schema": {"type": "bogus"}}}}, 400),
+    (
+        {
+            "response_format": {
+                "type": "json_schema",
+                "json_schema": {"name": "x", "schema": {"type": "bogus"}},
+            }
+        },
+        400,
+    ),
 ]
 
 
@@ -202,15 +254,21 @@ def test_openai_client_raises_typed_errors(server: RunningServer) -> None:
 
 def test_malformed_json_body(server: RunningServer) -> None:
     for raw in (b"{", b"[]", b"null", b'{"model": 1}', "\u00ff".encode("latin-1")):
-        r = httpx.post(server.v1 + "/chat/completions", content=raw,
-                       headers={"content-type": "application/json"})
+        r = httpx.post(
+            server.v1 + "/chat/completions", content=raw, headers={"content-type": "application/json"}
+        )
         assert r.status_code == 400, (raw, r.text)
 
 
 def test_client_disconnect_aborts_generation(server: RunningServer) -> None:
     # logit_bias forbids <|im_end|> (id 2) so the generation surely outlives the client.
-    body = {"model": server.model, "max_tokens": 1500, "stream": True, "logit_bias": {"2": -100},
-            "messages": [{"role": "user", "content": "Write a very long essay about rivers."}]}
+    body = {
+        "model": server.model,
+        "max_tokens": 1500,
+        "stream": True,
+        "logit_bias": {"2": -100},
+        "messages": [{"role": "user", "content": "Write a very long essay about rivers."}],
+    }
     with httpx.stream("POST", server.v1 + "/chat/completions", json=body, timeout=60) as r:
         for line in r.iter_lines():
             if '"content"' in line and '"content":""' not in line:

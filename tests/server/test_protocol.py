@@ -28,22 +28,37 @@ def test_max_completion_tokens_is_the_new_name() -> None:
 
 
 def test_content_parts_are_joined() -> None:
-    req = chat(messages=[{"role": "user", "content": [{"type": "text", "text": "a"},
-                                                       {"type": "text", "text": "b"}]}])
+    req = chat(
+        messages=[{"role": "user", "content": [{"type": "text", "text": "a"}, {"type": "text", "text": "b"}]}]
+    )
     assert req.messages[0].text() == "ab"
 
 
-@pytest.mark.parametrize("bad", [
-    {"n": 0}, {"n": "two"}, {"temperature": 3}, {"top_p": 0}, {"max_tokens": 0},
-    {"presence_penalty": 5}, {"stop": ["a", "b", "c", "d", "e"]}, {"top_logprobs": 3},
-    {"logprobs": True, "top_logprobs": 21}, {"stream_options": {"include_usage": True}},
-    {"max_tokens": 5, "max_completion_tokens": 5}, {"best_of": 1, "n": 2},
-    {"unknown_field": 1}, {"tools": []}, {"messages": []},
-    {"messages": [{"role": "tool", "content": "x"}]},
-    {"messages": [{"role": "user", "content": [{"type": "image_url", "image_url": {}}]}]},
-    {"response_format": {"type": "json_schema"}}, {"logit_bias": {"abc": 1}},
-    {"logit_bias": {"5": 500}},
-])
+@pytest.mark.parametrize(
+    "bad",
+    [
+        {"n": 0},
+        {"n": "two"},
+        {"temperature": 3},
+        {"top_p": 0},
+        {"max_tokens": 0},
+        {"presence_penalty": 5},
+        {"stop": ["a", "b", "c", "d", "e"]},
+        {"top_logprobs": 3},
+        {"logprobs": True, "top_logprobs": 21},
+        {"stream_options": {"include_usage": True}},
+        {"max_tokens": 5, "max_completion_tokens": 5},
+        {"best_of": 1, "n": 2},
+        {"unknown_field": 1},
+        {"tools": []},
+        {"messages": []},
+        {"messages": [{"role": "tool", "content": "x"}]},
+        {"messages": [{"role": "user", "content": [{"type": "image_url", "image_url": {}}]}]},
+        {"response_format": {"type": "json_schema"}},
+        {"logit_bias": {"abc": 1}},
+        {"logit_bias": {"5": 500}},
+    ],
+)
 def test_bad_chat_requests_are_rejected(bad: dict[str, Any]) -> None:
     with pytest.raises(ValidationError):
         chat(**bad)

@@ -47,9 +47,20 @@ def registry(default_model: Path, tmp_path_factory: pytest.TempPathFactory) -> R
 
 @pytest.fixture(scope="module")
 def swap_server(registry: Registry, tmp_path_factory: pytest.TempPathFactory) -> Iterator[ServerProcess]:
-    srv = start_bonserve(tmp_path_factory.mktemp("swap"), "--registry", str(registry.root),
-                         "--model", BASE, "--alias", "policy", "--max-loras", "2",
-                         "--admin-key", "admin-key", "--enforce-eager")
+    srv = start_bonserve(
+        tmp_path_factory.mktemp("swap"),
+        "--registry",
+        str(registry.root),
+        "--model",
+        BASE,
+        "--alias",
+        "policy",
+        "--max-loras",
+        "2",
+        "--admin-key",
+        "admin-key",
+        "--enforce-eager",
+    )
     yield srv
     srv.stop()
 
@@ -64,11 +75,14 @@ def chat(srv: ServerProcess, model: str, **kw: object) -> httpx.Response:
 
 
 def test_admin_routes_require_the_admin_key(swap_server: ServerProcess) -> None:
-    routes = [("GET", "/admin/state", None), ("GET", "/admin/registry", None),
-              ("POST", "/admin/models/load", {"model": "lora-a"}),
-              ("POST", "/admin/models/unload", {"model": "lora-a"}),
-              ("POST", "/admin/aliases/promote", {"alias": "policy", "model": "lora-a"}),
-              ("POST", "/admin/reward/promote", {"model": "x"})]
+    routes = [
+        ("GET", "/admin/state", None),
+        ("GET", "/admin/registry", None),
+        ("POST", "/admin/models/load", {"model": "lora-a"}),
+        ("POST", "/admin/models/unload", {"model": "lora-a"}),
+        ("POST", "/admin/aliases/promote", {"alias": "policy", "model": "lora-a"}),
+        ("POST", "/admin/reward/promote", {"model": "x"}),
+    ]
     for method, path, body in routes:
         for headers in ({}, {"Authorization": "Bearer wrong"}):
             r = httpx.request(method, swap_server.base_url + path, json=body, headers=headers)
@@ -87,20 +101,26 @@ def test_registry_listing_and_models(swap_server: ServerProcess) -> None:
     assert models[BASE]["kind"] == "base"
 
 
-@pytest.mark.parametrize("name,status,code", [
-    ("../../etc/passwd", 422, "invalid_checkpoint"),
-    ("no-such-entry", 404, "model_not_found"),
-    ("half-written", 422, "invalid_checkpoint"),
-    ("full-corrupt", 422, "invalid_checkpoint"),
-    ("lora-missing", 422, "invalid_checkpoint"),
-    ("lora-rank4", 422, "unsupported_lora_rank"),
-    ("lora-mts", 422, "invalid_checkpoint"),
-    ("lora-otherbase", 422, "wrong_base"),
-])
-def test_bad_entries_are_refused_and_serving_goes_on(swap_server: ServerProcess, name: str,
-                                                      status: int, code: str) -> None:
-    for path, body in (("/admin/models/load", {"model": name}),
-                       ("/admin/aliases/promote", {"alias": "policy", "model": name})):
+@pytest.mark.parametrize(
+    "name,status,code",
+    [
+        ("../../etc/passwd", 422, "invalid_checkpoint"),
+        ("no-such-entry", 404, "model_not_found"),
+        ("half-written", 422, "invalid_checkpoint"),
+        ("full-corrupt", 422, "invalid_checkpoint"),
+        ("lora-missing", 422, "invalid_checkpoint"),
+        ("lora-rank4", 422, "unsupported_lora_rank"),
+        ("lora-mts", 422, "invalid_checkpoint"),
+        ("lora-otherbase", 422, "wrong_base"),
+    ],
+)
+def test_bad_entries_are_refused_and_serving_goes_on(
+    swap_server: ServerProcess, name: str, status: int, code: str
+) -> None:
+    for path, body in (
+        ("/admin/models/load", {"model": name}),
+        ("/admin/aliases/promote", {"alias": "policy", "model": name}),
+    ):
         r = admin(swap_server, "POST", path, json=body)
         assert r.status_code == status, r.text
         assert r.json()["error"]["code"] == code
@@ -133,8 +153,9 @@ def test_promotions_under_streaming_load_fail_nothing(swap_server: ServerProcess
                     if r.status_code != 200:
                         failures.append(f"{r.status_code} {await r.aread()!r}")
                         continue
-                    models = {line for line in [ln async for ln in r.aiter_lines()]
-                              if line.startswith("data: {")}
+                    models = {
+                        line for line in [ln async for ln in r.aiter_lines()] if line.startswith("data: {")
+                    }
                     names = {line.split('"model":"')[1].split('"')[0] for line in models}
                     if len(names) != 1 or any('"error"' in line for line in models):
                         failures.append(f"stream {names}")
@@ -144,19 +165,22 @@ def test_promotions_under_streaming_load_fail_nothing(swap_server: ServerProcess
 
     async def run() -> list[dict]:
         results = []
-        async with httpx.AsyncClient(timeout=120) as c, httpx.AsyncClient(
-                timeout=600, headers=ADMIN) as a:
+        async with httpx.AsyncClient(timeout=120) as c, httpx.AsyncClient(timeout=600, headers=ADMIN) as a:
             clients = [asyncio.create_task(client_loop(c)) for _ in range(3)]
             await asyncio.sleep(2)
             for target in ("lora-a", "full-b", BASE):
-                r = await a.post(swap_server.base_url + "/admin/aliases/promote",
-                                 json={"alias": "policy", "model": target})
+                r = await a.post(
+                    swap_server.base_url + "/admin/aliases/promote", json={"alias": "policy", "model": target}
+                )
                 assert r.status_code == 200, r.text
                 results.append(r.json())
                 deadline = time.monotonic() + 60
-                while (await c.post(swap_server.v1 + "/chat/completions", json={
-                        "model": "policy", "messages": PROMPT, "max_tokens": 1})).json()[
-                        "model"] != target:
+                while (
+                    await c.post(
+                        swap_server.v1 + "/chat/completions",
+                        json={"model": "policy", "messages": PROMPT, "max_tokens": 1},
+                    )
+                ).json()["model"] != target:
                     assert time.monotonic() < deadline
                 await asyncio.sleep(2)
             stop.set()

@@ -51,9 +51,11 @@ def module_registry(default_model: Path, tmp_path_factory: pytest.TempPathFactor
 # 2-layer Llama with random weights and a character-level tokenizer, on a task whose gold reward
 # is the fraction of digits in the completion (see tests/training/test_online_rl.py for why).
 
-CHAT_TEMPLATE = ("{% for message in messages %}{{'<|im_start|>' + message['role'] + '\n' + "
-                 "message['content'] + '<|im_end|>' + '\n'}}{% endfor %}"
-                 "{% if add_generation_prompt %}{{ '<|im_start|>assistant\n' }}{% endif %}")
+CHAT_TEMPLATE = (
+    "{% for message in messages %}{{'<|im_start|>' + message['role'] + '\n' + "
+    "message['content'] + '<|im_end|>' + '\n'}}{% endfor %}"
+    "{% if add_generation_prompt %}{{ '<|im_start|>assistant\n' }}{% endif %}"
+)
 
 
 class DigitsTask(Task):
@@ -95,8 +97,13 @@ def char_tokenizer():
     tok = Tokenizer(models.WordLevel(vocab, unk_token="<|im_end|>"))
     tok.pre_tokenizer = pre_tokenizers.Split(Regex(".|\n"), behavior="isolated")
     tok.decoder = decoders.Fuse()
-    fast = PreTrainedTokenizerFast(tokenizer_object=tok, bos_token="<|im_start|>", eos_token="<|im_end|>",
-                                   pad_token="<|im_end|>", additional_special_tokens=specials)
+    fast = PreTrainedTokenizerFast(
+        tokenizer_object=tok,
+        bos_token="<|im_start|>",
+        eos_token="<|im_end|>",
+        pad_token="<|im_end|>",
+        additional_special_tokens=specials,
+    )
     fast.chat_template = CHAT_TEMPLATE
     return fast
 
@@ -109,10 +116,19 @@ def tiny(tmp_path_factory: pytest.TempPathFactory) -> Registry:
 
     registry = Registry(tmp_path_factory.mktemp("registry"))
     tokenizer = char_tokenizer()
-    shape = {"vocab_size": len(tokenizer), "hidden_size": 64, "intermediate_size": 128,
-             "num_hidden_layers": 2, "num_attention_heads": 4, "num_key_value_heads": 2,
-             "max_position_embeddings": 256, "initializer_range": 0.1, "bos_token_id": tokenizer.bos_token_id,
-             "eos_token_id": tokenizer.eos_token_id, "pad_token_id": tokenizer.pad_token_id}
+    shape = {
+        "vocab_size": len(tokenizer),
+        "hidden_size": 64,
+        "intermediate_size": 128,
+        "num_hidden_layers": 2,
+        "num_attention_heads": 4,
+        "num_key_value_heads": 2,
+        "max_position_embeddings": 256,
+        "initializer_range": 0.1,
+        "bos_token_id": tokenizer.bos_token_id,
+        "eos_token_id": tokenizer.eos_token_id,
+        "pad_token_id": tokenizer.pad_token_id,
+    }
     torch.manual_seed(0)
     policy = LlamaForCausalLM(LlamaConfig(**shape, tie_word_embeddings=True))
     reward_model = LlamaForSequenceClassification(LlamaConfig(**shape, num_labels=1))

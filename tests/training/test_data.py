@@ -35,8 +35,11 @@ STANDARD = [
     {"prompt": "What is 4 + 4?", "chosen": "8", "rejected": "4 + 4 = 9"},
 ]
 CONVERSATIONAL = [
-    {"prompt": [{"role": "system", "content": "Be brief."}, _user("What is 2 + 3?")],
-     "chosen": [_bot("5")], "rejected": [_bot("6")]},
+    {
+        "prompt": [{"role": "system", "content": "Be brief."}, _user("What is 2 + 3?")],
+        "chosen": [_bot("5")],
+        "rejected": [_bot("6")],
+    },
 ]
 IMPLICIT = [{"chosen": "Q: What is 2 + 3? A: 5", "rejected": "Q: What is 2 + 3? A: 6"}]
 IMPLICIT_CONVERSATIONAL = [
@@ -57,12 +60,15 @@ def _raw(path: Path, text: str) -> Path:
 # --- formats -------------------------------------------------------------------------------
 
 
-@pytest.mark.parametrize(("rows", "fmt"), [
-    (STANDARD, "standard"),
-    (CONVERSATIONAL, "conversational"),
-    (IMPLICIT, "implicit_prompt"),
-    (IMPLICIT_CONVERSATIONAL, "implicit_prompt_conversational"),
-])
+@pytest.mark.parametrize(
+    ("rows", "fmt"),
+    [
+        (STANDARD, "standard"),
+        (CONVERSATIONAL, "conversational"),
+        (IMPLICIT, "implicit_prompt"),
+        (IMPLICIT_CONVERSATIONAL, "implicit_prompt_conversational"),
+    ],
+)
 def test_preference_formats_are_detected(tmp_path: Path, rows: list[dict], fmt: str) -> None:
     loaded, found = load_preference_data(_jsonl(tmp_path / "p.jsonl", rows))
     assert loaded == rows
@@ -121,7 +127,8 @@ def test_hf_dataset_directory(tmp_path: Path) -> None:
 
     sft = [{"messages": [_user("hi"), _bot("hello")]}]
     DatasetDict({"train": Dataset.from_list(sft), "test": Dataset.from_list(sft * 2)}).save_to_disk(
-        str(tmp_path / "dd"))
+        str(tmp_path / "dd")
+    )
     assert load_sft_data(tmp_path / "dd") == (sft, "conversational")
 
     (tmp_path / "plain").mkdir()
@@ -160,7 +167,7 @@ def _error(tmp_path: Path, text: str, *, sft: bool = False) -> str:
         (load_sft_data if sft else load_preference_data)(path)
     message = str(info.value)
     assert message.startswith(f"{path}:"), message
-    return message[len(str(tmp_path)) + 1:]
+    return message[len(str(tmp_path)) + 1 :]
 
 
 def _lines(*rows: Any) -> str:
@@ -185,44 +192,79 @@ def test_invalid_json_line(tmp_path: Path) -> None:
         load_rows(path)
 
 
-@pytest.mark.parametrize(("row", "expected"), [
-    ({"prompt": "p", "chosen": "a"}, "missing field 'rejected'"),
-    ({"prompt": "p", "chosen": "", "rejected": "b"}, "field 'chosen': is empty"),
-    ({"prompt": "p", "chosen": "a", "rejected": "  "}, "field 'rejected': is empty"),
-    ({"prompt": "", "chosen": "a", "rejected": "b"}, "field 'prompt': is empty"),
-    ({"prompt": "p", "chosen": "same", "rejected": "same"},
-     "fields 'chosen' and 'rejected' are identical: the pair carries no preference"),
-    ({"prompt": None, "chosen": "a", "rejected": "b"},
-     "field 'prompt': expected a string or a list of messages, got null"),
-    ({"prompt": "p", "chosen": "a", "rejected": ["b"]}, "field 'rejected': expected a string, got list"),
-    ({"prompt": [_user("q")], "chosen": "a", "rejected": "b"},
-     "field 'chosen': expected a list of messages, got string"),
-    ({"prompt": [{"role": "bot", "content": "q"}], "chosen": [_bot("a")], "rejected": [_bot("b")]},
-     "field 'prompt[0].role': expected one of 'system', 'user', 'assistant', got 'bot'"),
-    ({"prompt": [_user("q")], "chosen": [{"role": "assistant", "content": 5}], "rejected": [_bot("b")]},
-     "field 'chosen[0].content': expected a string, got int"),
-    ({"prompt": [_user("q")], "chosen": [{"role": "assistant"}], "rejected": [_bot("b")]},
-     "field 'chosen[0]': missing 'content'"),
-    ({"prompt": [_user("q")], "chosen": [_user("a")], "rejected": [_bot("b")]},
-     "field 'chosen[0].role': expected one of 'assistant', got 'user'"),
-    ({"prompt": [_user("q")], "chosen": [_bot(" ")], "rejected": [_bot("b")]},
-     "field 'chosen': the assistant reply is empty"),
-    ({"prompt": [], "chosen": [_bot("a")], "rejected": [_bot("b")]},
-     "field 'prompt': is an empty list of messages"),
-    ({"prompt": [_user("q"), _bot("a")], "chosen": [_bot("a")], "rejected": [_bot("b")]},
-     "field 'prompt': the prompt must end with a 'user' message, got 'assistant'"),
-    ({"prompt": [_user("q")], "chosen": [_bot("a")], "rejected": [_bot("a")]},
-     "fields 'chosen' and 'rejected' are identical: the pair carries no preference"),
-    ({"chosen": "5", "rejected": "6"}, "fields 'chosen' and 'rejected' share no prompt"),
-    ({"chosen": "Q: 2+3? A: 5", "rejected": "Q: 2+3? A: 55"},
-     "fields 'chosen' and 'rejected': one is a prefix of the other"),
-    ({"chosen": [_user("q"), _bot("a")], "rejected": [_user("other"), _bot("b")]},
-     "fields 'chosen' and 'rejected': without a 'prompt' field both chats must share every message"),
-    ({"chosen": [_user("q")], "rejected": [_user("q"), _bot("b")]},
-     "field 'chosen': must end with a non-empty 'assistant' message"),
-    ({"chosen": [_bot("a")], "rejected": [_bot("b")]}, "field 'chosen': has no 'user' message"),
-    ({"chosen": 1, "rejected": 2}, "field 'chosen': expected a string or a list of messages, got int"),
-])
+@pytest.mark.parametrize(
+    ("row", "expected"),
+    [
+        ({"prompt": "p", "chosen": "a"}, "missing field 'rejected'"),
+        ({"prompt": "p", "chosen": "", "rejected": "b"}, "field 'chosen': is empty"),
+        ({"prompt": "p", "chosen": "a", "rejected": "  "}, "field 'rejected': is empty"),
+        ({"prompt": "", "chosen": "a", "rejected": "b"}, "field 'prompt': is empty"),
+        (
+            {"prompt": "p", "chosen": "same", "rejected": "same"},
+            "fields 'chosen' and 'rejected' are identical: the pair carries no preference",
+        ),
+        (
+            {"prompt": None, "chosen": "a", "rejected": "b"},
+            "field 'prompt': expected a string or a list of messages, got null",
+        ),
+        ({"prompt": "p", "chosen": "a", "rejected": ["b"]}, "field 'rejected': expected a string, got list"),
+        (
+            {"prompt": [_user("q")], "chosen": "a", "rejected": "b"},
+            "field 'chosen': expected a list of messages, got string",
+        ),
+        (
+            {"prompt": [{"role": "bot", "content": "q"}], "chosen": [_bot("a")], "rejected": [_bot("b")]},
+            "field 'prompt[0].role': expected one of 'system', 'user', 'assistant', got 'bot'",
+        ),
+        (
+            {
+                "prompt": [_user("q")],
+                "chosen": [{"role": "assistant", "content": 5}],
+                "rejected": [_bot("b")],
+            },
+            "field 'chosen[0].content': expected a string, got int",
+        ),
+        (
+            {"prompt": [_user("q")], "chosen": [{"role": "assistant"}], "rejected": [_bot("b")]},
+            "field 'chosen[0]': missing 'content'",
+        ),
+        (
+            {"prompt": [_user("q")], "chosen": [_user("a")], "rejected": [_bot("b")]},
+            "field 'chosen[0].role': expected one of 'assistant', got 'user'",
+        ),
+        (
+            {"prompt": [_user("q")], "chosen": [_bot(" ")], "rejected": [_bot("b")]},
+            "field 'chosen': the assistant reply is empty",
+        ),
+        (
+            {"prompt": [], "chosen": [_bot("a")], "rejected": [_bot("b")]},
+            "field 'prompt': is an empty list of messages",
+        ),
+        (
+            {"prompt": [_user("q"), _bot("a")], "chosen": [_bot("a")], "rejected": [_bot("b")]},
+            "field 'prompt': the prompt must end with a 'user' message, got 'assistant'",
+        ),
+        (
+            {"prompt": [_user("q")], "chosen": [_bot("a")], "rejected": [_bot("a")]},
+            "fields 'chosen' and 'rejected' are identical: the pair carries no preference",
+        ),
+        ({"chosen": "5", "rejected": "6"}, "fields 'chosen' and 'rejected' share no prompt"),
+        (
+            {"chosen": "Q: 2+3? A: 5", "rejected": "Q: 2+3? A: 55"},
+            "fields 'chosen' and 'rejected': one is a prefix of the other",
+        ),
+        (
+            {"chosen": [_user("q"), _bot("a")], "rejected": [_user("other"), _bot("b")]},
+            "fields 'chosen' and 'rejected': without a 'prompt' field both chats must share every message",
+        ),
+        (
+            {"chosen": [_user("q")], "rejected": [_user("q"), _bot("b")]},
+            "field 'chosen': must end with a non-empty 'assistant' message",
+        ),
+        ({"chosen": [_bot("a")], "rejected": [_bot("b")]}, "field 'chosen': has no 'user' message"),
+        ({"chosen": 1, "rejected": 2}, "field 'chosen': expected a string or a list of messages, got int"),
+    ],
+)
 def test_bad_preference_rows(tmp_path: Path, row: dict, expected: str) -> None:
     # A good row first: each row's own error is reported before any format mismatch.
     msg = _error(tmp_path, _lines(STANDARD[0], row))
@@ -237,18 +279,21 @@ def test_mixed_formats_are_refused(tmp_path: Path) -> None:
     assert "data.jsonl:2: SFT row in format 'prompt_completion_messages'" in _error(tmp_path, sft, sft=True)
 
 
-@pytest.mark.parametrize(("row", "expected"), [
-    ({"messages": [_user("q")]}, "field 'messages': has no non-empty 'assistant' message"),
-    ({"messages": [_user("q"), {"role": "tool", "content": "x"}]}, "field 'messages[1].role'"),
-    ({"messages": [_user(["q"]), _bot("a")]}, "field 'messages[0].content': expected a string, got list"),
-    ({"messages": "hi"}, "field 'messages': expected a list of messages, got string"),
-    ({"messages": [_user("q"), _bot("a")], "prompt": "q"}, "has both 'messages' and 'prompt'"),
-    ({"prompt": "q"}, "missing field 'completion'"),
-    ({"text": "q"}, "missing field 'prompt'"),
-    ({"prompt": "q", "completion": 3}, "field 'completion': expected a string, got int"),
-    ({"prompt": "q", "completion": ""}, "field 'completion': is empty"),
-    ({"prompt": {"q": 1}, "completion": "a"}, "field 'prompt': expected a string or a list of messages"),
-])
+@pytest.mark.parametrize(
+    ("row", "expected"),
+    [
+        ({"messages": [_user("q")]}, "field 'messages': has no non-empty 'assistant' message"),
+        ({"messages": [_user("q"), {"role": "tool", "content": "x"}]}, "field 'messages[1].role'"),
+        ({"messages": [_user(["q"]), _bot("a")]}, "field 'messages[0].content': expected a string, got list"),
+        ({"messages": "hi"}, "field 'messages': expected a list of messages, got string"),
+        ({"messages": [_user("q"), _bot("a")], "prompt": "q"}, "has both 'messages' and 'prompt'"),
+        ({"prompt": "q"}, "missing field 'completion'"),
+        ({"text": "q"}, "missing field 'prompt'"),
+        ({"prompt": "q", "completion": 3}, "field 'completion': expected a string, got int"),
+        ({"prompt": "q", "completion": ""}, "field 'completion': is empty"),
+        ({"prompt": {"q": 1}, "completion": "a"}, "field 'prompt': expected a string or a list of messages"),
+    ],
+)
 def test_bad_sft_rows(tmp_path: Path, row: dict, expected: str) -> None:
     msg = _error(tmp_path, _lines({"messages": [_user("q"), _bot("a")]}, row), sft=True)
     assert msg.startswith(f"data.jsonl:2: {expected}"), msg

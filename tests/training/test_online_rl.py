@@ -42,8 +42,16 @@ from training.rloo import run as run_rloo
 from training.tasks import get_task
 
 # A short real run: 4 prompts x 4 completions of 16 tokens per step, one micro-batch.
-TINY_RUN = {"task": "digits", "batch_size": 4, "num_generations": 4, "gradient_accumulation_steps": 1,
-            "max_completion_length": 16, "max_length": 64, "learning_rate": 5e-3, "seed": 0}
+TINY_RUN = {
+    "task": "digits",
+    "batch_size": 4,
+    "num_generations": 4,
+    "gradient_accumulation_steps": 1,
+    "max_completion_length": 16,
+    "max_length": 64,
+    "learning_rate": 5e-3,
+    "seed": 0,
+}
 
 pytestmark = pytest.mark.usefixtures("digits_task")
 
@@ -55,27 +63,32 @@ def _cfg(cls: type = GRPOConfig, **kw: Any) -> Any:
 # --------------------------------------------------------------------------- configs
 
 
-@pytest.mark.parametrize(("kw", "message"), [
-    ({"num_generations": 1}, "num_generations=1"),
-    ({"temperature": 0.0}, "temperature=0.0"),
-    ({"beta": -0.1}, "beta=-0.1"),
-    ({"reward": "judge"}, "reward='judge'"),
-    ({"reward": "rm"}, "needs --reward-model"),
-    ({"reward": "both"}, "needs --reward-model"),
-    ({"reward_model": "arith-rm"}, "unused with reward='gold'"),
-    ({"gold_weight": -1.0}, "gold_weight=-1.0"),
-    ({"gold_weight": 0.0}, "nothing left to optimise"),
-    ({"reward": "both", "reward_model": "r", "gold_weight": 0.0, "rm_weight": 0.0},
-     "nothing left to optimise"),
-    ({"data": "p.jsonl"}, "needs --task"),
-    ({"data": "  "}, "give a prompt file"),
-    ({"task": "chess"}, "unknown task 'chess'"),
-    ({"n_prompts": 0}, "n_prompts=0"),
-    ({"gradient_accumulation_steps": 3}, "does not divide the 16 x 8 = 128 completions"),
-    ({"max_completion_length": 512}, "max_completion_length=512"),
-    ({"lora_r": 12}, "lora_r=12"),
-    ({"name": "../escape"}, "invalid checkpoint name"),
-])
+@pytest.mark.parametrize(
+    ("kw", "message"),
+    [
+        ({"num_generations": 1}, "num_generations=1"),
+        ({"temperature": 0.0}, "temperature=0.0"),
+        ({"beta": -0.1}, "beta=-0.1"),
+        ({"reward": "judge"}, "reward='judge'"),
+        ({"reward": "rm"}, "needs --reward-model"),
+        ({"reward": "both"}, "needs --reward-model"),
+        ({"reward_model": "arith-rm"}, "unused with reward='gold'"),
+        ({"gold_weight": -1.0}, "gold_weight=-1.0"),
+        ({"gold_weight": 0.0}, "nothing left to optimise"),
+        (
+            {"reward": "both", "reward_model": "r", "gold_weight": 0.0, "rm_weight": 0.0},
+            "nothing left to optimise",
+        ),
+        ({"data": "p.jsonl"}, "needs --task"),
+        ({"data": "  "}, "give a prompt file"),
+        ({"task": "chess"}, "unknown task 'chess'"),
+        ({"n_prompts": 0}, "n_prompts=0"),
+        ({"gradient_accumulation_steps": 3}, "does not divide the 16 x 8 = 128 completions"),
+        ({"max_completion_length": 512}, "max_completion_length=512"),
+        ({"lora_r": 12}, "lora_r=12"),
+        ({"name": "../escape"}, "invalid checkpoint name"),
+    ],
+)
 @pytest.mark.parametrize("cls", [GRPOConfig, RLOOConfig])
 def test_bad_values_are_refused_with_a_clear_message(cls: type, kw: dict[str, Any], message: str) -> None:
     with pytest.raises(ConfigError, match=message.replace("(", r"\(").replace("+", r"\+")):
@@ -149,8 +162,12 @@ def test_trl_adapter_decodes_the_example_column_and_is_logged_under_its_name() -
     assert [get_callable_name(f) for f in funcs] == ["gold", "const"] and weights == [0.0, 1.0]
     echo = f"{ex.meta['a']} + {ex.meta['b']} = {ex.meta['answer']}"
     completions = [[{"role": "assistant", "content": echo}], [{"role": "assistant", "content": "no idea"}]]
-    got = funcs[0](prompts=[task.messages(ex)] * 2, completions=completions,
-                   example=[encode_example(ex), encode_example(ex)], trainer_state=None)
+    got = funcs[0](
+        prompts=[task.messages(ex)] * 2,
+        completions=completions,
+        example=[encode_example(ex), encode_example(ex)],
+        trainer_state=None,
+    )
     assert got == [1.0, 0.0]
     assert isinstance(funcs[0], TRLRewardFunction)
     assert funcs[0](prompts=["hi"], completions=["12"], example=[""]) == [None]  # no task example
@@ -191,8 +208,13 @@ def test_prompt_rows_from_the_task_or_a_file(tiny: Registry, tmp_path: Path) -> 
 
     train, heldout = task.examples("train", 2), task.examples("heldout", 1)
     path = tmp_path / "prompts.jsonl"
-    write_jsonl(path, [{"prompt": train[1].prompt, "id": train[1].id},
-                       {"prompt": [{"role": "user", "content": "Say 1."}], "id": train[0].id}])
+    write_jsonl(
+        path,
+        [
+            {"prompt": train[1].prompt, "id": train[1].id},
+            {"prompt": [{"role": "user", "content": "Say 1."}], "id": train[0].id},
+        ],
+    )
     rows = prompt_rows(_cfg(data=str(path), task="digits"), tokenizer)
     assert [decode_example(r["example"]) for r in rows] == [train[1], train[0]]
 
@@ -203,8 +225,9 @@ def test_prompt_rows_from_the_task_or_a_file(tiny: Registry, tmp_path: Path) -> 
     with pytest.raises(DataError, match="row 1: id None names no digits train example"):
         prompt_rows(_cfg(data=str(path), task="digits"), tokenizer)
     rm_only = _cfg(data=str(path), reward="rm", reward_model="tiny-rm")
-    assert prompt_rows(rm_only, tokenizer) == [{"prompt": [{"role": "user", "content": "Say 2."}],
-                                                "example": ""}]
+    assert prompt_rows(rm_only, tokenizer) == [
+        {"prompt": [{"role": "user", "content": "Say 2."}], "example": ""}
+    ]
     write_jsonl(path, [{"prompt": [{"role": "assistant", "content": "hi"}]}])
     with pytest.raises(DataError, match="messages ending with a user turn"):
         prompt_rows(rm_only, tokenizer)
@@ -237,9 +260,18 @@ def _servable_lora(registry: Registry, name: str, kind: str) -> Any:
     assert cfg["r"] == 16 and cfg["r"] in VLLM_LORA_RANKS and not cfg.get("modules_to_save")
     # every linear layer but the head (peft lists full paths when a model has under 20 of them)
     assert {m.rsplit(".", 1)[-1] for m in cfg["target_modules"]} == {
-        "q_proj", "k_proj", "v_proj", "o_proj", "gate_proj", "up_proj", "down_proj"}
+        "q_proj",
+        "k_proj",
+        "v_proj",
+        "o_proj",
+        "gate_proj",
+        "up_proj",
+        "down_proj",
+    }
     assert sorted(p.name for p in entry.path.iterdir() if p.name.startswith("adapter")) == [
-        "adapter_config.json", "adapter_model.safetensors"]
+        "adapter_config.json",
+        "adapter_model.safetensors",
+    ]
     base = AutoModelForCausalLM.from_pretrained(registry.path_of("tiny"), dtype=torch.float32).eval()
     ids = torch.tensor([[5, 6, 7, 8]])
     with torch.no_grad():
@@ -262,8 +294,18 @@ ALGORITHMS = {"grpo": (GRPOConfig, run_grpo, 1.0), "rloo": (RLOOConfig, run_rloo
 def test_reward_rises_and_the_entry_is_a_servable_lora(kind: str, tiny: Registry, tmp_path: Path) -> None:
     cls, run, gold_weight = ALGORITHMS[kind]
     steps = 12
-    run(cls(name=f"t-{kind}", base="tiny", registry=str(tiny.root), output_dir=str(tmp_path / "run"),
-            max_steps=steps, save_steps=steps, gold_weight=gold_weight, **TINY_RUN))
+    run(
+        cls(
+            name=f"t-{kind}",
+            base="tiny",
+            registry=str(tiny.root),
+            output_dir=str(tmp_path / "run"),
+            max_steps=steps,
+            save_steps=steps,
+            gold_weight=gold_weight,
+            **TINY_RUN,
+        )
+    )
     # Measured with these settings (mean of the first 3 steps -> mean of the last 3): GRPO
     # 0.071 -> 0.205, RLOO 0.067 -> 0.191; the same runs at learning rate 1e-9 moved by +0.011
     # and +0.025 (sampling noise), so a rise of 0.06 is learning.
@@ -282,11 +324,26 @@ def test_reward_rises_and_the_entry_is_a_servable_lora(kind: str, tiny: Registry
 @pytest.mark.slow
 @pytest.mark.timeout(300)
 @pytest.mark.usefixtures("one_thread")
-def test_rm_reward_logs_gold_beside_it_and_resumes_via_cli(tiny: Registry, tmp_path: Path,
-                                                           capsys: pytest.CaptureFixture[str]) -> None:
-    flags = ["--name", "t-grpo-rm", "--base", "tiny", "--registry", str(tiny.root), "--output-dir",
-             str(tmp_path / "run"), "--reward", "rm", "--reward-model", "tiny-rm", "--save-steps", "1",
-             *[f"--{k.replace('_', '-')}={v}" for k, v in TINY_RUN.items()]]
+def test_rm_reward_logs_gold_beside_it_and_resumes_via_cli(
+    tiny: Registry, tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    flags = [
+        "--name",
+        "t-grpo-rm",
+        "--base",
+        "tiny",
+        "--registry",
+        str(tiny.root),
+        "--output-dir",
+        str(tmp_path / "run"),
+        "--reward",
+        "rm",
+        "--reward-model",
+        "tiny-rm",
+        "--save-steps",
+        "1",
+        *[f"--{k.replace('_', '-')}={v}" for k, v in TINY_RUN.items()],
+    ]
     assert bonserve(["train", "grpo", *flags, "--max-steps", "2"]) == 0, capsys.readouterr().err
     assert "wrote registry entry 't-grpo-rm'" in capsys.readouterr().out
     m = tiny.load("t-grpo-rm").manifest
@@ -311,9 +368,18 @@ def test_rm_reward_logs_gold_beside_it_and_resumes_via_cli(tiny: Registry, tmp_p
 def test_wall_clock_budget_stops_after_the_step_that_spends_it(tiny: Registry, tmp_path: Path) -> None:
     """--max-time-s: the first step already spends a 1 ms budget, so training stops there with
     the checkpoint and the entry written as if --max-steps had been 1."""
-    run_grpo(GRPOConfig(name="t-budget", base="tiny", registry=str(tiny.root),
-                        output_dir=str(tmp_path / "run"), max_steps=50, max_time_s=0.001, save_steps=50,
-                        **TINY_RUN))
+    run_grpo(
+        GRPOConfig(
+            name="t-budget",
+            base="tiny",
+            registry=str(tiny.root),
+            output_dir=str(tmp_path / "run"),
+            max_steps=50,
+            max_time_s=0.001,
+            save_steps=50,
+            **TINY_RUN,
+        )
+    )
     assert (tmp_path / "run" / "checkpoint-1").is_dir()
     m = tiny.load("t-budget").manifest
     assert m.metrics["step"] == 1 and m.hyperparameters["max_time_s"] == 0.001

@@ -60,8 +60,18 @@ def test_cli_reports_config_errors(capsys: pytest.CaptureFixture[str]) -> None:
     assert "needs --reward-model" in capsys.readouterr().err
 
 
-TINY_PPO = {"base": "tiny", "task": "digits", "rollout_backend": "hf", "batch_size": 16, "mini_batch_size": 8,
-            "num_ppo_epochs": 2, "max_new_tokens": 16, "max_length": 64, "kl_coef": 0.01, "seed": 0}
+TINY_PPO = {
+    "base": "tiny",
+    "task": "digits",
+    "rollout_backend": "hf",
+    "batch_size": 16,
+    "mini_batch_size": 8,
+    "num_ppo_epochs": 2,
+    "max_new_tokens": 16,
+    "max_length": 64,
+    "kl_coef": 0.01,
+    "seed": 0,
+}
 
 
 def _log(run_dir: Path) -> list[dict[str, float]]:
@@ -77,8 +87,17 @@ def test_ppo_raises_the_reward_on_a_tiny_model(learning_rate: float, tiny: Regis
     rate 1e-9 run is the control: the same sampling noise without learning. Measured (mean of
     the first 3 iterations -> the last 3): lr 2e-2 0.082 -> 0.525; the control 0.070 -> 0.084."""
     steps = 12
-    entry = ppo.run(PPOConfig(name="t-ppo", registry=str(tiny.root), output_dir=str(tmp_path / "run"),
-                              max_steps=steps, save_steps=steps, learning_rate=learning_rate, **TINY_PPO))
+    entry = ppo.run(
+        PPOConfig(
+            name="t-ppo",
+            registry=str(tiny.root),
+            output_dir=str(tmp_path / "run"),
+            max_steps=steps,
+            save_steps=steps,
+            learning_rate=learning_rate,
+            **TINY_PPO,
+        )
+    )
     log = _log(tmp_path / "run")
     curve = [r["rewards/gold/mean"] for r in log]
     first, last = sum(curve[:3]) / 3, sum(curve[-3:]) / 3
@@ -88,9 +107,19 @@ def test_ppo_raises_the_reward_on_a_tiny_model(learning_rate: float, tiny: Regis
     else:
         assert abs(last - first) < 0.06, f"the control moved: {curve}"
     assert [r["step"] for r in log] == list(range(1, steps + 1))
-    for key in ("objective/kl", "objective/scores", "objective/rlhf_reward", "objective/non_score_reward",
-                "policy/clipfrac_avg", "policy/approxkl_avg", "val/vpred", "val/clipfrac_avg",
-                "policy/entropy_avg", "loss/value_avg", "completions/mean_length"):
+    for key in (
+        "objective/kl",
+        "objective/scores",
+        "objective/rlhf_reward",
+        "objective/non_score_reward",
+        "policy/clipfrac_avg",
+        "policy/approxkl_avg",
+        "val/vpred",
+        "val/clipfrac_avg",
+        "policy/entropy_avg",
+        "loss/value_avg",
+        "completions/mean_length",
+    ):
         assert all(math.isfinite(r[key]) for r in log), key
     assert entry is not None and (entry.manifest.kind, entry.manifest.format) == ("ppo", "lora")
     check_vllm_adapter(entry.path)
@@ -103,8 +132,13 @@ def test_ppo_raises_the_reward_on_a_tiny_model(learning_rate: float, tiny: Regis
 def test_ppo_resumes_from_its_checkpoint(tiny: Registry, tmp_path: Path) -> None:
     """One iteration and its checkpoint, then --resume to two: the second run starts where
     the first stopped (a fresh start into the same run directory is refused)."""
-    common = {"name": "t-ppo-resume", "registry": str(tiny.root), "output_dir": str(tmp_path / "run"),
-              "save_steps": 1, **TINY_PPO}
+    common = {
+        "name": "t-ppo-resume",
+        "registry": str(tiny.root),
+        "output_dir": str(tmp_path / "run"),
+        "save_steps": 1,
+        **TINY_PPO,
+    }
     ppo.PPOTrainer(PPOConfig(max_steps=1, **common), tiny).train()
     assert (tmp_path / "run" / "checkpoint-1" / "ppo_state.json").is_file()
     with pytest.raises(ConfigError, match="--resume"):
@@ -122,8 +156,17 @@ def test_ppo_resumes_from_its_checkpoint(tiny: Registry, tmp_path: Path) -> None
 @pytest.mark.timeout(300)
 @pytest.mark.usefixtures("one_thread", "digits_task")
 def test_wall_clock_budget_ends_the_run_with_a_checkpoint(tiny: Registry, tmp_path: Path) -> None:
-    entry = ppo.run(PPOConfig(name="t-ppo-budget", registry=str(tiny.root), output_dir=str(tmp_path / "run"),
-                              max_steps=20, save_steps=20, max_time_s=0.001, **TINY_PPO))
+    entry = ppo.run(
+        PPOConfig(
+            name="t-ppo-budget",
+            registry=str(tiny.root),
+            output_dir=str(tmp_path / "run"),
+            max_steps=20,
+            save_steps=20,
+            max_time_s=0.001,
+            **TINY_PPO,
+        )
+    )
     assert [r["step"] for r in _log(tmp_path / "run")] == [1]
     assert (tmp_path / "run" / "checkpoint-1" / "ppo_state.json").is_file()
     assert entry is not None and entry.manifest.metrics["step"] == 1
@@ -139,9 +182,20 @@ def test_vllm_rollouts_run_the_current_adapter(tmp_registry: Registry, tmp_path:
     import torch
     from safetensors.torch import load_file
 
-    config = PPOConfig(name="vllm-ppo", registry=str(tmp_registry.root), output_dir=str(tmp_path / "run"),
-                       rollout_backend="vllm", batch_size=8, mini_batch_size=8, num_ppo_epochs=1,
-                       max_new_tokens=8, max_steps=2, save_steps=2, n_prompts=16, enforce_eager=True)
+    config = PPOConfig(
+        name="vllm-ppo",
+        registry=str(tmp_registry.root),
+        output_dir=str(tmp_path / "run"),
+        rollout_backend="vllm",
+        batch_size=8,
+        mini_batch_size=8,
+        num_ppo_epochs=1,
+        max_new_tokens=8,
+        max_steps=2,
+        save_steps=2,
+        n_prompts=16,
+        enforce_eager=True,
+    )
     entry = ppo.run(config)
     assert entry is not None and entry.manifest.extra["rollout_backend"] == "vllm"
     check_vllm_adapter(entry.path)

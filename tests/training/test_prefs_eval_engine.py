@@ -31,30 +31,59 @@ def make_random_lora(registry: Registry, name: str) -> Path:
 
     base = registry.load(DEFAULT_MODEL_NAME).path
     torch.manual_seed(0)
-    model = get_peft_model(AutoModelForCausalLM.from_pretrained(base, dtype=torch.float32),
-                           LoraConfig(r=8, lora_alpha=16, target_modules="all-linear",
-                                      init_lora_weights=False))
+    model = get_peft_model(
+        AutoModelForCausalLM.from_pretrained(base, dtype=torch.float32),
+        LoraConfig(r=8, lora_alpha=16, target_modules="all-linear", init_lora_weights=False),
+    )
     with torch.no_grad():
         for n, p in model.named_parameters():
             if "lora_B" in n:
                 p.mul_(0.05)
-    manifest = Manifest(name=name, kind="sft", format="lora", base_model=DEFAULT_MODEL_NAME,
-                        parent=DEFAULT_MODEL_NAME, extra={"note": "random adapter for tests"})
+    manifest = Manifest(
+        name=name,
+        kind="sft",
+        format="lora",
+        base_model=DEFAULT_MODEL_NAME,
+        parent=DEFAULT_MODEL_NAME,
+        extra={"note": "random adapter for tests"},
+    )
     with registry.write(manifest) as staging:
         model.save_pretrained(staging)
         AutoTokenizer.from_pretrained(base).save_pretrained(staging)
     return registry.path_of(name)
 
 
-def test_prefs_gold_judge_writes_loadable_pairs(tmp_registry: Registry, tmp_path: Path,
-                                                capsys: pytest.CaptureFixture[str]) -> None:
+def test_prefs_gold_judge_writes_loadable_pairs(
+    tmp_registry: Registry, tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
     init_reward_model(tmp_registry, DEFAULT_MODEL_NAME, "rm-init")
     out = tmp_path / "prefs.jsonl"
     # constraints: fractional gold rewards, so 6 prompts x 4 samples surely give pairs
-    rc = bonserve(["data", "prefs", "--policy", DEFAULT_MODEL_NAME, "--task", "constraints",
-                   "--n-prompts", "6", "-k", "4", "--max-tokens", "40", "--enforce-eager",
-                   "--registry", str(tmp_registry.root), "--reward-model", "rm-init",
-                   "--rm-backend", "transformers", "--out", str(out)])
+    rc = bonserve(
+        [
+            "data",
+            "prefs",
+            "--policy",
+            DEFAULT_MODEL_NAME,
+            "--task",
+            "constraints",
+            "--n-prompts",
+            "6",
+            "-k",
+            "4",
+            "--max-tokens",
+            "40",
+            "--enforce-eager",
+            "--registry",
+            str(tmp_registry.root),
+            "--reward-model",
+            "rm-init",
+            "--rm-backend",
+            "transformers",
+            "--out",
+            str(out),
+        ]
+    )
     captured = capsys.readouterr()
     assert rc == 0, captured.err[-3000:]
     assert "pairs kept" in captured.out and "ties dropped" in captured.out
@@ -74,14 +103,34 @@ def test_prefs_gold_judge_writes_loadable_pairs(tmp_registry: Registry, tmp_path
         assert chosen == row["chosen_score"] > rejected == row["rejected_score"]
 
 
-def test_eval_lora_policy_with_bon_and_reward_model(tmp_registry: Registry, tmp_path: Path,
-                                                    capsys: pytest.CaptureFixture[str]) -> None:
+def test_eval_lora_policy_with_bon_and_reward_model(
+    tmp_registry: Registry, tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
     make_random_lora(tmp_registry, "lora-policy")
     init_reward_model(tmp_registry, DEFAULT_MODEL_NAME, "rm-init")
     out = tmp_path / "eval.json"
-    rc = bonserve(["eval", "--model", "lora-policy", "--task", "arithmetic", "--limit", "4", "--n", "4",
-                   "--reward-model", "rm-init", "--enforce-eager", "--max-tokens", "24",
-                   "--registry", str(tmp_registry.root), "--out", str(out)])
+    rc = bonserve(
+        [
+            "eval",
+            "--model",
+            "lora-policy",
+            "--task",
+            "arithmetic",
+            "--limit",
+            "4",
+            "--n",
+            "4",
+            "--reward-model",
+            "rm-init",
+            "--enforce-eager",
+            "--max-tokens",
+            "24",
+            "--registry",
+            str(tmp_registry.root),
+            "--out",
+            str(out),
+        ]
+    )
     captured = capsys.readouterr()
     assert rc == 0, captured.err[-3000:]
     assert "greedy accuracy" in captured.out and "BoN-4 accuracy" in captured.out

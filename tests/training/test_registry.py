@@ -60,8 +60,10 @@ def test_truncated_file_and_bad_checksum_are_detected(tmp_path: Path) -> None:
         reg.load("ckpt", deep=True)  # ... the deep one does not
 
 
-@pytest.mark.parametrize("content", ["{not json", "[]", json.dumps({"name": "ckpt"}),
-                                     json.dumps({"name": "ckpt", "kind": "weird"})])
+@pytest.mark.parametrize(
+    "content",
+    ["{not json", "[]", json.dumps({"name": "ckpt"}), json.dumps({"name": "ckpt", "kind": "weird"})],
+)
 def test_corrupt_manifest_is_rejected(tmp_path: Path, content: str) -> None:
     reg = Registry(tmp_path)
     path = _write(reg)

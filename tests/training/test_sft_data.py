@@ -20,22 +20,43 @@ def _bot(text: str) -> dict[str, str]:
 
 
 PAIRS = [
-    {"prompt": [_user("What is 2 + 3?")], "chosen": [_bot("5")], "rejected": [_bot("6")],
-     "id": "a", "chosen_score": 1.0, "rejected_score": 0.0},
-    {"prompt": [_user("What is 4 + 4?")], "chosen": [_bot("9")], "rejected": [_bot("it is 7")],
-     "id": "b", "chosen_score": 0.5, "rejected_score": 0.0},
+    {
+        "prompt": [_user("What is 2 + 3?")],
+        "chosen": [_bot("5")],
+        "rejected": [_bot("6")],
+        "id": "a",
+        "chosen_score": 1.0,
+        "rejected_score": 0.0,
+    },
+    {
+        "prompt": [_user("What is 4 + 4?")],
+        "chosen": [_bot("9")],
+        "rejected": [_bot("it is 7")],
+        "id": "b",
+        "chosen_score": 0.5,
+        "rejected_score": 0.0,
+    },
 ]
 
 
 def test_conversational_pairs_become_prompt_completion_messages(tmp_path: Path) -> None:
     write_jsonl(tmp_path / "prefs.jsonl", PAIRS)
-    code = sft_data.main(["--from-prefs", str(tmp_path / "prefs.jsonl"), "--out", str(tmp_path / "sft.jsonl"),
-                          "--min-score", "1"])
+    code = sft_data.main(
+        [
+            "--from-prefs",
+            str(tmp_path / "prefs.jsonl"),
+            "--out",
+            str(tmp_path / "sft.jsonl"),
+            "--min-score",
+            "1",
+        ]
+    )
     assert code == 0
     rows, fmt = load_sft_data(tmp_path / "sft.jsonl")
     assert fmt is DataFormat.CONVERSATIONAL
-    assert [dict(r) for r in rows] == [{"prompt": [_user("What is 2 + 3?")], "completion": [_bot("5")],
-                                        "id": "a", "chosen_score": 1.0}]
+    assert [dict(r) for r in rows] == [
+        {"prompt": [_user("What is 2 + 3?")], "completion": [_bot("5")], "id": "a", "chosen_score": 1.0}
+    ]
 
 
 def test_without_min_score_every_pair_is_kept() -> None:
@@ -46,21 +67,34 @@ def test_without_min_score_every_pair_is_kept() -> None:
 def test_implicit_prompt_pairs() -> None:
     standard = [{"chosen": "Q: 2+3? A: 5", "rejected": "Q: 2+3? A: 6"}]
     assert sft_data.chosen_as_sft(standard, DataFormat.IMPLICIT_PROMPT) == [
-        {"prompt": "Q: 2+3? A: ", "completion": "5"}]
+        {"prompt": "Q: 2+3? A: ", "completion": "5"}
+    ]
     chats = [{"chosen": [_user("2+3?"), _bot("5")], "rejected": [_user("2+3?"), _bot("6")]}]
     assert sft_data.chosen_as_sft(chats, DataFormat.IMPLICIT_PROMPT_CONVERSATIONAL) == [
-        {"messages": [_user("2+3?"), _bot("5")]}]
+        {"messages": [_user("2+3?"), _bot("5")]}
+    ]
 
 
 def test_min_score_needs_scores_and_some_survivor(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
     unscored = [{k: v for k, v in row.items() if k != "chosen_score"} for row in PAIRS]
     write_jsonl(tmp_path / "unscored.jsonl", unscored)
     with pytest.raises(DataError, match=r"unscored.jsonl:1: --min-score needs a numeric 'chosen_score'"):
-        sft_data.run(sft_data.SFTDataConfig(from_prefs=str(tmp_path / "unscored.jsonl"),
-                                            out=str(tmp_path / "x.jsonl"), min_score=1.0))
+        sft_data.run(
+            sft_data.SFTDataConfig(
+                from_prefs=str(tmp_path / "unscored.jsonl"), out=str(tmp_path / "x.jsonl"), min_score=1.0
+            )
+        )
     write_jsonl(tmp_path / "prefs.jsonl", PAIRS)
-    code = sft_data.main(["--from-prefs", str(tmp_path / "prefs.jsonl"), "--out", str(tmp_path / "x.jsonl"),
-                          "--min-score", "2"])
+    code = sft_data.main(
+        [
+            "--from-prefs",
+            str(tmp_path / "prefs.jsonl"),
+            "--out",
+            str(tmp_path / "x.jsonl"),
+            "--min-score",
+            "2",
+        ]
+    )
     assert code == 1 and "no row has chosen_score >= 2.0" in capsys.readouterr().err
     assert not (tmp_path / "x.jsonl").exists()
 

@@ -67,8 +67,9 @@ def test_heldout_split_is_pinned() -> None:
         "What is 58 + 90? Reply with just the number.",
         "What is 92 + 30? Reply with just the number.",
     ]
-    assert first[0] == Example(id="arithmetic-heldout-00000", prompt=first[0].prompt,
-                               meta={"a": 82, "b": 18, "answer": 100})
+    assert first[0] == Example(
+        id="arithmetic-heldout-00000", prompt=first[0].prompt, meta={"a": 82, "b": 18, "answer": 100}
+    )
 
 
 def test_n_takes_a_prefix_and_bad_arguments_are_refused() -> None:
@@ -102,34 +103,40 @@ def test_callers_mutating_meta_do_not_change_the_split() -> None:
 # --- arithmetic verifier -------------------------------------------------------------------
 
 
-@pytest.mark.parametrize("text", [
-    "12 + 35 = 47",
-    "The answer is 47.",
-    "47",
-    " 47 \n",
-    "12 + 35 = 47\n\nThis is the sum of 12 and 35.",
-    "12 + 35 = 47. The numbers 12 and 35 add up to it.",
-    "Sure! 12 + 35 equals 47.",
-    "**47**",
-    "The sum is: 47.0",
-    "\\boxed{47}",
-    "12+35=47",
-])
+@pytest.mark.parametrize(
+    "text",
+    [
+        "12 + 35 = 47",
+        "The answer is 47.",
+        "47",
+        " 47 \n",
+        "12 + 35 = 47\n\nThis is the sum of 12 and 35.",
+        "12 + 35 = 47. The numbers 12 and 35 add up to it.",
+        "Sure! 12 + 35 equals 47.",
+        "**47**",
+        "The sum is: 47.0",
+        "\\boxed{47}",
+        "12+35=47",
+    ],
+)
 def test_arithmetic_reward_accepts_realistic_correct_outputs(text: str) -> None:
     ex = Example("t", "What is 12 + 35? Reply with just the number.", {"a": 12, "b": 35, "answer": 47})
     assert get_task("arithmetic").reward(ex, text) == 1.0
 
 
-@pytest.mark.parametrize("text", [
-    "12 + 35 = 50",
-    "12 + 35 = 50\n\nThis is the sum of 12 and 47.",  # the right number, but not as the answer
-    "",
-    "I don't know.",
-    "12 + 35 =",
-    "The answer is 46.",
-    "47 is close, but the answer is 48.",
-    "12 + 35",  # an echo is not an answer: the last number is 35
-])
+@pytest.mark.parametrize(
+    "text",
+    [
+        "12 + 35 = 50",
+        "12 + 35 = 50\n\nThis is the sum of 12 and 47.",  # the right number, but not as the answer
+        "",
+        "I don't know.",
+        "12 + 35 =",
+        "The answer is 46.",
+        "47 is close, but the answer is 48.",
+        "12 + 35",  # an echo is not an answer: the last number is 35
+    ],
+)
 def test_arithmetic_reward_rejects_wrong_or_missing_answers(text: str) -> None:
     ex = Example("t", "What is 12 + 35? Reply with just the number.", {"a": 12, "b": 35, "answer": 47})
     assert get_task("arithmetic").reward(ex, text) == 0.0
@@ -161,7 +168,16 @@ def test_a_first_number_parser_would_fail_the_echo_case() -> None:
 
 def test_word_counting_ignores_punctuation_and_keeps_contractions_whole() -> None:
     assert words("Don't stop -- the well-known sea, at 5 a.m.!") == [
-        "Don't", "stop", "the", "well-known", "sea", "at", "5", "a", "m"]
+        "Don't",
+        "stop",
+        "the",
+        "well-known",
+        "sea",
+        "at",
+        "5",
+        "a",
+        "m",
+    ]
     assert check({"type": "word_count", "n": 5}, "The moon is very bright.")
     assert not check({"type": "word_count", "n": 5}, "The moon is bright.")
 
@@ -187,8 +203,17 @@ def test_each_rule_accepts_and_rejects() -> None:
 
 
 def test_reward_is_the_fraction_of_rules_met() -> None:
-    ex = Example("t", "p", {"constraints": [
-        {"type": "word_count", "n": 4}, {"type": "lowercase"}, {"type": "include_word", "word": "sea"}]})
+    ex = Example(
+        "t",
+        "p",
+        {
+            "constraints": [
+                {"type": "word_count", "n": 4},
+                {"type": "lowercase"},
+                {"type": "include_word", "word": "sea"},
+            ]
+        },
+    )
     task = get_task("constraints")
     assert task.reward(ex, "the sea is calm") == 1.0
     assert task.reward(ex, "The sea is calm") == pytest.approx(2 / 3)
@@ -225,19 +250,22 @@ def test_every_generated_constraint_example_is_satisfiable_and_checked() -> None
 # --- sorting verifier ----------------------------------------------------------------------
 
 
-@pytest.mark.parametrize(("text", "parsed"), [
-    ("7, 19, 42", [7, 19, 42]),
-    ("7, 19, 42.", [7, 19, 42]),
-    ("The sorted list is: 7, 19, 42", [7, 19, 42]),
-    ("42, 7, 19 sorted in ascending order is 7, 19, 42.", [7, 19, 42]),
-    ("7, 19 and 42", [7, 19, 42]),
-    ("7 19 42", [7, 19, 42]),
-    ("7\n19\n42", [7, 19, 42]),
-    ("7, 19, 42 (3 numbers)", [7, 19, 42]),
-    ("**7, 19, 42**", [7, 19, 42]),
-    ("42", [42]),
-    ("", None),
-])
+@pytest.mark.parametrize(
+    ("text", "parsed"),
+    [
+        ("7, 19, 42", [7, 19, 42]),
+        ("7, 19, 42.", [7, 19, 42]),
+        ("The sorted list is: 7, 19, 42", [7, 19, 42]),
+        ("42, 7, 19 sorted in ascending order is 7, 19, 42.", [7, 19, 42]),
+        ("7, 19 and 42", [7, 19, 42]),
+        ("7 19 42", [7, 19, 42]),
+        ("7\n19\n42", [7, 19, 42]),
+        ("7, 19, 42 (3 numbers)", [7, 19, 42]),
+        ("**7, 19, 42**", [7, 19, 42]),
+        ("42", [42]),
+        ("", None),
+    ],
+)
 def test_parse_list(text: str, parsed: list[int] | None) -> None:
     assert parse_list(text) == parsed
 

@@ -37,21 +37,24 @@ def _cfg(cls=DPOConfig, **kw):
 # --- config validation ---------------------------------------------------------------------
 
 
-@pytest.mark.parametrize(("cls", "field", "value"), [
-    (SFTConfig, "lora_r", 12),
-    (SFTConfig, "lora_r", 0),
-    (SFTConfig, "lora_r", 24),
-    (DPOConfig, "lora_dropout", 1.5),
-    (DPOConfig, "max_steps", 0),
-    (DPOConfig, "batch_size", -2),
-    (DPOConfig, "learning_rate", -0.1),
-    (DPOConfig, "beta", 0.0),
-    (DPOConfig, "loss_type", "nope"),
-    (DPOConfig, "label_smoothing", 0.7),
-    (RMConfig, "center_rewards_coefficient", -1.0),
-    (RMConfig, "name", "../escape"),
-    (RMConfig, "base", "bad name"),
-])
+@pytest.mark.parametrize(
+    ("cls", "field", "value"),
+    [
+        (SFTConfig, "lora_r", 12),
+        (SFTConfig, "lora_r", 0),
+        (SFTConfig, "lora_r", 24),
+        (DPOConfig, "lora_dropout", 1.5),
+        (DPOConfig, "max_steps", 0),
+        (DPOConfig, "batch_size", -2),
+        (DPOConfig, "learning_rate", -0.1),
+        (DPOConfig, "beta", 0.0),
+        (DPOConfig, "loss_type", "nope"),
+        (DPOConfig, "label_smoothing", 0.7),
+        (RMConfig, "center_rewards_coefficient", -1.0),
+        (RMConfig, "name", "../escape"),
+        (RMConfig, "base", "bad name"),
+    ],
+)
 def test_bad_trainer_values_are_refused_quoting_the_value(cls, field: str, value) -> None:
     expected = re.escape(f"{field}={value!r}") if field not in ("name", "base") else "invalid"
     with pytest.raises(ConfigError, match=expected):
@@ -157,11 +160,18 @@ def test_run_dir_refuses_to_mix_runs(tmp_path: Path) -> None:
 
 
 def test_final_metrics_keep_last_values_and_trl_names() -> None:
-    history = [{"loss": 0.7, "rewards/margins": 0.1, "step": 5, "epoch": 0.1},
-               {"loss": 0.4, "rewards/margins": 0.9, "step": 10, "epoch": 0.2},
-               {"train_runtime": 12.0, "train_loss": 0.55, "step": 10}]
-    assert final_metrics(history) == {"loss": 0.4, "rewards/margins": 0.9, "step": 10,
-                                      "train_runtime": 12.0, "train_loss": 0.55}
+    history = [
+        {"loss": 0.7, "rewards/margins": 0.1, "step": 5, "epoch": 0.1},
+        {"loss": 0.4, "rewards/margins": 0.9, "step": 10, "epoch": 0.2},
+        {"train_runtime": 12.0, "train_loss": 0.55, "step": 10},
+    ]
+    assert final_metrics(history) == {
+        "loss": 0.4,
+        "rewards/margins": 0.9,
+        "step": 10,
+        "train_runtime": 12.0,
+        "train_loss": 0.55,
+    }
 
 
 # --- vLLM adapter checks (fake adapter directories) ------------------------------------------
@@ -201,8 +211,13 @@ def test_make_pairs_writes_trl_rows_that_load(tmp_path: Path) -> None:
     gold = [[1.0, 0.0, 0.0], [0.0, 0.0, 0.0], [1.0, 0.0, 1.0]]
     rm = [[2.0, 1.0, 9.0], [0.0, 1.0, 2.0], [-1.0, 0.5, 0.2]]
     rows, stats = make_pairs(prompts, samples, gold, "base", other=rm)
-    assert stats == {"prompts": 3, "pairs": 2, "ties_dropped": 1, "empty_completions": 1,
-                     "judge_agreement": {"pairs": 2, "ties": 0, "agreement": 0.5}}
+    assert stats == {
+        "prompts": 3,
+        "pairs": 2,
+        "ties_dropped": 1,
+        "empty_completions": 1,
+        "judge_agreement": {"pairs": 2, "ties": 0, "agreement": 0.5},
+    }
     assert rows[0]["chosen"] == [{"role": "assistant", "content": "3"}]
     assert rows[0]["rejected"] == [{"role": "assistant", "content": "4"}]  # the empty one is no candidate
     write_jsonl(tmp_path / "p.jsonl", rows)
@@ -221,13 +236,29 @@ def test_bon_analytic_kl() -> None:
 
 
 def test_format_table_reads_results() -> None:
-    result = {"model": "m", "task": "arithmetic", "split": "heldout", "prompts": 4,
-              "greedy": {"accuracy": 0.25, "mean_reward": 0.25},
-              "sampling": {"n": 4, "temperature": 0.8, "per_sample_accuracy": 0.1, "pass_at_n": 0.5,
-                           "majority_accuracy": 0.25},
-              "reward_model": {"reward_model": "rm", "pairs_from": "m", "bon_4_accuracy": 0.5,
-                               "bon_analytic_kl": bon_analytic_kl(4), "pairwise_accuracy": None, "pairs": 0},
-              "kl_to_base": {"base": "b", "estimate": 1.5, "on": "greedy completions"}}
+    result = {
+        "model": "m",
+        "task": "arithmetic",
+        "split": "heldout",
+        "prompts": 4,
+        "greedy": {"accuracy": 0.25, "mean_reward": 0.25},
+        "sampling": {
+            "n": 4,
+            "temperature": 0.8,
+            "per_sample_accuracy": 0.1,
+            "pass_at_n": 0.5,
+            "majority_accuracy": 0.25,
+        },
+        "reward_model": {
+            "reward_model": "rm",
+            "pairs_from": "m",
+            "bon_4_accuracy": 0.5,
+            "bon_analytic_kl": bon_analytic_kl(4),
+            "pairwise_accuracy": None,
+            "pairs": 0,
+        },
+        "kl_to_base": {"base": "b", "estimate": 1.5, "on": "greedy completions"},
+    }
     table = format_table(result)
     for text in ("greedy accuracy", "pass@4 (oracle)", "BoN-4 accuracy (rm)", "0.636", "n/a", "KL to b"):
         assert text in table

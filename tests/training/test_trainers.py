@@ -36,9 +36,15 @@ def data_dir(tmp_path_factory: pytest.TempPathFactory) -> Path:
     for ex in task.examples("train", 12):
         answer = ex.meta["answer"]
         msgs = task.messages(ex)
-        prefs.append({"prompt": msgs, "chosen": [{"role": "assistant", "content": str(answer)}],
-                      "rejected": [{"role": "assistant", "content": f"{ex.meta['a']} + {ex.meta['b']} = "
-                                                                     f"{answer + 10}"}]})
+        prefs.append(
+            {
+                "prompt": msgs,
+                "chosen": [{"role": "assistant", "content": str(answer)}],
+                "rejected": [
+                    {"role": "assistant", "content": f"{ex.meta['a']} + {ex.meta['b']} = {answer + 10}"}
+                ],
+            }
+        )
         sft.append({"prompt": msgs, "completion": [{"role": "assistant", "content": str(answer)}]})
     write_jsonl(d / "prefs.jsonl", prefs)
     write_jsonl(d / "sft.jsonl", sft)
@@ -49,17 +55,31 @@ def _adapter_ok(path: Path) -> dict:
     cfg = json.loads((path / "adapter_config.json").read_text())
     assert not cfg.get("modules_to_save"), cfg.get("modules_to_save")
     assert cfg["r"] in VLLM_LORA_RANKS
-    assert set(cfg["target_modules"]) == {"q_proj", "k_proj", "v_proj", "o_proj", "gate_proj", "up_proj",
-                                          "down_proj"}
+    assert set(cfg["target_modules"]) == {
+        "q_proj",
+        "k_proj",
+        "v_proj",
+        "o_proj",
+        "gate_proj",
+        "up_proj",
+        "down_proj",
+    }
     assert sorted(p.name for p in path.iterdir() if p.name.startswith("adapter")) == [
-        "adapter_config.json", "adapter_model.safetensors"]  # one adapter, no "ref" copy
+        "adapter_config.json",
+        "adapter_model.safetensors",
+    ]  # one adapter, no "ref" copy
     return cfg
 
 
 def test_sft_lora_writes_entry_and_resumes(module_registry: Registry, data_dir: Path, tmp_path: Path) -> None:
     run_dir = tmp_path / "run"
-    common = {"data": str(data_dir / "sft.jsonl"), "name": "t-sft", "registry": str(module_registry.root),
-              "output_dir": str(run_dir), **TINY}
+    common = {
+        "data": str(data_dir / "sft.jsonl"),
+        "name": "t-sft",
+        "registry": str(module_registry.root),
+        "output_dir": str(run_dir),
+        **TINY,
+    }
     entry = run_sft(SFTConfig(**common, max_steps=2))
     assert entry is not None
     entry = module_registry.load("t-sft", deep=True)
@@ -83,11 +103,31 @@ def test_sft_lora_writes_entry_and_resumes(module_registry: Registry, data_dir: 
     assert [h["step"] for h in state["log_history"] if "loss" in h] == [1, 2, 3]
 
 
-def test_dpo_lora_via_cli(module_registry: Registry, data_dir: Path, tmp_path: Path,
-                          capsys: pytest.CaptureFixture[str]) -> None:
-    rc = bonserve(["train", "dpo", "--data", str(data_dir / "prefs.jsonl"), "--name", "t-dpo",
-                   "--registry", str(module_registry.root), "--output-dir", str(tmp_path / "run"),
-                   "--max-steps", "2", "--batch-size", "2", "--max-length", "128", "--logging-steps", "1"])
+def test_dpo_lora_via_cli(
+    module_registry: Registry, data_dir: Path, tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    rc = bonserve(
+        [
+            "train",
+            "dpo",
+            "--data",
+            str(data_dir / "prefs.jsonl"),
+            "--name",
+            "t-dpo",
+            "--registry",
+            str(module_registry.root),
+            "--output-dir",
+            str(tmp_path / "run"),
+            "--max-steps",
+            "2",
+            "--batch-size",
+            "2",
+            "--max-length",
+            "128",
+            "--logging-steps",
+            "1",
+        ]
+    )
     assert rc == 0, capsys.readouterr().err
     assert "wrote registry entry 't-dpo'" in capsys.readouterr().out
     entry = module_registry.load("t-dpo", deep=True)
@@ -99,13 +139,22 @@ def test_dpo_lora_via_cli(module_registry: Registry, data_dir: Path, tmp_path: P
     _adapter_ok(entry.path)
 
 
-def test_dpo_on_top_of_a_lora_sft_keeps_one_adapter(module_registry: Registry, data_dir: Path,
-                                                    tmp_path: Path) -> None:
+def test_dpo_on_top_of_a_lora_sft_keeps_one_adapter(
+    module_registry: Registry, data_dir: Path, tmp_path: Path
+) -> None:
     # builds on the entry written by test_sft_lora_writes_entry_and_resumes (same module)
     assert (module_registry.root / "t-sft").is_dir(), "the SFT test above did not write t-sft"
-    run_dpo(DPOConfig(data=str(data_dir / "prefs.jsonl"), name="t-sft-dpo", base="t-sft",
-                      registry=str(module_registry.root), output_dir=str(tmp_path / "run"),
-                      max_steps=2, **TINY))
+    run_dpo(
+        DPOConfig(
+            data=str(data_dir / "prefs.jsonl"),
+            name="t-sft-dpo",
+            base="t-sft",
+            registry=str(module_registry.root),
+            output_dir=str(tmp_path / "run"),
+            max_steps=2,
+            **TINY,
+        )
+    )
     entry = module_registry.load("t-sft-dpo", deep=True)
     # Still one adapter over the full base, so vLLM serves it; the SFT policy is its parent.
     assert (entry.manifest.base_model, entry.manifest.parent) == (DEFAULT_MODEL_NAME, "t-sft")
@@ -113,16 +162,25 @@ def test_dpo_on_top_of_a_lora_sft_keeps_one_adapter(module_registry: Registry, d
 
 
 def test_reward_model_is_merged_full_and_scores_the_same_after_reload(
-        module_registry: Registry, data_dir: Path, tmp_path: Path) -> None:
+    module_registry: Registry, data_dir: Path, tmp_path: Path
+) -> None:
     import torch
     from transformers import AutoModelForSequenceClassification, AutoTokenizer
 
     from training.generation import score_rewards
     from training.reward import reward_text, transformers_rewards
 
-    run_rm(RMConfig(data=str(data_dir / "prefs.jsonl"), eval_data=str(data_dir / "prefs.jsonl"),
-                    name="t-rm", registry=str(module_registry.root), output_dir=str(tmp_path / "run"),
-                    max_steps=2, **TINY))
+    run_rm(
+        RMConfig(
+            data=str(data_dir / "prefs.jsonl"),
+            eval_data=str(data_dir / "prefs.jsonl"),
+            name="t-rm",
+            registry=str(module_registry.root),
+            output_dir=str(tmp_path / "run"),
+            max_steps=2,
+            **TINY,
+        )
+    )
     entry = module_registry.load("t-rm", deep=True)
     m = entry.manifest
     assert (m.kind, m.format, m.extra["trained_as"]) == ("rm", "full", "lora")
@@ -144,7 +202,8 @@ def test_reward_model_is_merged_full_and_scores_the_same_after_reload(
     head = safetensors.torch.load_file(entry.path / "model.safetensors")["score.weight"]
     torch.manual_seed(0)
     fresh = AutoModelForSequenceClassification.from_pretrained(
-        module_registry.path_of(DEFAULT_MODEL_NAME), num_labels=1, dtype=torch.float32).score.weight
+        module_registry.path_of(DEFAULT_MODEL_NAME), num_labels=1, dtype=torch.float32
+    ).score.weight
     assert not torch.allclose(head, fresh)
 
     # the batched transformers scorer used by prefs/eval agrees with one-at-a-time scoring
@@ -156,16 +215,26 @@ def test_reward_model_is_merged_full_and_scores_the_same_after_reload(
 
 
 def test_sft_full_writes_full_weights(tmp_registry: Registry, data_dir: Path, tmp_path: Path) -> None:
-    run_sft(SFTConfig(data=str(data_dir / "sft.jsonl"), name="t-sft-full", full=True,
-                      registry=str(tmp_registry.root), output_dir=str(tmp_path / "run"), max_steps=2, **TINY))
+    run_sft(
+        SFTConfig(
+            data=str(data_dir / "sft.jsonl"),
+            name="t-sft-full",
+            full=True,
+            registry=str(tmp_registry.root),
+            output_dir=str(tmp_path / "run"),
+            max_steps=2,
+            **TINY,
+        )
+    )
     entry = tmp_registry.load("t-sft-full", deep=True)
     assert entry.manifest.format == "full" and entry.manifest.hyperparameters["learning_rate"] == 1e-5
     assert {"model.safetensors", "config.json", "tokenizer.json"} <= set(entry.manifest.files)
     assert not (tmp_path / "run" / "final").exists()  # the copy in the run dir is cleaned up
 
 
-def test_dpo_in_two_processes_writes_one_entry(tmp_registry: Registry, data_dir: Path,
-                                               tmp_path: Path) -> None:
+def test_dpo_in_two_processes_writes_one_entry(
+    tmp_registry: Registry, data_dir: Path, tmp_path: Path
+) -> None:
     """The script unchanged under a distributed launcher (torchrun = what `accelerate launch`
     runs; on CPU accelerate needs ACCELERATE_USE_CPU to pick gloo): the data is split across
     the two processes and only the main one writes the entry."""
@@ -175,11 +244,37 @@ def test_dpo_in_two_processes_writes_one_entry(tmp_registry: Registry, data_dir:
 
     env = {**os.environ, "ACCELERATE_USE_CPU": "true", "OMP_NUM_THREADS": "1"}
     proc = subprocess.run(
-        [sys.executable, "-m", "torch.distributed.run", "--nproc_per_node", "2", "-m", "training.dpo",
-         "--data", str(data_dir / "prefs.jsonl"), "--name", "t-ddp", "--registry", str(tmp_registry.root),
-         "--output-dir", str(tmp_path / "run"), "--max-steps", "2", "--batch-size", "2",
-         "--max-length", "128", "--logging-steps", "1"],
-        env=env, capture_output=True, text=True, timeout=280, check=False)
+        [
+            sys.executable,
+            "-m",
+            "torch.distributed.run",
+            "--nproc_per_node",
+            "2",
+            "-m",
+            "training.dpo",
+            "--data",
+            str(data_dir / "prefs.jsonl"),
+            "--name",
+            "t-ddp",
+            "--registry",
+            str(tmp_registry.root),
+            "--output-dir",
+            str(tmp_path / "run"),
+            "--max-steps",
+            "2",
+            "--batch-size",
+            "2",
+            "--max-length",
+            "128",
+            "--logging-steps",
+            "1",
+        ],
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=280,
+        check=False,
+    )
     assert proc.returncode == 0, proc.stderr[-3000:]
     assert proc.stdout.count("wrote registry entry 't-ddp'") == 1
     entry = tmp_registry.load("t-ddp", deep=True)

@@ -1,10 +1,10 @@
 """Built-in verifiable tasks: prompts with fixed train / held-out splits and gold verifiers.
 
-    from training.tasks import get_task
-    task = get_task("arithmetic")
-    for ex in task.examples("heldout"):
-        messages = task.messages(ex)          # send to the policy
-        score = task.reward(ex, completion)   # 1.0 correct, 0.0 wrong (fractions allowed)
+from training.tasks import get_task
+task = get_task("arithmetic")
+for ex in task.examples("heldout"):
+    messages = task.messages(ex)          # send to the policy
+    score = task.reward(ex, completion)   # 1.0 correct, 0.0 wrong (fractions allowed)
 """
 
 from __future__ import annotations
@@ -25,5 +25,13 @@ def get_task(name: str) -> Task:
         raise ValueError(f"unknown task {name!r}: known tasks are {', '.join(sorted(TASKS))}") from None
 
 
-__all__ = ["SPLITS", "TASKS", "ArithmeticTask", "ConstraintsTask", "Example", "SortingTask", "Task",
-           "get_task"]
+__all__ = [
+    "SPLITS",
+    "TASKS",
+    "ArithmeticTask",
+    "ConstraintsTask",
+    "Example",
+    "SortingTask",
+    "Task",
+    "get_task",
+]

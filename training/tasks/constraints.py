@@ -29,21 +29,70 @@ from typing import Any, ClassVar
 from training.tasks.base import Example, Task
 
 TOPICS = (
-    "the ocean", "a mountain", "coffee", "the moon", "a library", "winter", "a bicycle",
-    "the city at night", "a garden", "friendship", "the desert", "a thunderstorm", "music",
-    "a train journey", "the forest", "breakfast", "a lighthouse", "autumn leaves", "a river",
-    "the stars", "a small village", "rain", "a cat", "the sunrise", "an old bridge", "snow",
-    "a market", "the wind", "a candle", "a football match",
+    "the ocean",
+    "a mountain",
+    "coffee",
+    "the moon",
+    "a library",
+    "winter",
+    "a bicycle",
+    "the city at night",
+    "a garden",
+    "friendship",
+    "the desert",
+    "a thunderstorm",
+    "music",
+    "a train journey",
+    "the forest",
+    "breakfast",
+    "a lighthouse",
+    "autumn leaves",
+    "a river",
+    "the stars",
+    "a small village",
+    "rain",
+    "a cat",
+    "the sunrise",
+    "an old bridge",
+    "snow",
+    "a market",
+    "the wind",
+    "a candle",
+    "a football match",
 )
 WORDS = (
-    "blue", "quiet", "bright", "gentle", "ancient", "golden", "silver", "warm", "cold",
-    "happy", "green", "calm", "tiny", "wild", "soft", "early", "simple", "strong", "sweet",
+    "blue",
+    "quiet",
+    "bright",
+    "gentle",
+    "ancient",
+    "golden",
+    "silver",
+    "warm",
+    "cold",
+    "happy",
+    "green",
+    "calm",
+    "tiny",
+    "wild",
+    "soft",
+    "early",
+    "simple",
+    "strong",
+    "sweet",
     "brave",
 )
 KEY_PAIRS = (
-    ("name", "color"), ("title", "year"), ("city", "country"), ("topic", "summary"),
-    ("animal", "sound"), ("fruit", "taste"), ("item", "price"), ("subject", "mood"),
-    ("place", "weather"), ("question", "answer"),
+    ("name", "color"),
+    ("title", "year"),
+    ("city", "country"),
+    ("topic", "summary"),
+    ("animal", "sound"),
+    ("fruit", "taste"),
+    ("item", "price"),
+    ("subject", "mood"),
+    ("place", "weather"),
+    ("question", "answer"),
 )
 
 # A word: letters/digits, joined by inner apostrophes or hyphens ("don't", "well-known").
@@ -128,8 +177,10 @@ class ConstraintsTask(Task):
         if rng.random() < 0.25:
             keys = list(rng.choice(KEY_PAIRS))
             rules.append({"type": "json_keys", "keys": keys})
-            opening = (f'Describe {topic} as a JSON object with exactly the keys "{keys[0]}" '
-                       f'and "{keys[1]}". Reply with only the JSON object.')
+            opening = (
+                f'Describe {topic} as a JSON object with exactly the keys "{keys[0]}" '
+                f'and "{keys[1]}". Reply with only the JSON object.'
+            )
             extras = ["lowercase", "include_word"]
         else:
             n = rng.randint(5, 15)
@@ -149,8 +200,9 @@ class ConstraintsTask(Task):
             elif kind == "end_with":
                 rule["word"] = chosen_words[1]
             rules.append(rule)
-        prompt = " ".join([opening] + [_instruction(r) for r in rules if r["type"] not in
-                                       ("json_keys", "word_count")])
+        prompt = " ".join(
+            [opening] + [_instruction(r) for r in rules if r["type"] not in ("json_keys", "word_count")]
+        )
         return prompt, prompt, {"topic": topic, "constraints": rules}
 
     def reward(self, example: Example, completion: str) -> float:

@@ -19,8 +19,7 @@ from typing import Any, ClassVar
 
 from training.tasks.base import Example, Task
 
-PROMPT = ("Sort these numbers in ascending order: {numbers}. "
-          "Reply with just the numbers, separated by commas.")
+PROMPT = "Sort these numbers in ascending order: {numbers}. Reply with just the numbers, separated by commas."
 
 _NUM = r"\d+"  # the task has no negatives; a "-" is a hyphen or a dash
 _SEP = r"(?:\s*[,;]\s*|\s+)(?:and\s+)?"
