@@ -39,8 +39,8 @@ test-engine: setup
 	$(BIN)/pytest -m engine $(PYTEST_ARGS)
 
 lint: $(STAMP) k8s-validate
-	$(BIN)/ruff check server training loadtests tests benchmarks
-	$(BIN)/ruff format --check server training loadtests tests benchmarks
+	$(BIN)/ruff check bonserve core server training loadtests tests benchmarks
+	$(BIN)/ruff format --check bonserve core server training loadtests tests benchmarks
 
 # Renders the kustomize overlays, validates them strictly, runs checkov and hadolint. Tools
 # are pip-installed on first use into their own venv (see k8s/validate.sh).

@@ -27,11 +27,11 @@ import httpx
 from openai import AsyncOpenAI
 from transformers import AutoTokenizer
 
+from core.chat import reward_ids
+from core.registry import DEFAULT_MODEL_NAME, Registry
 from loadtests.closed_loop import closed_loop
 from loadtests.servers import ServerProcess, start_bonserve, start_vllm
-from training.base_model import DEFAULT_MODEL_NAME
-from training.registry import Registry
-from training.reward import init_reward_model, reward_text
+from training.reward import init_reward_model
 
 RM_NAME = "rm-bench-init"
 PROMPTS = [
@@ -76,7 +76,7 @@ async def run_system(
             if name == "vllm_n8":
                 return r.usage.completion_tokens // args.best_of
             texts = [
-                tokenizer.decode(reward_text(tokenizer, messages(i), c.message.content)) for c in r.choices
+                tokenizer.decode(reward_ids(tokenizer, messages(i), c.message.content)) for c in r.choices
             ]
             scored = await http.post(
                 servers["reward"].base_url + "/classify",

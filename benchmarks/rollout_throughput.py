@@ -20,8 +20,7 @@ import time
 from pathlib import Path
 from typing import Any
 
-from training.base_model import DEFAULT_MODEL_NAME
-from training.registry import Registry
+from core.registry import DEFAULT_MODEL_NAME, Registry
 
 
 def timed(fn: Any, repeats: int) -> tuple[list[float], int]:

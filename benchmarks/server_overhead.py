@@ -19,10 +19,9 @@ from pathlib import Path
 
 from openai import AsyncOpenAI
 
+from core.registry import DEFAULT_MODEL_NAME, Registry
 from loadtests.closed_loop import closed_loop
 from loadtests.servers import start_bonserve, start_vllm
-from training.base_model import DEFAULT_MODEL_NAME
-from training.registry import Registry
 
 PROMPTS = [
     f"What is {a} + {b}? Reply with just the number."

@@ -22,10 +22,9 @@ from typing import Any
 
 import httpx
 
+from core.registry import DEFAULT_MODEL_NAME, Registry
 from loadtests.servers import start_bonserve
 from loadtests.stats import summarize
-from training.base_model import DEFAULT_MODEL_NAME
-from training.registry import Registry
 from training.synthetic import copy_full_entry, make_lora_entry
 
 PROMPT = [{"role": "user", "content": "Write one sentence about the sea."}]

@@ -56,11 +56,10 @@ import asyncio
 import dataclasses
 import logging
 import sys
-import types
-import typing
 from pathlib import Path
 from typing import Any
 
+from core.flags import add_flags, config_from_args
 from loadtests.config import Cell, LoadTestConfig, expand_matrix
 
 MATRIX_KEYS = ("models", "best_of", "temperatures", "cells")
@@ -75,40 +74,12 @@ def _csv(kind: type) -> Any:
     return parse
 
 
-def add_config_flags(parser: argparse.ArgumentParser, exclude: tuple[str, ...] = ()) -> None:
-    """One flag per LoadTestConfig field; unset flags stay absent so YAML values survive."""
-    hints = typing.get_type_hints(LoadTestConfig)
-    for f in dataclasses.fields(LoadTestConfig):
-        if f.name in exclude:
-            continue
-        flag = "--" + f.name.replace("_", "-")
-        default = f.default_factory() if f.default_factory is not dataclasses.MISSING else f.default
-        help_text = f"{f.metadata['help']} (default: {default})"
-        kind = hints[f.name]
-        if isinstance(kind, types.UnionType):  # X | None -> X
-            kind = next(a for a in typing.get_args(kind) if a is not type(None))
-        if kind is bool:
-            parser.add_argument(
-                flag,
-                dest=f.name,
-                action=argparse.BooleanOptionalAction,
-                default=argparse.SUPPRESS,
-                help=help_text,
-            )
-        elif typing.get_origin(kind) is dict:  # goodput: ttft:MS e2el:MS
-            parser.add_argument(
-                flag, dest=f.name, nargs="+", metavar="METRIC:MS", default=argparse.SUPPRESS, help=help_text
-            )
-        else:
-            parser.add_argument(flag, dest=f.name, type=kind, default=argparse.SUPPRESS, help=help_text)
-
-
 def make_parser(parser: argparse.ArgumentParser) -> argparse.ArgumentParser:
     """`run` and `compare` subcommands on `parser`."""
     sub = parser.add_subparsers(dest="loadtest_command", required=True)
     fmt = argparse.RawDescriptionHelpFormatter
     run = sub.add_parser("run", help="Measure one configuration.", description=__doc__, formatter_class=fmt)
-    add_config_flags(run)
+    add_flags(run, LoadTestConfig)
     run.set_defaults(func=cmd_run)
 
     compare = sub.add_parser(
@@ -131,7 +102,7 @@ def make_parser(parser: argparse.ArgumentParser) -> argparse.ArgumentParser:
             help=help_text,
         )
     compare.add_argument("--title", default="Best-of-N vs tuned policies", help="Report title.")
-    add_config_flags(compare, exclude=PER_CELL)
+    add_flags(compare, LoadTestConfig, exclude=PER_CELL, recipe=False)
     compare.set_defaults(func=cmd_compare)
     return parser
 
@@ -152,8 +123,7 @@ def _config(args: argparse.Namespace, yaml_values: dict[str, Any]) -> LoadTestCo
     unknown = set(yaml_values) - names
     if unknown:
         raise ValueError(f"unknown matrix/config keys {sorted(unknown)}; known: {sorted(names)}")
-    given = {k: v for k, v in vars(args).items() if k in names}
-    return LoadTestConfig(**{**yaml_values, **given})
+    return config_from_args(LoadTestConfig, args, recipe_values=yaml_values)
 
 
 def _quiet_http_logs() -> None:

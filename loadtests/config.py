@@ -12,7 +12,7 @@ from dataclasses import dataclass, field, fields, replace
 from pathlib import Path
 from typing import Any
 
-from training.base_model import DEFAULT_MODEL_NAME
+from core.registry import DEFAULT_MODEL_NAME
 
 GOODPUT_METRICS = ("ttft", "tpot", "e2el")
 

@@ -90,7 +90,7 @@ def _spawn(
 def start_bonserve(log_dir: Path, *flags: str, env: dict[str, str] | None = None) -> ServerProcess:
     """Start `bonserve serve` and return once /ready says every engine is up."""
     port = free_port()
-    cmd = [sys.executable, "-m", "server.cli", "serve", "--port", str(port), *flags]
+    cmd = [sys.executable, "-m", "bonserve.cli", "serve", "--port", str(port), *flags]
     server = _spawn("bonserve", cmd, log_dir, port, "/ready", env)
     try:
         server.wait_ready()

@@ -14,6 +14,7 @@ from fastapi.responses import JSONResponse
 from starlette.exceptions import HTTPException as StarletteHTTPException
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
+from core.registry import Registry, RegistryError
 from server import __version__
 from server.access_log import AccessLogMiddleware
 from server.admin import admin_router
@@ -28,7 +29,6 @@ from server.protocol import ParamError
 from server.reward import RewardScorer
 from server.routes import openai_router, ops_router
 from server.state import AppState
-from training.registry import Registry, RegistryError
 
 logger = logging.getLogger("bonserve.app")
 

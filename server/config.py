@@ -7,11 +7,11 @@ from pathlib import Path
 from pydantic import Field, model_validator
 from pydantic_settings import BaseSettings, SettingsConfigDict
 
-from training.base_model import DEFAULT_MODEL_NAME
-from training.registry import default_registry_root
+from core.engine_args import EngineOptions
+from core.lora import VLLM_LORA_RANKS
+from core.registry import DEFAULT_MODEL_NAME, default_registry_root
 
-# vLLM's LoRAConfig accepts only these ranks.
-VLLM_LORA_RANKS = (1, 8, 16, 32, 64, 128, 256, 320, 512)
+_ENGINE = EngineOptions()  # engine defaults, shared with the trainers' offline engines
 
 
 class Settings(BaseSettings):
@@ -44,7 +44,9 @@ class Settings(BaseSettings):
         description="LoRA adapters resident in the policy engine at once; 0 disables LoRA "
         "(vLLM, like this server, must be started with LoRA on to load adapters at run time).",
     )
-    max_lora_rank: int = Field(64, description="Largest LoRA rank the policy engine accepts (vLLM: 8..512).")
+    max_lora_rank: int = Field(
+        _ENGINE.max_lora_rank, description="Largest LoRA rank the policy engine accepts (vLLM: 8..512)."
+    )
     reward_model: str | None = Field(
         None,
         description="Reward model for Best-of-N: registry entry name or checkpoint directory.",
@@ -75,9 +77,9 @@ class Settings(BaseSettings):
     )
 
     # --- engine (vLLM)
-    max_model_len: int = Field(2048, ge=64, description="Context length the engine serves.")
+    max_model_len: int = Field(_ENGINE.max_model_len, ge=64, description="Context length the engine serves.")
     kv_cache_gib: float = Field(
-        1.0,
+        _ENGINE.kv_cache_gib,
         gt=0,
         description=(
             "KV cache size per engine. Explicit rather than a memory fraction: on CPU vLLM "
@@ -85,21 +87,23 @@ class Settings(BaseSettings):
         ),
     )
     dtype: str = Field(
-        "float32",
+        _ENGINE.dtype,
         description=(
             "Weight dtype. float32 by default: vLLM's CPU backend would downcast the "
             "dequantised SmolLM2 to bfloat16, which changes its greedy answers."
         ),
     )
-    enforce_eager: bool = Field(False, description="Skip torch.compile (faster start, slower decode).")
+    enforce_eager: bool = Field(
+        _ENGINE.enforce_eager, description="Skip torch.compile (faster start, slower decode)."
+    )
     enable_chunked_prefill: bool = Field(
-        False,
+        _ENGINE.enable_chunked_prefill,
         description=(
             "Off by default: on the CPU backend of vLLM 0.32 a seeded request whose prefill is "
             "chunked kills the engine core ('CPU Generator does not use offset')."
         ),
     )
-    engine_seed: int = Field(0, description="Engine-level seed for unseeded sampling.")
+    engine_seed: int = Field(_ENGINE.seed, description="Engine-level seed for unseeded sampling.")
     engine_start_timeout_s: float = Field(600, gt=0, description="Give up starting an engine.")
     engine_restart_backoff_s: float = Field(2.0, ge=0, description="Pause before a restart.")
 
@@ -131,6 +135,19 @@ class Settings(BaseSettings):
     # --- auth
     api_key: str | None = Field(None, description="Bearer key for /v1/* (unset: open).")
     admin_key: str | None = Field(None, description="Bearer key for /admin/* (unset: open).")
+
+    def engine_options(self) -> EngineOptions:
+        """The engine knobs of these settings, for `core.engine_args`."""
+        return EngineOptions(
+            max_model_len=self.max_model_len,
+            kv_cache_gib=self.kv_cache_gib,
+            dtype=self.dtype,
+            seed=self.engine_seed,
+            enforce_eager=self.enforce_eager,
+            enable_chunked_prefill=self.enable_chunked_prefill,
+            max_loras=self.max_loras,
+            max_lora_rank=self.max_lora_rank,
+        )
 
     def best_of_for(self, served_name: str) -> int:
         """The default candidate count for one served model (see `default_best_of`)."""

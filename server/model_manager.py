@@ -14,7 +14,6 @@ Every check runs before anything changes, so a bad entry leaves the server as it
 from __future__ import annotations
 
 import asyncio
-import json
 import logging
 import time
 from dataclasses import dataclass
@@ -22,14 +21,15 @@ from typing import Any
 
 import psutil
 
+from core.lora import AdapterError, check_servable_adapter
+from core.registry import Entry, Registry, RegistryError, RegistryNotFound
 from server import metrics
-from server.config import VLLM_LORA_RANKS, Settings
+from server.config import Settings
 from server.engine_config import EngineBuilder
 from server.engines import EngineState, ManagedEngine
 from server.errors import APIError
 from server.models import ModelRouter, ServedModel
 from server.reward import RewardScorer
-from training.registry import Entry, Registry, RegistryError, RegistryNotFound
 
 logger = logging.getLogger("bonserve.models")
 
@@ -79,34 +79,10 @@ class ModelManager:
             raise _registry_error(exc) from exc
 
     def _check_lora(self, entry: Entry) -> None:
-        config_path = entry.path / "adapter_config.json"
-        if not config_path.is_file() or not (entry.path / "adapter_model.safetensors").is_file():
-            raise APIError(
-                422,
-                f"LoRA checkpoint '{entry.name}' lacks adapter_config.json or adapter_model.safetensors",
-                code="invalid_checkpoint",
-            )
         try:
-            config = json.loads(config_path.read_text())
-        except json.JSONDecodeError as exc:
-            raise APIError(
-                422, f"'{entry.name}': adapter_config.json is corrupt: {exc}", code="invalid_checkpoint"
-            ) from exc
-        rank = config.get("r")
-        if rank not in VLLM_LORA_RANKS or rank > self.settings.max_lora_rank:
-            raise APIError(
-                422,
-                f"'{entry.name}': LoRA rank {rank!r} is not servable (allowed: "
-                f"{[r for r in VLLM_LORA_RANKS if r <= self.settings.max_lora_rank]})",
-                code="unsupported_lora_rank",
-            )
-        if config.get("modules_to_save"):
-            raise APIError(
-                422,
-                f"'{entry.name}': adapters with modules_to_save "
-                f"({config['modules_to_save']}) cannot be served by vLLM",
-                code="invalid_checkpoint",
-            )
+            check_servable_adapter(entry.path, self.settings.max_lora_rank)
+        except AdapterError as exc:
+            raise APIError(422, f"LoRA checkpoint '{entry.name}': {exc}", code=exc.code) from exc
         base = entry.manifest.base_model
         if base != self.policy_base:
             raise APIError(

@@ -7,9 +7,9 @@ from collections.abc import Sequence
 from dataclasses import dataclass
 from typing import Any
 
+from core.chat import reward_ids
 from server.engines import EngineUnavailable, ManagedEngine
 from server.errors import APIError, bad_request, unavailable
-from training.reward import reward_text
 
 
 class RewardScorer:
@@ -27,7 +27,7 @@ class RewardScorer:
 
     def conversation_ids(self, messages: list[dict[str, str]], response: str) -> list[int]:
         """The full conversation with `response` as the last assistant turn, templated."""
-        return reward_text(self._require().get_tokenizer(), messages, response)
+        return reward_ids(self._require().get_tokenizer(), messages, response)
 
     def text_ids(self, text: str) -> list[int]:
         return list(self._require().get_tokenizer().encode(text))

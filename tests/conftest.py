@@ -7,9 +7,9 @@ from pathlib import Path
 
 import pytest
 
+from core.registry import Registry
 from loadtests.servers import ServerProcess, start_bonserve
 from training.base_model import prepare_default_model
-from training.registry import Registry
 
 
 @pytest.fixture(scope="session")

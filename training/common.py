@@ -17,23 +17,16 @@ import json
 import shutil
 import sys
 import time
-import types
-import typing
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-# The LoRA ranks vLLM accepts (vllm.config.lora.MaxLoRARanks): the server's settings own the list.
-from server.config import VLLM_LORA_RANKS
-from training.base_model import DEFAULT_MODEL_NAME
-from training.registry import Entry, Registry, RegistryError, bonserve_home
+from core.flags import ConfigError, config_from_args
+from core.lora import ADAPTER_FILES, VLLM_LORA_RANKS, check_servable_adapter, full_weights_of
+from core.registry import DEFAULT_MODEL_NAME, Entry, Registry, RegistryError, bonserve_home
 
 RUN_INFO = "bonserve_run.json"
-
-
-class ConfigError(ValueError):
-    """A config value that cannot work; the message quotes it."""
 
 
 # --------------------------------------------------------------------------- config
@@ -111,7 +104,7 @@ class TrainConfig:
     )
 
     def __post_init__(self) -> None:
-        from training.registry import check_name
+        from core.registry import check_name
 
         if not str(self.data).strip():
             raise ConfigError(f"data={self.data!r}: give the training data file or directory")
@@ -187,88 +180,6 @@ class TrainConfig:
         }
 
 
-# --------------------------------------------------------------------------- CLI from a dataclass
-
-
-def _arg_type(annotation: Any) -> tuple[Any, bool]:
-    """(argparse type, is a bool flag) for a dataclass field annotation."""
-    if isinstance(annotation, types.UnionType) or typing.get_origin(annotation) is typing.Union:
-        args = [a for a in typing.get_args(annotation) if a is not type(None)]
-        annotation = args[0] if args else str
-    if annotation is bool:
-        return None, True
-    if annotation in (int, float, str):
-        return annotation, False
-    return str, False
-
-
-def add_config_arguments(parser: argparse.ArgumentParser, cls: type) -> argparse.ArgumentParser:
-    """One flag per dataclass field (help from its metadata), plus `--config FILE.yaml`.
-
-    Every flag defaults to "not given" so that `config_from_args` can layer
-    dataclass defaults < YAML recipe < command line.
-    """
-    hints = typing.get_type_hints(cls)
-    parser.add_argument(
-        "--config",
-        default=None,
-        metavar="YAML",
-        help="YAML recipe setting any of the options below; flags override it.",
-    )
-    for f in dataclasses.fields(cls):
-        flag = "--" + f.name.replace("_", "-")
-        kind, is_bool = _arg_type(hints[f.name])
-        required = f.default is dataclasses.MISSING and f.default_factory is dataclasses.MISSING
-        default = None if required else (f.default if f.default is not dataclasses.MISSING else None)
-        help_text = f.metadata.get("help", "").replace("%", "%%")  # argparse formats help with %
-        help_text += " (required)" if required else f" (default: {default})"
-        if is_bool:
-            parser.add_argument(
-                flag,
-                dest=f.name,
-                action=argparse.BooleanOptionalAction,
-                default=argparse.SUPPRESS,
-                help=help_text,
-            )
-        else:
-            parser.add_argument(flag, dest=f.name, type=kind, default=argparse.SUPPRESS, help=help_text)
-    return parser
-
-
-def config_from_args(cls: type, args: argparse.Namespace) -> Any:
-    """Build `cls` from parsed flags over an optional YAML recipe; missing/unknown keys are
-    ConfigErrors naming them."""
-    values: dict[str, Any] = {}
-    names = {f.name for f in dataclasses.fields(cls)}
-    recipe = getattr(args, "config", None)
-    if recipe:
-        import yaml
-
-        try:
-            loaded = yaml.safe_load(Path(recipe).read_text()) or {}
-        except (OSError, yaml.YAMLError) as exc:
-            raise ConfigError(f"--config {recipe!r}: cannot read the recipe ({exc})") from None
-        if not isinstance(loaded, dict):
-            raise ConfigError(f"--config {recipe!r}: expected a mapping of option: value")
-        loaded = {str(k).replace("-", "_"): v for k, v in loaded.items()}
-        unknown = sorted(set(loaded) - names)
-        if unknown:
-            raise ConfigError(f"--config {recipe!r}: unknown options {unknown}")
-        values.update(loaded)
-    values.update({k: v for k, v in vars(args).items() if k in names})
-    missing = [
-        f.name
-        for f in dataclasses.fields(cls)
-        if f.default is dataclasses.MISSING
-        and f.default_factory is dataclasses.MISSING
-        and f.name not in values
-    ]
-    if missing:
-        flags = ", ".join("--" + m.replace("_", "-") for m in missing)
-        raise ConfigError(f"missing required option(s): {flags}")
-    return cls(**values)
-
-
 def run_main(
     cls: type,
     run: Callable[[Any], Entry],
@@ -314,15 +225,7 @@ class Start:
 
 def resolve_start(registry: Registry, base: str) -> Start:
     entry = registry.load(base)
-    if entry.manifest.format != "lora":
-        return Start(entry=entry, root=entry)
-    root_name = entry.manifest.base_model
-    if not root_name:
-        raise RegistryError(f"LoRA entry {base!r} names no base_model to apply its adapter to")
-    root = registry.load(root_name)
-    if root.manifest.format == "lora":
-        raise RegistryError(f"LoRA entry {base!r} has a LoRA base {root_name!r}: adapters do not stack")
-    return Start(entry=entry, root=root)
+    return Start(entry=entry, root=full_weights_of(registry, entry))
 
 
 def load_causal_lm(start: Start, *, trainable_adapter: bool):
@@ -362,23 +265,6 @@ def lora_config(config: TrainConfig, task_type: str):
         target_modules="all-linear",
         bias="none",
     )
-
-
-def check_vllm_adapter(path: Path) -> dict[str, Any]:
-    """Refuse an adapter directory vLLM could not serve; returns its adapter_config."""
-    cfg_path = Path(path) / "adapter_config.json"
-    weights = Path(path) / "adapter_model.safetensors"
-    if not cfg_path.is_file() or not weights.is_file():
-        raise RegistryError(f"{path}: adapter_config.json / adapter_model.safetensors missing")
-    cfg = json.loads(cfg_path.read_text())
-    if cfg.get("modules_to_save"):
-        raise RegistryError(
-            f"{path}: adapter saves modules in full ({cfg['modules_to_save']}); "
-            "vLLM adapters must not have modules_to_save"
-        )
-    if cfg.get("r") not in VLLM_LORA_RANKS:
-        raise RegistryError(f"{path}: LoRA rank {cfg.get('r')!r} is not one vLLM serves {VLLM_LORA_RANKS}")
-    return cfg
 
 
 # --------------------------------------------------------------------------- run directory
@@ -510,9 +396,6 @@ def _wall_clock_budget(seconds: float) -> Any:
     return WallClockBudget()
 
 
-_ADAPTER_FILES = ("adapter_config.json", "adapter_model.safetensors")
-
-
 def save_trained(trainer, config: TrainConfig) -> Path:
     """`trainer.save_model` into RUN_DIR/final (collective: gathers FSDP/DeepSpeed shards;
     files are written by the main process only)."""
@@ -539,7 +422,7 @@ def write_entry(
     `fill(staging)` puts the weights in; the tokenizer is added here; a LoRA entry is
     refused unless vLLM could serve its adapter.
     """
-    from training.registry import Manifest
+    from core.registry import Manifest
 
     state = process_state()
     registry = config.open_registry()
@@ -560,7 +443,7 @@ def write_entry(
             fill(staging)
             tokenizer.save_pretrained(staging)
             if fmt == "lora":
-                check_vllm_adapter(staging)
+                check_servable_adapter(staging)
         entry = registry.load(config.name, deep=True)
     state.wait_for_everyone()
     if state.is_main_process:  # RUN_DIR/final is a copy of what the entry now holds
@@ -570,7 +453,7 @@ def write_entry(
 
 def copy_adapter(final: Path, staging: Path) -> None:
     """Only the active ("default") adapter: DPO on a LoRA start also saved a frozen "ref" copy."""
-    for name in _ADAPTER_FILES:
+    for name in ADAPTER_FILES:
         shutil.copy2(final / name, staging / name)
 
 

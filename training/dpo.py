@@ -24,10 +24,11 @@ import argparse
 from collections.abc import Sequence
 from dataclasses import dataclass, field
 
+from core.flags import add_flags
+from core.registry import Entry
 from training.common import (
     ConfigError,
     TrainConfig,
-    add_config_arguments,
     copy_adapter,
     copy_full,
     load_causal_lm,
@@ -41,7 +42,6 @@ from training.common import (
     train,
     write_entry,
 )
-from training.registry import Entry
 
 LOSS_TYPES = (
     "sigmoid",
@@ -136,7 +136,7 @@ def run(config: DPOConfig) -> Entry | None:
 
 def make_parser(parser: argparse.ArgumentParser | None = None) -> argparse.ArgumentParser:
     parser = parser or argparse.ArgumentParser(prog="bonserve train dpo", description=__doc__.splitlines()[0])
-    return add_config_arguments(parser, DPOConfig)
+    return add_flags(parser, DPOConfig)
 
 
 def main(argv: Sequence[str] | None = None, args: argparse.Namespace | None = None) -> int:

@@ -32,7 +32,8 @@ from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any
 
-from training.common import ConfigError, add_config_arguments, config_from_args
+from core.flags import add_flags
+from training.common import ConfigError, config_from_args
 
 
 @dataclass
@@ -153,6 +154,7 @@ def kl_to_base(
 
 
 def run(config: EvalConfig) -> dict[str, Any]:
+    from core.registry import Registry
     from training.generation import (
         prompt_ids,
         resolve_policy,
@@ -161,7 +163,6 @@ def run(config: EvalConfig) -> dict[str, Any]:
         score_rewards,
     )
     from training.prefs import best_vs_worst
-    from training.registry import Registry
     from training.tasks import get_task
 
     registry = Registry(config.registry) if config.registry else Registry()
@@ -336,12 +337,12 @@ def format_table(result: dict[str, Any]) -> str:
 
 def make_parser(parser: argparse.ArgumentParser | None = None) -> argparse.ArgumentParser:
     parser = parser or argparse.ArgumentParser(prog="bonserve eval", description=__doc__.splitlines()[0])
-    return add_config_arguments(parser, EvalConfig)
+    return add_flags(parser, EvalConfig)
 
 
 def main(argv: Sequence[str] | None = None, args: argparse.Namespace | None = None) -> int:
+    from core.registry import RegistryError
     from training.data import DataError
-    from training.registry import RegistryError
 
     args = args if args is not None else make_parser().parse_args(argv)
     try:

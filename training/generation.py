@@ -11,13 +11,14 @@ from __future__ import annotations
 
 import contextlib
 import gc
-import json
 from collections.abc import Iterator, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from training.registry import Entry, Registry, RegistryError
+from core.engine_args import EngineOptions, offline, policy_engine_kwargs, reward_engine_kwargs
+from core.lora import adapter_rank, full_weights_of
+from core.registry import Entry, Registry, RegistryError
 
 Messages = list[dict[str, str]]
 
@@ -50,15 +51,14 @@ def resolve_policy(registry: Registry, name: str) -> Policy:
         raise RegistryError(f"{name!r} is a reward model (kind rm), not a policy")
     if entry.manifest.format != "lora":
         return Policy(name=name, entry=entry, weights=entry.path, base_name=entry.manifest.base_model or name)
-    base = entry.manifest.base_model
-    if not base:
-        raise RegistryError(f"LoRA entry {name!r} names no base_model")
-    root = registry.load(base)
-    if root.manifest.format != "full":
-        raise RegistryError(f"LoRA entry {name!r} sits on {base!r}, which is not a full checkpoint")
-    rank = json.loads((entry.path / "adapter_config.json").read_text()).get("r")
+    root = full_weights_of(registry, entry)
     return Policy(
-        name=name, entry=entry, weights=root.path, base_name=base, adapter=entry.path, lora_rank=rank
+        name=name,
+        entry=entry,
+        weights=root.path,
+        base_name=root.name,
+        adapter=entry.path,
+        lora_rank=adapter_rank(entry.path),
     )
 
 
@@ -75,26 +75,10 @@ def resolve_reward_model(registry: Registry, name: str) -> Entry:
 # --------------------------------------------------------------------------- engines
 
 
-def _settings(enforce_eager: bool, kv_cache_gib: float, seed: int, **extra: Any):
-    from server.config import Settings
-
-    return Settings(enforce_eager=enforce_eager, kv_cache_gib=kv_cache_gib, engine_seed=seed, **extra)
-
-
-def _offline(kwargs: dict[str, Any]) -> dict[str, Any]:
-    """Server engine kwargs made fit for `vllm.LLM` (EngineArgs lacks the async-only
-    request logging option; periodic stats logging is noise offline)."""
-    kwargs = dict(kwargs)
-    kwargs.pop("enable_log_requests", None)
-    kwargs["disable_log_stats"] = True
-    return kwargs
-
-
 def policy_llm_kwargs(
     policy: Policy, *, enforce_eager: bool = False, kv_cache_gib: float = 1.0, seed: int = 0
 ) -> dict[str, Any]:
-    """The server's policy engine config (float32, explicit KV cache, chunked prefill off),
-    with LoRA enabled when the policy is an adapter."""
+    """The server's policy engine config, with LoRA enabled when the policy is an adapter."""
     lora_rank = (policy.lora_rank or 16) if policy.adapter is not None else None
     return llm_kwargs(
         policy.weights, lora_rank=lora_rank, enforce_eager=enforce_eager, kv_cache_gib=kv_cache_gib, seed=seed
@@ -110,22 +94,15 @@ def llm_kwargs(
     seed: int = 0,
 ) -> dict[str, Any]:
     """Engine config for full `weights`, able to apply one adapter of `lora_rank` if given."""
-    from server.config import VLLM_LORA_RANKS
-    from server.engine_config import policy_engine_kwargs
-
-    lora = {}
+    opts = EngineOptions(enforce_eager=enforce_eager, kv_cache_gib=kv_cache_gib, seed=seed)
     if lora_rank is not None:
-        # The smallest rank vLLM allows that fits: on CPU, LoRA decoding at max_lora_rank 64
-        # ran at 0.4x the speed of max_lora_rank 16 for a rank-16 adapter (measured here).
-        lora = {"max_loras": 1, "max_lora_rank": min(r for r in VLLM_LORA_RANKS if r >= lora_rank)}
-    settings = _settings(enforce_eager, kv_cache_gib, seed, **lora)
-    return _offline(policy_engine_kwargs(settings, weights))
+        opts = opts.for_adapter(lora_rank)
+    return offline(policy_engine_kwargs(opts, weights))
 
 
 def reward_llm_kwargs(path: Path, *, kv_cache_gib: float = 1.0, seed: int = 0) -> dict[str, Any]:
-    from server.engine_config import reward_engine_kwargs
-
-    return _offline(reward_engine_kwargs(_settings(True, kv_cache_gib, seed), path))
+    opts = EngineOptions(enforce_eager=True, kv_cache_gib=kv_cache_gib, seed=seed)
+    return offline(reward_engine_kwargs(opts, path))
 
 
 @contextlib.contextmanager
@@ -253,11 +230,11 @@ def score_rewards(
 def _vllm_rewards(path: Path, items: Sequence[tuple[Messages, str]], kv_cache_gib: float) -> list[float]:
     from vllm import PoolingParams
 
-    from training.reward import reward_text
+    from core.chat import reward_ids
 
     with open_llm(reward_llm_kwargs(path, kv_cache_gib=kv_cache_gib)) as llm:
         tokenizer = llm.get_tokenizer()
-        prompts = [{"prompt_token_ids": reward_text(tokenizer, m, r)} for m, r in items]
+        prompts = [{"prompt_token_ids": reward_ids(tokenizer, m, r)} for m, r in items]
         outs = llm.classify(prompts, pooling_params=PoolingParams(use_activation=False), use_tqdm=True)
         return [float(o.outputs.probs[0]) for o in outs]
 

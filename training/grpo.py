@@ -54,10 +54,11 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+from core.flags import add_flags
+from core.registry import Entry
 from training.common import (
     ConfigError,
     TrainConfig,
-    add_config_arguments,
     copy_adapter,
     copy_full,
     load_causal_lm,
@@ -71,7 +72,6 @@ from training.common import (
     train,
     write_entry,
 )
-from training.registry import Entry
 
 REWARDS = ("gold", "rm", "both")
 
@@ -444,7 +444,7 @@ def _first_rewards(log_history: list[dict[str, Any]]) -> dict[str, Any]:
 
 def make_online_parser(cls: type, parser: argparse.ArgumentParser) -> argparse.ArgumentParser:
     """The config's flags plus `--prompts`, an alias of `--data` (the name `data prefs` uses)."""
-    add_config_arguments(parser, cls)
+    add_flags(parser, cls)
     parser.add_argument(
         "--prompts",
         dest="data",

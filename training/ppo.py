@@ -52,11 +52,12 @@ from collections.abc import Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
+from core.flags import add_flags
+from core.registry import Entry, Registry
 from training.common import (
     ConfigError,
     Start,
     TrainConfig,
-    add_config_arguments,
     copy_adapter,
     copy_full,
     load_causal_lm,
@@ -68,7 +69,6 @@ from training.common import (
     write_entry,
 )
 from training.prefs import Prompt, load_prompts
-from training.registry import Entry, Registry
 
 REWARDS = ("gold", "rm")
 BACKENDS = ("auto", "vllm", "hf")
@@ -863,7 +863,7 @@ def run(config: PPOConfig) -> Entry | None:
 
 def make_parser(parser: argparse.ArgumentParser | None = None) -> argparse.ArgumentParser:
     parser = parser or argparse.ArgumentParser(prog="bonserve train ppo", description=__doc__.splitlines()[0])
-    return add_config_arguments(parser, PPOConfig)
+    return add_flags(parser, PPOConfig)
 
 
 def main(argv: Sequence[str] | None = None, args: argparse.Namespace | None = None) -> int:

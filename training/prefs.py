@@ -27,7 +27,8 @@ from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any
 
-from training.common import ConfigError, add_config_arguments, config_from_args
+from core.flags import add_flags
+from training.common import ConfigError, config_from_args
 
 JUDGES = ("gold", "rm")
 RM_BACKENDS = ("vllm", "transformers")
@@ -220,9 +221,9 @@ def make_pairs(
 
 def run(config: PrefsConfig) -> dict[str, Any]:
     """Sample, judge, write OUT and OUT.stats.json; returns the stats."""
+    from core.registry import Registry
     from training.data import write_jsonl
     from training.generation import resolve_policy, resolve_reward_model, sample_policy, score_rewards
-    from training.registry import Registry
 
     registry = Registry(config.registry) if config.registry else Registry()
     policy = resolve_policy(registry, config.policy)
@@ -312,14 +313,14 @@ def make_parser(parser: argparse.ArgumentParser | None = None) -> argparse.Argum
     parser = parser or argparse.ArgumentParser(
         prog="bonserve data prefs", description=__doc__.splitlines()[0]
     )
-    add_config_arguments(parser, PrefsConfig)
+    add_flags(parser, PrefsConfig)
     parser.add_argument("-k", dest="k", type=int, default=argparse.SUPPRESS, help="Same as --k.")
     return parser
 
 
 def main(argv: Sequence[str] | None = None, args: argparse.Namespace | None = None) -> int:
+    from core.registry import RegistryError
     from training.data import DataError
-    from training.registry import RegistryError
 
     args = args if args is not None else make_parser().parse_args(argv)
     try:

@@ -12,7 +12,8 @@ from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
-from training.registry import Manifest, Registry
+from core.chat import reward_ids
+from core.registry import Manifest, Registry
 
 Messages = list[dict[str, str]]
 
@@ -47,19 +48,6 @@ def init_reward_model(
     return out.path_of(name)
 
 
-def reward_text(tokenizer, messages: list[dict[str, str]], response: str) -> list[int]:
-    """Token ids the reward model scores: the whole conversation with the response appended,
-    through the chat template (the same text TRL's RewardTrainer trains on)."""
-    return list(
-        tokenizer.apply_chat_template(
-            [*messages, {"role": "assistant", "content": response}],
-            tokenize=True,
-            add_generation_prompt=False,
-            return_dict=False,
-        )
-    )
-
-
 def transformers_rewards(
     model_dir: Path, messages: list[dict[str, str]], responses: list[str]
 ) -> list[float]:
@@ -73,7 +61,7 @@ def transformers_rewards(
     scores = []
     with torch.no_grad():
         for response in responses:
-            ids = torch.tensor([reward_text(tokenizer, messages, response)])
+            ids = torch.tensor([reward_ids(tokenizer, messages, response)])
             scores.append(float(model(input_ids=ids).logits[0, 0]))
     return scores
 
@@ -101,7 +89,7 @@ class RewardModelScorer:
         """Raw reward (the score logit) of each (conversation, response)."""
         import torch
 
-        seqs = [reward_text(self.tokenizer, m, r) for m, r in items]
+        seqs = [reward_ids(self.tokenizer, m, r) for m, r in items]
         scores: list[float] = []
         with torch.no_grad():
             for i in range(0, len(seqs), self.batch_size):

@@ -16,7 +16,7 @@ The interface (`RewardFunction`):
 Where the rewards come from:
 - the gold verifier of a built-in task (`GoldReward`, `task.reward(example, completion)`);
 - a registry reward model (`RewardModelReward`, kind rm, full checkpoint): the score logit of
-  `AutoModelForSequenceClassification` on `training.reward.reward_text`, the same text the
+  `AutoModelForSequenceClassification` on `core.chat.reward_ids`, the same text the
   RewardTrainer trained on and the server's pooling engine scores.
 
 Reward hacking shows when a learned reward rises and the gold one does not, so whenever a

@@ -24,9 +24,9 @@ import argparse
 from collections.abc import Sequence
 from dataclasses import dataclass, field
 
+from core.registry import Entry
 from training.common import run_main
 from training.grpo import OnlineRLConfig, make_online_parser, run_online
-from training.registry import Entry
 
 
 @dataclass

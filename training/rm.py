@@ -8,7 +8,7 @@
 
 The model is `AutoModelForSequenceClassification` with `num_labels=1` on top of --base; it
 scores a whole conversation with the response as the last assistant turn, through the chat
-template (`training.reward.reward_text`, the same text the server's pooling engine scores).
+template (`core.chat.reward_ids`, the same text the server's pooling engine scores).
 
 Departures from TRL's `trl reward` script:
 1. LoRA on every linear layer *and* the score head trained in full (peft's SEQ_CLS task keeps
@@ -28,11 +28,12 @@ from collections.abc import Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 
+from core.flags import add_flags
+from core.registry import Entry, RegistryError
 from training.common import (
     ConfigError,
     Start,
     TrainConfig,
-    add_config_arguments,
     copy_full,
     load_causal_lm,
     load_tokenizer,
@@ -45,7 +46,6 @@ from training.common import (
     train,
     write_entry,
 )
-from training.registry import Entry, RegistryError
 
 PROBE_MESSAGES = [{"role": "user", "content": "What is 12 + 35? Reply with just the number."}]
 PROBE_RESPONSE = "47"
@@ -88,9 +88,9 @@ def load_seq_cls(start: Start, scratch: Path):
 def probe_reward(model, tokenizer) -> float:
     import torch
 
-    from training.reward import reward_text
+    from core.chat import reward_ids
 
-    ids = torch.tensor([reward_text(tokenizer, PROBE_MESSAGES, PROBE_RESPONSE)], device=model.device)
+    ids = torch.tensor([reward_ids(tokenizer, PROBE_MESSAGES, PROBE_RESPONSE)], device=model.device)
     was_training = model.training
     model.eval()
     with torch.no_grad():
@@ -191,7 +191,7 @@ def run(config: RMConfig) -> Entry | None:
 
 def make_parser(parser: argparse.ArgumentParser | None = None) -> argparse.ArgumentParser:
     parser = parser or argparse.ArgumentParser(prog="bonserve train rm", description=__doc__.splitlines()[0])
-    return add_config_arguments(parser, RMConfig)
+    return add_flags(parser, RMConfig)
 
 
 def main(argv: Sequence[str] | None = None, args: argparse.Namespace | None = None) -> int:

@@ -22,9 +22,10 @@ import argparse
 from collections.abc import Sequence
 from dataclasses import dataclass, field
 
+from core.flags import add_flags
+from core.registry import Entry
 from training.common import (
     TrainConfig,
-    add_config_arguments,
     copy_adapter,
     copy_full,
     load_causal_lm,
@@ -38,7 +39,6 @@ from training.common import (
     train,
     write_entry,
 )
-from training.registry import Entry
 
 
 @dataclass
@@ -96,7 +96,7 @@ def run(config: SFTConfig) -> Entry | None:
 
 def make_parser(parser: argparse.ArgumentParser | None = None) -> argparse.ArgumentParser:
     parser = parser or argparse.ArgumentParser(prog="bonserve train sft", description=__doc__.splitlines()[0])
-    return add_config_arguments(parser, SFTConfig)
+    return add_flags(parser, SFTConfig)
 
 
 def main(argv: Sequence[str] | None = None, args: argparse.Namespace | None = None) -> int:

@@ -24,7 +24,8 @@ from collections.abc import Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
-from training.common import ConfigError, add_config_arguments, config_from_args
+from core.flags import add_flags
+from training.common import ConfigError, config_from_args
 from training.data import DataError, DataFormat, Rows, common_prefix, row_location
 
 
@@ -85,7 +86,7 @@ def run(config: SFTDataConfig) -> dict[str, Any]:
 
 def make_parser(parser: argparse.ArgumentParser | None = None) -> argparse.ArgumentParser:
     parser = parser or argparse.ArgumentParser(prog="bonserve data sft", description=__doc__.splitlines()[0])
-    return add_config_arguments(parser, SFTDataConfig)
+    return add_flags(parser, SFTDataConfig)
 
 
 def main(argv: Sequence[str] | None = None, args: argparse.Namespace | None = None) -> int:

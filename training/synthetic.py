@@ -12,7 +12,7 @@ import json
 import shutil
 from pathlib import Path
 
-from training.registry import Entry, Manifest, Registry
+from core.registry import Entry, Manifest, Registry
 
 
 def make_lora_entry(

@@ -24,16 +24,16 @@ import pytest
 import yaml
 from pydantic import ValidationError
 
-from server.cli import make_parser, settings_from_args
+from bonserve.cli import make_parser, settings_from_args
+from core.registry import bonserve_home
 from server.config import Settings
 from server.routes import openai_router, ops_router
-from training.registry import bonserve_home
 
 ROOT = Path(__file__).resolve().parents[2]
 OVERLAYS = ("cpu", "gpu")
 UID = 10001
 NAMESPACE = "bonserve"
-# Settings read outside server.config: BONSERVE_HOME is training/registry.py's store root.
+# Settings read outside server.config: BONSERVE_HOME is core/registry.py's store root.
 NON_SETTINGS_ENV = {"BONSERVE_HOME"}
 # Where the root filesystem is read-only, these must point into writable emptyDirs.
 CACHE_ENV = (

@@ -10,9 +10,9 @@ from pathlib import Path
 
 import pytest
 
+from bonserve.cli import main
+from core.registry import Registry
 from loadtests.servers import ServerProcess, start_bonserve
-from server.cli import main
-from training.registry import Registry
 from training.reward import init_reward_model
 
 pytestmark = [pytest.mark.engine, pytest.mark.timeout(600)]

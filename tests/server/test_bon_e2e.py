@@ -17,8 +17,8 @@ import openai
 import psutil
 import pytest
 
+from core.registry import Registry
 from loadtests.servers import ServerProcess, start_bonserve
-from training.registry import Registry
 from training.reward import init_reward_model, transformers_rewards
 
 pytestmark = [pytest.mark.engine, pytest.mark.timeout(900)]

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import pytest
 
-from server.cli import make_parser, settings_from_args
+from bonserve.cli import make_parser, settings_from_args
 from server.config import Settings
 
 

@@ -6,6 +6,7 @@ from pathlib import Path
 
 import pytest
 
+from core.registry import Manifest, Registry
 from server.config import Settings
 from server.engine_config import EngineBuilder
 from server.engines import ManagedEngine
@@ -13,7 +14,6 @@ from server.errors import APIError
 from server.model_manager import ModelManager
 from server.models import ModelRouter, ServedModel
 from tests.server.fakes import FakeAsyncLLM
-from training.registry import Manifest, Registry
 
 
 def make_manager(tmp_path: Path) -> tuple[ModelManager, Registry]:

@@ -12,9 +12,8 @@ from pathlib import Path
 import httpx
 import pytest
 
+from core.registry import DEFAULT_MODEL_NAME, Registry
 from loadtests.servers import ServerProcess, start_bonserve
-from training.base_model import DEFAULT_MODEL_NAME
-from training.registry import Registry
 from training.synthetic import copy_full_entry, corrupt_manifest, make_lora_entry
 
 pytestmark = [pytest.mark.engine, pytest.mark.timeout(900)]

@@ -12,7 +12,7 @@ from typing import Any, ClassVar
 
 import pytest
 
-from training.registry import Manifest, Registry
+from core.registry import Manifest, Registry
 from training.tasks import TASKS, Example, Task
 
 

@@ -7,8 +7,8 @@ from pathlib import Path
 
 import pytest
 
-from training.base_model import DEFAULT_MODEL_NAME, prepare_default_model
-from training.registry import MANIFEST, Registry
+from core.registry import DEFAULT_MODEL_NAME, MANIFEST, Registry
+from training.base_model import prepare_default_model
 
 
 @pytest.mark.slow

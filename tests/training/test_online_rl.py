@@ -19,13 +19,14 @@ from typing import Any
 
 import pytest
 
-from server.cli import main as bonserve
+from bonserve.cli import main as bonserve
+from core.flags import ConfigError
+from core.lora import VLLM_LORA_RANKS, check_servable_adapter
+from core.registry import Registry, RegistryError
 from tests.training.conftest import char_tokenizer
-from training.common import VLLM_LORA_RANKS, ConfigError, check_vllm_adapter
 from training.data import DataError, write_jsonl
 from training.grpo import GRPOConfig, prompt_rows
 from training.grpo import run as run_grpo
-from training.registry import Registry, RegistryError
 from training.reward_fns import (
     GoldReward,
     RewardFunction,
@@ -256,7 +257,7 @@ def _servable_lora(registry: Registry, name: str, kind: str) -> Any:
     entry = registry.load(name, deep=True)
     m = entry.manifest
     assert (m.kind, m.format, m.base_model, m.parent) == (kind, "lora", "tiny", "tiny")
-    cfg = check_vllm_adapter(entry.path)  # what write_entry enforced: rank, no modules_to_save
+    cfg = check_servable_adapter(entry.path)  # what write_entry enforced: rank, no modules_to_save
     assert cfg["r"] == 16 and cfg["r"] in VLLM_LORA_RANKS and not cfg.get("modules_to_save")
     # every linear layer but the head (peft lists full paths when a model has under 20 of them)
     assert {m.rsplit(".", 1)[-1] for m in cfg["target_modules"]} == {

@@ -11,10 +11,11 @@ from typing import Any
 
 import pytest
 
+from core.flags import ConfigError
+from core.lora import check_servable_adapter
+from core.registry import Registry
 from training import ppo
-from training.common import ConfigError, check_vllm_adapter
 from training.ppo import PPOConfig
-from training.registry import Registry
 
 
 @pytest.mark.parametrize(
@@ -54,7 +55,7 @@ def test_auto_backend_is_vllm_only_for_lora_on_a_gpu(monkeypatch: pytest.MonkeyP
 
 
 def test_cli_reports_config_errors(capsys: pytest.CaptureFixture[str]) -> None:
-    from server.cli import main
+    from bonserve.cli import main
 
     assert main(["train", "ppo", "--name", "p", "--reward", "rm"]) == 1
     assert "needs --reward-model" in capsys.readouterr().err
@@ -122,7 +123,7 @@ def test_ppo_raises_the_reward_on_a_tiny_model(learning_rate: float, tiny: Regis
     ):
         assert all(math.isfinite(r[key]) for r in log), key
     assert entry is not None and (entry.manifest.kind, entry.manifest.format) == ("ppo", "lora")
-    check_vllm_adapter(entry.path)
+    check_servable_adapter(entry.path)
     assert entry.manifest.metrics["step"] == steps and entry.manifest.extra["reward"] == "gold"
 
 
@@ -198,7 +199,7 @@ def test_vllm_rollouts_run_the_current_adapter(tmp_registry: Registry, tmp_path:
     )
     entry = ppo.run(config)
     assert entry is not None and entry.manifest.extra["rollout_backend"] == "vllm"
-    check_vllm_adapter(entry.path)
+    check_servable_adapter(entry.path)
     assert [r["step"] for r in _log(tmp_path / "run")] == [1, 2]
     served = load_file(tmp_path / "run" / "rollout-adapter" / "adapter_model.safetensors")
     lora_b = [t for k, t in served.items() if "lora_B" in k]

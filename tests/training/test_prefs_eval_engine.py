@@ -13,10 +13,9 @@ from pathlib import Path
 
 import pytest
 
-from server.cli import main as bonserve
-from training.base_model import DEFAULT_MODEL_NAME
+from bonserve.cli import main as bonserve
+from core.registry import DEFAULT_MODEL_NAME, Manifest, Registry
 from training.data import load_preference_data
-from training.registry import Manifest, Registry
 from training.reward import init_reward_model
 from training.tasks import get_task
 

@@ -7,7 +7,7 @@ from pathlib import Path
 
 import pytest
 
-from training.registry import MANIFEST, Manifest, Registry, RegistryError
+from core.registry import MANIFEST, Manifest, Registry, RegistryError
 
 
 def _write(reg: Registry, name: str = "ckpt", payload: bytes = b"weights") -> Path:

@@ -11,21 +11,16 @@ from pathlib import Path
 
 import pytest
 
-from server.cli import main as bonserve
-from server.cli import make_parser
-from training.common import (
-    ConfigError,
-    TrainConfig,
-    check_vllm_adapter,
-    config_from_args,
-    final_metrics,
-    prepare_run_dir,
-)
+from bonserve.cli import main as bonserve
+from bonserve.cli import make_parser
+from core.flags import ConfigError, config_from_args
+from core.lora import check_servable_adapter
+from core.registry import Manifest, Registry, RegistryError
+from training.common import TrainConfig, final_metrics, prepare_run_dir
 from training.data import load_preference_data, write_jsonl
 from training.dpo import DPOConfig
 from training.eval import EvalConfig, bon_analytic_kl, format_table
 from training.prefs import PrefsConfig, Prompt, agreement, best_vs_worst, make_pairs
-from training.registry import Manifest, Registry, RegistryError
 from training.rm import RMConfig
 from training.sft import SFTConfig
 
@@ -185,13 +180,13 @@ def _fake_adapter(path: Path, **cfg) -> Path:
 
 
 def test_vllm_adapter_check(tmp_path: Path) -> None:
-    assert check_vllm_adapter(_fake_adapter(tmp_path / "ok"))["r"] == 16
+    assert check_servable_adapter(_fake_adapter(tmp_path / "ok"))["r"] == 16
     with pytest.raises(RegistryError, match="modules_to_save"):
-        check_vllm_adapter(_fake_adapter(tmp_path / "mts", modules_to_save=["score"]))
+        check_servable_adapter(_fake_adapter(tmp_path / "mts", modules_to_save=["score"]))
     with pytest.raises(RegistryError, match="rank 12"):
-        check_vllm_adapter(_fake_adapter(tmp_path / "rank", r=12))
+        check_servable_adapter(_fake_adapter(tmp_path / "rank", r=12))
     with pytest.raises(RegistryError, match="missing"):
-        check_vllm_adapter(tmp_path)
+        check_servable_adapter(tmp_path)
 
 
 # --- pair rule ---------------------------------------------------------------------------

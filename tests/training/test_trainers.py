@@ -10,13 +10,13 @@ from pathlib import Path
 
 import pytest
 
-from server.cli import main as bonserve
-from training.base_model import DEFAULT_MODEL_NAME
-from training.common import VLLM_LORA_RANKS, ConfigError
+from bonserve.cli import main as bonserve
+from core.flags import ConfigError
+from core.lora import VLLM_LORA_RANKS
+from core.registry import DEFAULT_MODEL_NAME, Registry
 from training.data import data_hash, load_preference_data, load_sft_data, write_jsonl
 from training.dpo import DPOConfig
 from training.dpo import run as run_dpo
-from training.registry import Registry
 from training.rm import PROBE_MESSAGES, PROBE_RESPONSE, RMConfig
 from training.rm import run as run_rm
 from training.sft import SFTConfig
@@ -167,8 +167,9 @@ def test_reward_model_is_merged_full_and_scores_the_same_after_reload(
     import torch
     from transformers import AutoModelForSequenceClassification, AutoTokenizer
 
+    from core.chat import reward_ids
     from training.generation import score_rewards
-    from training.reward import reward_text, transformers_rewards
+    from training.reward import transformers_rewards
 
     run_rm(
         RMConfig(
@@ -192,7 +193,7 @@ def test_reward_model_is_merged_full_and_scores_the_same_after_reload(
     assert model.config.num_labels == 1 and model.config.pad_token_id is not None
     tokenizer = AutoTokenizer.from_pretrained(entry.path)
     with torch.no_grad():
-        ids = torch.tensor([reward_text(tokenizer, PROBE_MESSAGES, PROBE_RESPONSE)])
+        ids = torch.tensor([reward_ids(tokenizer, PROBE_MESSAGES, PROBE_RESPONSE)])
         reloaded = float(model(input_ids=ids).logits[0, 0])
     # probe_reward was checked inside the run against the in-memory trained model
     assert reloaded == pytest.approx(m.metrics["probe_reward"], abs=1e-4)

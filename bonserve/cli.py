@@ -1,5 +1,9 @@
 """The `bonserve` command: serve | models | train | data | eval | registry | loadtest.
 
+It sits above `server/`, `training/` and `loadtests/` (and is the only module that imports
+all three); each subcommand's options come from that package's config class through
+`core.flags`.
+
 bonserve models prepare            # build the default model into $BONSERVE_HOME
 bonserve serve --port 8000         # OpenAI-compatible server on the default model
 bonserve data prefs --policy smollm2-135m-instruct --task arithmetic -k 8 --out prefs.jsonl
@@ -14,51 +18,20 @@ from __future__ import annotations
 import argparse
 import logging
 import sys
-import types
-import typing
 from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
+from core.flags import ConfigError, add_flags, values_from
 from loadtests.cli import add_loadtest_command
 from server.config import Settings
 
-
-def _flag_type(annotation: Any) -> tuple[Any, bool]:
-    """argparse type for a Settings field annotation; second item: is a bool flag."""
-    args = [a for a in typing.get_args(annotation) if a is not type(None)]
-    if isinstance(annotation, types.UnionType) or typing.get_origin(annotation) is typing.Union:
-        annotation = args[0] if args else str
-    if annotation is bool:
-        return None, True
-    if annotation in (int, float, str):
-        return annotation, False
-    if annotation is Path:
-        return Path, False
-    return str, False
-
-
-def add_settings_flags(parser: argparse.ArgumentParser) -> None:
-    """One flag per Settings field, so the CLI and `BONSERVE_*` env share one definition."""
-    for name, field in Settings.model_fields.items():
-        flag = "--" + name.replace("_", "-")
-        kind, is_bool = _flag_type(field.annotation)
-        help_text = (field.description or "") + f" [env BONSERVE_{name.upper()}]"
-        if is_bool:
-            parser.add_argument(
-                flag,
-                dest=name,
-                action=argparse.BooleanOptionalAction,
-                default=argparse.SUPPRESS,
-                help=help_text,
-            )
-        else:
-            parser.add_argument(flag, dest=name, type=kind, default=argparse.SUPPRESS, help=help_text)
+ENV_PREFIX = "BONSERVE_"
 
 
 def settings_from_args(args: argparse.Namespace) -> Settings:
-    given = {k: v for k, v in vars(args).items() if k in Settings.model_fields}
-    return Settings(**given)
+    """Settings from `serve`'s flags over the environment over an optional YAML recipe."""
+    return Settings(**values_from(Settings, args, env_prefix=ENV_PREFIX))
 
 
 def cmd_serve(args: argparse.Namespace) -> int:
@@ -66,7 +39,11 @@ def cmd_serve(args: argparse.Namespace) -> int:
 
     from server.app import build_app
 
-    settings = settings_from_args(args)
+    try:
+        settings = settings_from_args(args)
+    except ConfigError as exc:
+        print(f"error: {exc}", file=sys.stderr)
+        return 1
     app = build_app(settings)
     state = app.state.bonserve
 
@@ -90,8 +67,8 @@ def cmd_serve(args: argparse.Namespace) -> int:
 
 
 def cmd_models_prepare(args: argparse.Namespace) -> int:
+    from core.registry import Registry, RegistryError
     from training.base_model import prepare_default_model
-    from training.registry import Registry, RegistryError
 
     try:
         prepare_default_model(Registry(args.registry) if args.registry else None, force=args.force)
@@ -102,7 +79,7 @@ def cmd_models_prepare(args: argparse.Namespace) -> int:
 
 
 def cmd_models_init_reward(args: argparse.Namespace) -> int:
-    from training.registry import Registry, RegistryError
+    from core.registry import Registry, RegistryError
     from training.reward import init_reward_model
 
     try:
@@ -117,14 +94,14 @@ def cmd_models_init_reward(args: argparse.Namespace) -> int:
 
 
 def cmd_registry_list(args: argparse.Namespace) -> int:
-    from training.registry import Registry, format_list
+    from core.registry import Registry, format_list
 
     print(format_list(Registry(args.registry) if args.registry else Registry()))
     return 0
 
 
 def cmd_registry_show(args: argparse.Namespace) -> int:
-    from training.registry import Registry, RegistryError, format_manifest
+    from core.registry import Registry, RegistryError, format_manifest
 
     try:
         print(
@@ -212,7 +189,7 @@ def make_parser() -> argparse.ArgumentParser:
     sub = parser.add_subparsers(dest="command", required=True)
 
     serve = sub.add_parser("serve", help="Run the OpenAI-compatible server.")
-    add_settings_flags(serve)
+    add_flags(serve, Settings, env_prefix=ENV_PREFIX)
     serve.add_argument(
         "--log-level", default="info", choices=["critical", "error", "warning", "info", "debug"]
     )

@@ -1,7 +1,7 @@
 """Checkpoint registry: one directory per checkpoint, a manifest written last.
 
 The registry is shared by `training/` (which writes entries) and `server/` (which lists and
-loads them), so the manifest format has exactly one home: this module.
+loads them), so the manifest format has exactly one home: this module, in the bottom layer.
 
 Atomicity: an entry is built in a hidden staging directory next to the final one and
 renamed into place only after its files are complete and the manifest (with a checksum of
@@ -24,6 +24,8 @@ from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any
 
+# The entry `bonserve models prepare` builds, and what every command starts from by default.
+DEFAULT_MODEL_NAME = "smollm2-135m-instruct"
 MANIFEST = "manifest.json"
 KINDS = ("base", "sft", "rm", "dpo", "ppo", "grpo", "rloo")
 FORMATS = ("full", "lora")
