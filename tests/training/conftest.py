@@ -80,12 +80,17 @@ def digits_task(monkeypatch: pytest.MonkeyPatch) -> None:
 
 @pytest.fixture
 def one_thread() -> Iterator[None]:
+    """One intra-op thread and deterministic kernels, so a short learning run repeats exactly
+    on one machine (across CPU instruction sets it still differs: compare against a control
+    run in the same test, never against a number measured elsewhere)."""
     import torch
 
-    before = torch.get_num_threads()
+    before = torch.get_num_threads(), torch.are_deterministic_algorithms_enabled()
     torch.set_num_threads(1)
+    torch.use_deterministic_algorithms(True)
     yield
-    torch.set_num_threads(before)
+    torch.set_num_threads(before[0])
+    torch.use_deterministic_algorithms(before[1])
 
 
 def char_tokenizer():

@@ -79,34 +79,19 @@ def _log(run_dir: Path) -> list[dict[str, float]]:
     return [json.loads(line) for line in (run_dir / ppo.LOG_FILE).read_text().splitlines()]
 
 
-@pytest.mark.slow
-@pytest.mark.timeout(300)
-@pytest.mark.usefixtures("one_thread", "digits_task")
-@pytest.mark.parametrize("learning_rate", [2e-2, 1e-9])
-def test_ppo_raises_the_reward_on_a_tiny_model(learning_rate: float, tiny: Registry, tmp_path: Path) -> None:
-    """12 iterations on the tiny random model with the digit-fraction reward. The learning
-    rate 1e-9 run is the control: the same sampling noise without learning. Measured (mean of
-    the first 3 iterations -> the last 3): lr 2e-2 0.082 -> 0.525; the control 0.070 -> 0.084."""
-    steps = 12
-    entry = ppo.run(
+def _ppo_curve(tiny: Registry, run_dir: Path, name: str, steps: int, learning_rate: float) -> list[float]:
+    ppo.run(
         PPOConfig(
-            name="t-ppo",
+            name=name,
             registry=str(tiny.root),
-            output_dir=str(tmp_path / "run"),
+            output_dir=str(run_dir),
             max_steps=steps,
             save_steps=steps,
             learning_rate=learning_rate,
             **TINY_PPO,
         )
     )
-    log = _log(tmp_path / "run")
-    curve = [r["rewards/gold/mean"] for r in log]
-    first, last = sum(curve[:3]) / 3, sum(curve[-3:]) / 3
-    print(f"lr={learning_rate}: first 3 {first:.3f}, last 3 {last:.3f}: {[round(c, 3) for c in curve]}")
-    if learning_rate > 1e-6:
-        assert last - first >= 0.15, f"reward did not rise: {curve}"
-    else:
-        assert abs(last - first) < 0.06, f"the control moved: {curve}"
+    log = _log(run_dir)
     assert [r["step"] for r in log] == list(range(1, steps + 1))
     for key in (
         "objective/kl",
@@ -122,7 +107,39 @@ def test_ppo_raises_the_reward_on_a_tiny_model(learning_rate: float, tiny: Regis
         "completions/mean_length",
     ):
         assert all(math.isfinite(r[key]) for r in log), key
-    assert entry is not None and (entry.manifest.kind, entry.manifest.format) == ("ppo", "lora")
+    return [r["rewards/gold/mean"] for r in log]
+
+
+def _mean(xs: list[float]) -> float:
+    return sum(xs) / len(xs)
+
+
+@pytest.mark.slow
+@pytest.mark.timeout(300)
+@pytest.mark.usefixtures("one_thread", "digits_task")
+def test_ppo_raises_the_reward_on_a_tiny_model(tiny: Registry, tmp_path: Path) -> None:
+    """24 iterations on the tiny random model with the digit-fraction reward, against a
+    control run at learning rate 1e-9 in the same test (the same sampling noise without
+    learning). The verdict is the margin between the two over the last quarter of the run,
+    not a learning curve measured on another machine: curves on a tiny model differ across
+    CPU instruction sets (the same code rose 0.08 -> 0.53 in 12 iterations on an AVX-512 box
+    and 0.08 -> 0.15 on an AVX2 one).
+
+    Measured on a 2-core AVX2 box (mean of the last 6 iterations): learner 0.39, control
+    0.08; the test asks for a margin of 0.10 and a learner that rose by 0.10 from its first 3.
+    """
+    steps = 24
+    learner = _ppo_curve(tiny, tmp_path / "learn", "t-ppo", steps, 2e-2)
+    control = _ppo_curve(tiny, tmp_path / "control", "t-ppo-control", steps, 1e-9)
+    print(f"learner {[round(c, 3) for c in learner]}\ncontrol {[round(c, 3) for c in control]}")
+    tail = steps // 4
+    assert _mean(control[-tail:]) - _mean(control[:3]) < 0.06, f"the control moved: {control}"
+    assert _mean(learner[-tail:]) - _mean(control[-tail:]) >= 0.10, (
+        f"no margin over the no-learning control: learner {learner}, control {control}"
+    )
+    assert _mean(learner[-tail:]) - _mean(learner[:3]) >= 0.10, f"reward did not rise: {learner}"
+    entry = Registry(tiny.root).load("t-ppo")
+    assert (entry.manifest.kind, entry.manifest.format) == ("ppo", "lora")
     check_servable_adapter(entry.path)
     assert entry.manifest.metrics["step"] == steps and entry.manifest.extra["reward"] == "gold"
 
