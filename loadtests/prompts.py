@@ -1,19 +1,21 @@
-"""Where prompts come from: a built-in task's split, a JSONL file, or synthetic text.
+"""Where prompts come from: a built-in task's split, a prompt file, or synthetic text.
 
 Task prompts carry their `Example`, so every delivered answer can be scored by the task's gold
 verifier. Synthetic prompts are random words from a fixed list (one BPE token each for common
 English words, so `synthetic_input_len` is about the prompt length in tokens; the report gives
-the server's exact count).
+the server's exact count). A prompt file is read and checked by training/prompts.py, the
+reader `data prefs` and the trainers use: rows with `prompt` (a string or messages) or
+`messages`, and optionally `max_tokens`.
 """
 
 from __future__ import annotations
 
-import json
 import random
 from dataclasses import dataclass
 from pathlib import Path
 
 from loadtests.config import LoadTestConfig
+from training.prompts import read_prompt_file
 from training.tasks import Example, Task, get_task
 
 _WORDS = (
@@ -43,7 +45,7 @@ def load_prompts(cfg: LoadTestConfig) -> list[Prompt]:
     if task is not None:
         return [Prompt(i, task.messages(ex), ex) for i, ex in enumerate(task.examples(cfg.split))]
     if cfg.prompts_file is not None:
-        return _jsonl(cfg.prompts_file)
+        return _from_file(cfg.prompts_file)
     assert cfg.synthetic_input_len is not None
     rng, words = random.Random(cfg.seed), _WORDS.split()
     return [
@@ -61,19 +63,10 @@ def load_prompts(cfg: LoadTestConfig) -> list[Prompt]:
     ]
 
 
-def _jsonl(path: Path) -> list[Prompt]:
-    prompts = []
-    for lineno, line in enumerate(path.read_text().splitlines(), 1):
-        if not line.strip():
-            continue
-        row = json.loads(line)
-        if "messages" in row:
-            messages = row["messages"]
-        elif "prompt" in row:
-            messages = [{"role": "user", "content": str(row["prompt"])}]
-        else:
-            raise ValueError(f"{path}:{lineno}: a prompt line needs 'messages' or 'prompt'")
-        prompts.append(Prompt(len(prompts), messages, max_tokens=row.get("max_tokens")))
-    if not prompts:
-        raise ValueError(f"{path}: no prompts")
-    return prompts
+def _from_file(path: Path) -> list[Prompt]:
+    """Rows checked like every other prompt file (training/prompts.py), plus a row's own
+    `max_tokens`."""
+    return [
+        Prompt(i, r.messages, max_tokens=r.row.get("max_tokens"))
+        for i, r in enumerate(read_prompt_file(path))
+    ]

@@ -10,6 +10,8 @@ Formats (the names TRL's docs use; `DataFormat` below):
     SFT         conversational            {"messages": [msg...]}
                                           or {"prompt": [msg...], "completion": [msg...]}
                 standard                  {"prompt": str, "completion": str}
+    prompts     {"prompt": str} (the user's turn) or {"prompt": [msg...]} or {"messages": [msg...]},
+                messages ending with a user turn (`messages_of`; files: training/prompts.py)
 
 where msg = {"role": "system" | "user" | "assistant", "content": str}. Other keys of a row
 (ids, scores) are kept and ignored.
@@ -318,6 +320,34 @@ def _sft_shape(row: dict[str, Any]) -> tuple[str, DataFormat]:
     raise _RowError(
         f"field 'prompt': expected a string or a list of messages, got {_type_name(row['prompt'])}"
     )
+
+
+def messages_of(row: Any, where: str) -> list[dict[str, str]]:
+    """The chat messages of one prompt row (the `prompts` format above), or a DataError that
+    starts with `where`. A string prompt is the user's turn; of messages only role and
+    content are kept. Every prompt reader (training/prompts.py) goes through here."""
+    try:
+        return _prompt_messages(row)
+    except _RowError as exc:
+        raise DataError(f"{where}: {exc}") from None
+
+
+def _prompt_messages(row: Any) -> list[dict[str, str]]:
+    if not isinstance(row, dict):
+        raise _RowError(f"expected an object, got {_type_name(row)}")
+    if "prompt" in row and "messages" in row:
+        raise _RowError("has both 'prompt' and 'messages': use one")
+    if "prompt" not in row and "messages" not in row:
+        raise _RowError("missing field 'prompt' (a string or messages) or 'messages'")
+    key = "prompt" if "prompt" in row else "messages"
+    if key == "prompt" and not isinstance(row[key], str | list):
+        raise _RowError(
+            f"field 'prompt': expected a string or a list of messages, got {_type_name(row[key])}"
+        )
+    if key == "prompt" and isinstance(row[key], str):
+        return [{"role": "user", "content": _need_string(row, key)}]
+    _check_prompt_messages(row, key)
+    return [{"role": m["role"], "content": m["content"]} for m in row[key]]
 
 
 def _validate(

@@ -251,7 +251,7 @@ class GRPOConfig(OnlineRLConfig):
 
 def prompt_rows(config: OnlineRLConfig, tokenizer: Any) -> list[dict[str, Any]]:
     """Dataset rows {"prompt": messages, "example": encoded task example or ""}."""
-    from training.data import DataError, load_rows
+    from training.data import DataError
     from training.reward_fns import encode_example
     from training.tasks import get_task
 
@@ -264,15 +264,15 @@ def prompt_rows(config: OnlineRLConfig, tokenizer: Any) -> list[dict[str, Any]]:
             {"prompt": task.messages(ex), "example": encode_example(ex)} for ex in task.examples("train", n)
         ]
     else:
-        loaded = load_rows(config.data)
+        from training.prompts import read_prompt_file
+
         by_id = {ex.id: ex for ex in task.examples("train")} if task else {}
         heldout = {ex.id for ex in task.examples("heldout")} if task else set()
-        for i, row in enumerate(loaded[: config.n_prompts] if config.n_prompts else loaded):
-            where = f"{config.data}: row {i + 1}"
-            rows.append({"prompt": _row_messages(row, where), "example": ""})
+        for where, row, messages in read_prompt_file(config.data, config.n_prompts):
+            rows.append({"prompt": messages, "example": ""})
             if task is None:
                 continue
-            key = row.get("id") if isinstance(row, dict) else None
+            key = row.get("id")
             if key in heldout:
                 raise DataError(
                     f"{where}: id {key!r} is a held-out {task.name} example; training on it "
@@ -284,33 +284,8 @@ def prompt_rows(config: OnlineRLConfig, tokenizer: Any) -> list[dict[str, Any]]:
                     "cannot score it (use --reward rm, or drop --task)"
                 )
             rows[-1]["example"] = encode_example(by_id.get(key))
-        if not rows:
-            raise DataError(f"{config.data}: no prompts")
     _check_lengths(rows, tokenizer, config)
     return rows
-
-
-def _row_messages(row: Any, where: str) -> list[dict[str, str]]:
-    from training.data import DataError
-
-    prompt = row.get("prompt") if isinstance(row, dict) else None
-    if isinstance(prompt, str) and prompt.strip():
-        return [{"role": "user", "content": prompt}]
-    if (
-        isinstance(prompt, list)
-        and prompt
-        and all(
-            isinstance(m, dict)
-            and m.get("role") in ("system", "user", "assistant")
-            and isinstance(m.get("content"), str)
-            for m in prompt
-        )
-        and prompt[-1]["role"] == "user"
-    ):
-        return [{"role": m["role"], "content": m["content"]} for m in prompt]
-    raise DataError(
-        f"{where}: field 'prompt': expected a non-empty string or messages ending with a user turn"
-    )
 
 
 def _check_lengths(rows: list[dict[str, Any]], tokenizer: Any, config: OnlineRLConfig) -> None:

@@ -68,7 +68,7 @@ from training.common import (
     run_main,
     write_entry,
 )
-from training.prefs import Prompt, load_prompts
+from training.prompts import Prompt, load_prompts
 
 REWARDS = ("gold", "rm")
 BACKENDS = ("auto", "vllm", "hf")

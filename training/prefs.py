@@ -29,6 +29,7 @@ from typing import Any
 
 from core.flags import add_flags
 from training.common import ConfigError, config_from_args
+from training.prompts import Prompt, load_prompts
 
 JUDGES = ("gold", "rm")
 RM_BACKENDS = ("vllm", "transformers")
@@ -112,44 +113,6 @@ class PrefsConfig:
             raise ConfigError(f"max_tokens={self.max_tokens!r}: must be >= 1")
         if self.kv_cache_gib <= 0:
             raise ConfigError(f"kv_cache_gib={self.kv_cache_gib!r}: must be > 0")
-
-
-# --------------------------------------------------------------------------- prompts
-
-
-@dataclass
-class Prompt:
-    id: str
-    messages: list[dict[str, str]]
-    example: Any = None  # the task Example, when there is a gold verifier
-
-
-def load_prompts(
-    *, task: str | None, split: str = "train", n: int | None = None, path: str | None = None
-) -> list[Prompt]:
-    """The first `n` prompts of a task split (with their gold examples), or of a JSONL/Parquet
-    file of rows with `prompt` (a string or messages) when `task` is None."""
-    if task:
-        from training.tasks import get_task
-
-        found = get_task(task)
-        size = found.sizes[split]
-        count = None if n is None else min(n, size)
-        return [Prompt(ex.id, found.messages(ex), ex) for ex in found.examples(split, count)]
-    from training.data import DataError, load_rows
-
-    rows = load_rows(path)
-    out = []
-    for i, row in enumerate(rows[:n] if n else rows):
-        prompt = row.get("prompt")
-        if isinstance(prompt, str) and prompt.strip():
-            messages = [{"role": "user", "content": prompt}]
-        elif isinstance(prompt, list) and prompt and all(isinstance(m, dict) for m in prompt):
-            messages = prompt
-        else:
-            raise DataError(f"{path}: row {i + 1}: field 'prompt': expected a string or messages")
-        out.append(Prompt(str(row.get("id", i)), messages))
-    return out
 
 
 # --------------------------------------------------------------------------- pairs

@@ -223,14 +223,14 @@ def test_prompt_rows_from_the_task_or_a_file(tiny: Registry, tmp_path: Path) -> 
     with pytest.raises(DataError, match="held-out digits example"):
         prompt_rows(_cfg(data=str(path), task="digits"), tokenizer)
     write_jsonl(path, [{"prompt": "Say 2."}])
-    with pytest.raises(DataError, match="row 1: id None names no digits train example"):
+    with pytest.raises(DataError, match=r"prompts\.jsonl:1: id None names no digits train example"):
         prompt_rows(_cfg(data=str(path), task="digits"), tokenizer)
     rm_only = _cfg(data=str(path), reward="rm", reward_model="tiny-rm")
     assert prompt_rows(rm_only, tokenizer) == [
         {"prompt": [{"role": "user", "content": "Say 2."}], "example": ""}
     ]
     write_jsonl(path, [{"prompt": [{"role": "assistant", "content": "hi"}]}])
-    with pytest.raises(DataError, match="messages ending with a user turn"):
+    with pytest.raises(DataError, match="the prompt must end with a 'user' message"):
         prompt_rows(rm_only, tokenizer)
     write_jsonl(path, [{"prompt": "x" * 100}])
     short = _cfg(data=str(path), reward="rm", reward_model="r", max_length=64, max_completion_length=16)

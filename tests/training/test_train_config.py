@@ -282,19 +282,3 @@ def test_registry_list_and_show(tmp_path: Path, capsys: pytest.CaptureFixture[st
 def test_train_config_is_the_shared_base() -> None:
     assert issubclass(SFTConfig, TrainConfig) and issubclass(RMConfig, TrainConfig)
     assert issubclass(DPOConfig, TrainConfig)
-
-
-def test_prompts_file_and_task_prompts(tmp_path: Path) -> None:
-    from training.data import DataError
-    from training.prefs import load_prompts
-
-    path = tmp_path / "prompts.jsonl"
-    write_jsonl(path, [{"prompt": "Say hi."}, {"id": "b", "prompt": [{"role": "user", "content": "Hello?"}]}])
-    prompts = load_prompts(task=None, path=str(path))
-    assert [(p.id, p.messages[-1]["content"]) for p in prompts] == [("0", "Say hi."), ("b", "Hello?")]
-    write_jsonl(path, [{"prompt": 3}])
-    with pytest.raises(DataError, match="row 1: field 'prompt'"):
-        load_prompts(task=None, path=str(path))
-    task_prompts = load_prompts(task="arithmetic", n=3)
-    assert [p.id for p in task_prompts] == [f"arithmetic-train-0000{i}" for i in range(3)]
-    assert task_prompts[0].example.meta["answer"] > 0
