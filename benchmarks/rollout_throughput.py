@@ -6,8 +6,9 @@
 
 Each backend generates the same batch `--repeats` times after one warm-up; tokens/s counts
 generated tokens (end token included). Reports medians and the vLLM / HF ratio. The adapter is
-a fresh LoRA (r=16, all linear layers), saved exactly as training.ppo saves it each iteration,
-and vLLM gets it as a new LoRARequest every repeat, so adapter loading is part of the time.
+a fresh LoRA (r=16, all linear layers), saved exactly as training/ppo_rollouts.py saves it each
+iteration, and vLLM gets it as a new LoRARequest every repeat, so adapter loading is part of
+the time.
 """
 
 from __future__ import annotations
@@ -48,10 +49,12 @@ def main() -> None:
     from peft import get_peft_model
     from transformers import AutoModelForCausalLM, AutoTokenizer
 
-    from training.common import TrainConfig, lora_config
+    from training.common import lora_config
     from training.generation import llm_kwargs, open_llm, prompt_ids
-    from training.ppo import HFRollouts, PPOConfig
+    from training.ppo_config import PPOConfig
+    from training.ppo_rollouts import HFRollouts
     from training.tasks import get_task
+    from training.train_config import TrainConfig
 
     path = (Registry(args.registry) if args.registry else Registry()).load(DEFAULT_MODEL_NAME).path
     tokenizer = AutoTokenizer.from_pretrained(path)

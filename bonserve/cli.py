@@ -117,9 +117,10 @@ def cmd_registry_show(args: argparse.Namespace) -> int:
 
 def add_training_commands(sub: Any) -> None:
     """`train sft|rm|dpo|ppo|grpo|rloo`, `data prefs|sft`, `eval`, `registry list|show`: each is the
-    `main` of a training/ module, whose config dataclass also defines its flags."""
-    from training import dpo, grpo, ppo, prefs, rloo, rm, sft, sft_data
-    from training import eval as evaluate
+    `make_parser` / `main` of an entry point in training/scripts/, whose config dataclass
+    (training/<name>_config.py) also defines its flags."""
+    from training.scripts import dpo, grpo, ppo, prefs, rloo, rm, sft, sft_data
+    from training.scripts import eval as evaluate
 
     train = sub.add_parser("train", help="Train a checkpoint with TRL and write a registry entry.")
     train_sub = train.add_subparsers(dest="train_command", required=True)
@@ -135,7 +136,7 @@ def add_training_commands(sub: Any) -> None:
             train_sub.add_parser(
                 name,
                 help=help_text,
-                description=module.__doc__,
+                description=module.HELP,
                 formatter_class=argparse.RawDescriptionHelpFormatter,
             )
         )
@@ -147,7 +148,7 @@ def add_training_commands(sub: Any) -> None:
         data_sub.add_parser(
             "prefs",
             help="Sample k completions per prompt, judge them, write preference pairs.",
-            description=prefs.__doc__,
+            description=prefs.HELP,
             formatter_class=argparse.RawDescriptionHelpFormatter,
         )
     )
@@ -156,7 +157,7 @@ def add_training_commands(sub: Any) -> None:
         data_sub.add_parser(
             "sft",
             help="SFT rows from preference pairs: each prompt's chosen (best-judged) reply.",
-            description=sft_data.__doc__,
+            description=sft_data.HELP,
             formatter_class=argparse.RawDescriptionHelpFormatter,
         )
     )
@@ -166,7 +167,7 @@ def add_training_commands(sub: Any) -> None:
         sub.add_parser(
             "eval",
             help="Gold accuracy, pass@n, BoN-n, RM pairwise accuracy and KL on held-out prompts.",
-            description=evaluate.__doc__,
+            description=evaluate.HELP,
             formatter_class=argparse.RawDescriptionHelpFormatter,
         )
     )

@@ -1,9 +1,5 @@
 """Evaluate a policy on a task's held-out prompts against the gold verifier.
 
-    bonserve eval --model smollm2-135m-instruct --task arithmetic                 # greedy only
-    bonserve eval --model arith-dpo --task arithmetic --n 8 --reward-model arith-rm \\
-        --out eval-dpo.json                                                       # + BoN-8
-
 What it measures (all on the same prompts; `--limit N` takes the first N):
 - greedy: gold accuracy (reward == 1) and mean gold reward;
 - with --n: n samples per prompt at --temperature (0.8): per-sample accuracy, pass@n (the
@@ -18,75 +14,21 @@ What it measures (all on the same prompts; `--limit N` takes the first N):
   reference is the same model with the adapter disabled). It is a plug-in estimate on the
   greedy outputs, not on samples of pi, so read it as "how far the answers moved", not as
   an unbiased KL.
+
+Options: training/eval_config.py; command line: training/scripts/eval.py.
 """
 
 from __future__ import annotations
 
-import argparse
 import json
 import math
-import sys
 from collections import Counter
 from collections.abc import Sequence
-from dataclasses import asdict, dataclass, field
+from dataclasses import asdict
 from pathlib import Path
 from typing import Any
 
-from core.flags import add_flags
-from training.common import ConfigError, config_from_args
-
-
-@dataclass
-class EvalConfig:
-    """`bonserve eval` options."""
-
-    model: str = field(metadata={"help": "Policy to evaluate: a registry entry (full or LoRA)."})
-    task: str = field(default="arithmetic", metadata={"help": "Built-in task."})
-    split: str = field(default="heldout", metadata={"help": "Task split (held-out by default)."})
-    limit: int | None = field(default=None, metadata={"help": "Evaluate on the first N prompts only."})
-    n: int | None = field(default=None, metadata={"help": "Samples per prompt for pass@n / BoN-n."})
-    temperature: float = field(default=0.8, metadata={"help": "Sampling temperature of the n samples."})
-    max_tokens: int = field(default=64, metadata={"help": "Longest completion."})
-    reward_model: str | None = field(default=None, metadata={"help": "Reward model entry for BoN-n."})
-    pairs_from: str | None = field(
-        default=None,
-        metadata={"help": "Policy whose samples give the reward model's held-out pairs (default: --model)."},
-    )
-    pairs_k: int = field(
-        default=8,
-        metadata={"help": "Samples per prompt for those pairs when they cannot reuse the --n samples."},
-    )
-    rm_backend: str = field(default="vllm", metadata={"help": "Score with 'vllm' or 'transformers'."})
-    kl: bool = field(default=True, metadata={"help": "Estimate KL(policy || base) on greedy completions."})
-    out: str | None = field(default=None, metadata={"help": "Write the results as JSON here."})
-    registry: str | None = field(default=None, metadata={"help": "Registry directory."})
-    seed: int = field(default=0, metadata={"help": "Engine seed."})
-    enforce_eager: bool = field(default=False, metadata={"help": "Skip torch.compile in the engine."})
-    kv_cache_gib: float = field(default=1.0, metadata={"help": "KV cache per engine."})
-
-    def __post_init__(self) -> None:
-        from training.tasks import get_task
-
-        try:
-            task = get_task(self.task)
-        except ValueError as exc:
-            raise ConfigError(str(exc)) from None
-        if self.split not in task.sizes:
-            raise ConfigError(f"split={self.split!r}: use one of {sorted(task.sizes)}")
-        if self.limit is not None and not 1 <= self.limit <= task.sizes[self.split]:
-            raise ConfigError(f"limit={self.limit!r}: must lie in 1..{task.sizes[self.split]}")
-        if self.n is not None and self.n < 1:
-            raise ConfigError(f"n={self.n!r}: must be >= 1")
-        if self.pairs_k < 2:
-            raise ConfigError(f"pairs_k={self.pairs_k!r}: a pair needs at least 2 samples")
-        if not self.temperature > 0:
-            raise ConfigError(f"temperature={self.temperature!r}: sampling needs > 0 (greedy is always run)")
-        if self.max_tokens < 1:
-            raise ConfigError(f"max_tokens={self.max_tokens!r}: must be >= 1")
-        if self.rm_backend not in ("vllm", "transformers"):
-            raise ConfigError(f"rm_backend={self.rm_backend!r}: use 'vllm' or 'transformers'")
-        if self.pairs_from and not self.reward_model:
-            raise ConfigError(f"pairs_from={self.pairs_from!r} needs --reward-model")
+from training.eval_config import EvalConfig
 
 
 def bon_analytic_kl(n: int) -> float:
@@ -333,26 +275,3 @@ def format_table(result: dict[str, Any]) -> str:
     width = max(len(a) for a, _ in rows)
     title = f"bonserve eval: {result['model']}"
     return "\n".join([title, "-" * len(title)] + [f"{a:<{width}}  {b}" for a, b in rows])
-
-
-def make_parser(parser: argparse.ArgumentParser | None = None) -> argparse.ArgumentParser:
-    parser = parser or argparse.ArgumentParser(prog="bonserve eval", description=__doc__.splitlines()[0])
-    return add_flags(parser, EvalConfig)
-
-
-def main(argv: Sequence[str] | None = None, args: argparse.Namespace | None = None) -> int:
-    from core.registry import RegistryError
-    from training.data import DataError
-
-    args = args if args is not None else make_parser().parse_args(argv)
-    try:
-        result = run(config_from_args(EvalConfig, args))
-    except (ConfigError, DataError, RegistryError) as exc:
-        print(f"error: {exc}", file=sys.stderr)
-        return 1
-    print(format_table(result))
-    return 0
-
-
-if __name__ == "__main__":
-    raise SystemExit(main())

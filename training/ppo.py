@@ -1,12 +1,8 @@
 """RLHF with PPO: policy, value head, frozen reward, reference policy, per-token KL penalty.
 
-    bonserve train ppo --name arith-ppo --task arithmetic --reward gold          # gold verifier
-    bonserve train ppo --name arith-ppo-rm --task arithmetic --reward rm --reward-model arith-rm
-    bonserve train ppo --name chat-ppo --data prompts.jsonl --reward rm --reward-model my-rm
-
 TRL removed its PPOTrainer (deleted by 1.16), so the loop lives here; it follows TRL's former
 PPOTrainer and the checklist of "The N Implementation Details of RLHF with PPO" (Huang et al.
-2024). One iteration (`--max-steps` counts them):
+2024). One iteration (`--max-steps` counts them; `PPOTrainer.step` reads in this order):
 
 1. rollouts: `--batch-size` prompts, one sampled response each at `--temperature`, by vLLM
    with the current LoRA adapter loaded into the engine (a new adapter id per iteration), or
@@ -14,12 +10,12 @@ PPOTrainer and the checklist of "The N Implementation Details of RLHF with PPO" 
    GPU and HF otherwise: on CPU vLLM's LoRA decoding measured 0.55x HF generate, and --full
    would need the engine's weights reloaded every iteration. Each response is cut after its
    first end-of-turn token;
-2. log-probabilities recomputed with transformers under the policy and the reference (never
-   vLLM's: the ratio must start at exactly 1), at the sampling temperature, and values from
-   the value head;
-3. score: the task's gold verifier or the reward model on the decoded response; responses
+2. score: the task's gold verifier or the reward model on the decoded response; responses
    that never emit the end token get `--missing-eos-penalty` subtracted; optional
    normalisation with gain/bias fixed on the first batch (the starting policy's samples);
+3. log-probabilities recomputed with transformers under the policy and the reference (never
+   vLLM's: the ratio must start at exactly 1), at the sampling temperature, and values from
+   the value head;
 4. per-token reward -kl_coef * KL_t with the score added on the last token; GAE advantages,
    whitened; `--num-ppo-epochs` passes over the batch in shuffled `--mini-batch-size`
    mini-batches with the clipped policy loss + vf_coef * clipped value loss;
@@ -38,199 +34,47 @@ printed and appended to RUN_DIR/ppo_log.jsonl. When a gold verifier exists it is
 logged (`rewards/gold/mean`) beside the learned reward (`rewards/rm/mean`), so reward
 hacking shows as the two curves parting. Checkpoints (adapter, value head, optimizer, KL
 coefficient, score normalisation) are written every --save-steps; --resume continues.
+
+Where the parts live: training/ppo_config.py (the options), training/ppo_rollouts.py (step 1:
+the vLLM and HF backends; padding, packing and the forward pass over a packed batch used in
+steps 3-4), training/ppo_math.py (the pure tensor math of
+steps 4-5), this file (the trainer: scoring, the update, checkpoints, the entry); the
+command line is training/scripts/ppo.py.
 """
 
 from __future__ import annotations
 
-import argparse
 import json
 import math
 import random
 import shutil
 import time
 from collections.abc import Sequence
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from typing import Any
 
-from core.flags import add_flags
+from core.flags import ConfigError
 from core.registry import Entry, Registry
-from training.common import (
-    ConfigError,
-    Start,
-    TrainConfig,
-    copy_adapter,
-    copy_full,
-    load_causal_lm,
-    load_tokenizer,
-    lora_config,
-    prepare_run_dir,
-    resolve_start,
-    run_main,
-    write_entry,
-)
+from training import common
+from training.common import load_causal_lm, load_tokenizer, lora_config, prepare_run_dir, resolve_start
+from training.ppo_config import PPOConfig
+from training.ppo_rollouts import Batch, HFRollouts, Rollouts, VLLMRollouts, forward
 from training.prompts import Prompt, load_prompts
 
-REWARDS = ("gold", "rm")
-BACKENDS = ("auto", "vllm", "hf")
 LOG_FILE = "ppo_log.jsonl"
+STAT_KEYS = (
+    "policy/approxkl_avg",
+    "policy/clipfrac_avg",
+    "loss/policy_avg",
+    "loss/value_avg",
+    "val/clipfrac_avg",
+    "policy/entropy_avg",
+    "val/ratio",
+    "val/vpred",
+)
 
 
-@dataclass(kw_only=True)
-class PPOConfig(TrainConfig):
-    """`bonserve train ppo` options (the shared ones are documented on TrainConfig)."""
-
-    data: str | None = field(
-        default=None,
-        metadata={
-            "help": "Prompts file (JSONL/Parquet rows with `prompt`: a string or messages) instead of "
-            "--task; needs --reward rm."
-        },
-    )
-    task: str | None = field(
-        default=None,
-        metadata={"help": "Built-in task giving prompts and the gold verifier (arithmetic unless --data)."},
-    )
-    split: str = field(default="train", metadata={"help": "Task split the prompts come from."})
-    n_prompts: int | None = field(default=None, metadata={"help": "Use the first N prompts only."})
-    reward: str = field(
-        default="gold",
-        metadata={"help": "What PPO maximises: 'gold' (the task's verifier) or 'rm' (--reward-model)."},
-    )
-    reward_model: str | None = field(
-        default=None,
-        metadata={
-            "help": "Registry reward model (kind rm); scored each step, logged beside gold if a task has one."
-        },
-    )
-    rollout_backend: str = field(
-        default="auto",
-        metadata={
-            "help": "'vllm' (LoRA only), 'hf' (transformers generate), 'auto' (vllm: LoRA on GPU; else hf)."
-        },
-    )
-    batch_size: int = field(default=32, metadata={"help": "Prompts (one rollout each) per PPO iteration."})
-    mini_batch_size: int = field(
-        default=8,
-        metadata={"help": "Rollouts per optimizer step; --gradient-accumulation-steps splits it further."},
-    )
-    num_ppo_epochs: int = field(default=4, metadata={"help": "Passes over each rollout batch."})
-    temperature: float = field(default=0.7, metadata={"help": "Sampling temperature of the rollouts."})
-    max_new_tokens: int = field(default=48, metadata={"help": "Longest response."})
-    kl_coef: float = field(
-        default=0.05, metadata={"help": "Initial coefficient of the per-token KL penalty."}
-    )
-    kl_estimator: str = field(
-        default="k1",
-        metadata={
-            "help": "KL estimator in the reward: k1 (log ratio, as in the papers) or k3 (non-negative)."
-        },
-    )
-    target_kl: float | None = field(
-        default=None,
-        metadata={
-            "help": "Adaptive KL: steer the per-sequence KL toward this value (default: fixed kl_coef)."
-        },
-    )
-    kl_horizon: int = field(default=10000, metadata={"help": "Adaptive KL horizon, in episodes."})
-    gamma: float = field(default=1.0, metadata={"help": "Discount factor."})
-    lam: float = field(default=0.95, metadata={"help": "GAE lambda."})
-    cliprange: float = field(default=0.2, metadata={"help": "Policy ratio clip range."})
-    cliprange_value: float = field(default=0.2, metadata={"help": "Value clip range."})
-    vf_coef: float = field(default=0.1, metadata={"help": "Weight of the value loss."})
-    whiten_rewards: bool = field(default=False, metadata={"help": "Whiten per-token rewards (mean kept)."})
-    normalize_scores: bool = field(
-        default=False,
-        metadata={"help": "Fix a gain and bias on the first batch's scores so they have mean 0, std 1."},
-    )
-    missing_eos_penalty: float = field(
-        default=1.0,
-        metadata={"help": "Subtracted from the score of a response cut off before its end token (0 = off)."},
-    )
-    max_grad_norm: float = field(default=1.0, metadata={"help": "Gradient clipping norm."})
-    forward_batch_size: int = field(default=16, metadata={"help": "Rows per no-grad forward pass."})
-    lora_dropout: float = field(
-        default=0.0,
-        metadata={"help": "LoRA dropout; 0 so that log-probs at rollout and update time agree (PPO detail)."},
-    )
-    logging_steps: int = field(default=1, metadata={"help": "Print metrics every N iterations."})
-    save_steps: int = field(default=10, metadata={"help": "Write a resumable checkpoint every N iterations."})
-    enforce_eager: bool = field(default=False, metadata={"help": "Skip torch.compile in the rollout engine."})
-    kv_cache_gib: float = field(default=1.0, metadata={"help": "KV cache of the rollout engine."})
-
-    def __post_init__(self) -> None:
-        if self.data is None and self.task is None:
-            self.task = "arithmetic"
-        if self.data is not None and self.task is not None:
-            raise ConfigError("give prompts by --task or --data, not both")
-        super().__post_init__()
-        if self.reward not in REWARDS:
-            raise ConfigError(f"reward={self.reward!r}: use one of {REWARDS}")
-        if self.reward == "rm" and not self.reward_model:
-            raise ConfigError("reward='rm' needs --reward-model NAME (a registry entry of kind rm)")
-        if self.reward == "gold" and not self.task:
-            raise ConfigError(
-                "reward='gold' needs a --task with a gold verifier; with --data use --reward rm"
-            )
-        if self.rollout_backend not in BACKENDS:
-            raise ConfigError(f"rollout_backend={self.rollout_backend!r}: use one of {BACKENDS}")
-        if self.rollout_backend == "vllm" and self.full:
-            raise ConfigError(
-                "rollout_backend='vllm' with --full: vLLM would have to reload the full "
-                "weights every iteration; use --rollout-backend hf"
-            )
-        if self.kl_estimator not in ("k1", "k3"):
-            raise ConfigError(f"kl_estimator={self.kl_estimator!r}: use k1 or k3")
-        for key in (
-            "mini_batch_size",
-            "num_ppo_epochs",
-            "max_new_tokens",
-            "forward_batch_size",
-            "kl_horizon",
-        ):
-            value = getattr(self, key)
-            if not isinstance(value, int) or isinstance(value, bool) or value < 1:
-                raise ConfigError(f"{key}={value!r}: must be an integer >= 1")
-        if self.batch_size % self.mini_batch_size:
-            raise ConfigError(
-                f"batch_size={self.batch_size} is not a multiple of mini_batch_size={self.mini_batch_size}"
-            )
-        if self.mini_batch_size % self.gradient_accumulation_steps:
-            raise ConfigError(
-                f"mini_batch_size={self.mini_batch_size} is not a multiple of "
-                f"gradient_accumulation_steps={self.gradient_accumulation_steps}"
-            )
-        checks = {
-            "temperature": self.temperature > 0,
-            "kl_coef": self.kl_coef >= 0,
-            "gamma": 0 < self.gamma <= 1,
-            "lam": 0 <= self.lam <= 1,
-            "cliprange": self.cliprange > 0,
-            "cliprange_value": self.cliprange_value > 0,
-            "vf_coef": self.vf_coef >= 0,
-            "missing_eos_penalty": self.missing_eos_penalty >= 0,
-            "max_grad_norm": self.max_grad_norm > 0,
-            "kv_cache_gib": self.kv_cache_gib > 0,
-        }
-        for key, ok in checks.items():
-            if not ok:
-                raise ConfigError(f"{key}={getattr(self, key)!r} is out of range (see --help)")
-        if self.target_kl is not None and not self.target_kl > 0:
-            raise ConfigError(f"target_kl={self.target_kl!r}: must be > 0")
-        if self.bf16:
-            raise ConfigError("bf16=True: the PPO loop runs in float32 (log-prob ratios need the precision)")
-
-    @property
-    def backend(self) -> str:
-        """'auto' picks vLLM only where it is the faster one: for LoRA on a GPU. On CPU, vLLM's
-        LoRA kernels decode at 0.55x HF generate (docs/benchmarks/rollout_throughput.md)."""
-        if self.rollout_backend != "auto":
-            return self.rollout_backend
-        import torch
-
-        return "vllm" if torch.cuda.is_available() and not self.full else "hf"
-
-
-# --------------------------------------------------------------------------- rewards
+# --------------------------------------------------------------------------- rewards (step 2)
 
 
 class Scorer:
@@ -263,182 +107,17 @@ class Scorer:
         return out
 
 
-# --------------------------------------------------------------------------- rollouts
+# --------------------------------------------------------------------------- step 3's outputs
 
 
 @dataclass
-class Rollouts:
-    """One batch of prompts and sampled responses, as token ids (responses end at the first
-    end token, inclusive; `ended` says whether that token was reached)."""
+class OldOutputs:
+    """The batch under the policy that sampled it (pi_old) and under the reference: fixed for
+    the whole update, [B, R] each and zero after a response ends."""
 
-    prompts: list[Prompt]
-    query_ids: list[list[int]]
-    response_ids: list[list[int]]
-    ended: list[bool]
-
-
-class VLLMRollouts:
-    """Samples with a `vllm.LLM` over the full base weights; each iteration saves the policy's
-    adapter and sends it as a new LoRARequest, so the engine always runs the current policy."""
-
-    def __init__(self, config: PPOConfig, start: Start, tokenizer: Any):
-        from training.generation import llm_kwargs, open_llm
-
-        self._stack = open_llm(
-            llm_kwargs(
-                start.root.path,
-                lora_rank=config.lora_r,
-                enforce_eager=config.enforce_eager,
-                kv_cache_gib=config.kv_cache_gib,
-                seed=config.seed,
-            )
-        )
-        self.llm = self._stack.__enter__()
-        self.config, self.tokenizer = config, tokenizer
-        self.adapter_dir = config.run_dir() / "rollout-adapter"
-
-    def generate(self, policy: Any, query_ids: list[list[int]], step: int) -> list[list[int]]:
-        from vllm import SamplingParams
-        from vllm.lora.request import LoRARequest
-        from vllm.sampling_params import RequestOutputKind
-
-        shutil.rmtree(self.adapter_dir, ignore_errors=True)
-        policy.save_pretrained(str(self.adapter_dir))
-        lora = LoRARequest(f"ppo-step-{step}", step + 1, str(self.adapter_dir))
-        params = [
-            SamplingParams(
-                n=1,
-                temperature=self.config.temperature,
-                top_p=1.0,
-                top_k=-1,
-                max_tokens=self.config.max_new_tokens,
-                seed=self.config.seed * 1_000_003 + step * 10_007 + i,
-                output_kind=RequestOutputKind.FINAL_ONLY,
-            )
-            for i in range(len(query_ids))
-        ]
-        outs = self.llm.generate(
-            [{"prompt_token_ids": q} for q in query_ids], params, lora_request=lora, use_tqdm=False
-        )
-        if step > 0:  # the previous adapter is never used again
-            self.llm.llm_engine.remove_lora(step)
-        return [list(o.outputs[0].token_ids) for o in outs]
-
-    def close(self) -> None:
-        self._stack.__exit__(None, None, None)
-
-
-class HFRollouts:
-    """Samples with transformers `generate` on the policy module itself (any format)."""
-
-    def __init__(self, config: PPOConfig, tokenizer: Any):
-        self.config, self.tokenizer = config, tokenizer
-
-    def generate(self, policy: Any, query_ids: list[list[int]], step: int) -> list[list[int]]:
-        import torch
-
-        torch.manual_seed(self.config.seed * 1_000_003 + step)
-        out: list[list[int]] = []
-        pad = self.tokenizer.pad_token_id
-        for i in range(0, len(query_ids), self.config.forward_batch_size):
-            chunk = query_ids[i : i + self.config.forward_batch_size]
-            ids, mask = left_pad(chunk, pad)
-            with torch.no_grad():
-                gen = policy.generate(
-                    input_ids=ids,
-                    attention_mask=mask,
-                    do_sample=True,
-                    temperature=self.config.temperature,
-                    top_k=0,
-                    top_p=1.0,
-                    max_new_tokens=self.config.max_new_tokens,
-                    pad_token_id=pad,
-                    eos_token_id=self.tokenizer.eos_token_id,
-                )
-            out.extend(row.tolist() for row in gen[:, ids.shape[1] :])
-        return out
-
-    def close(self) -> None:
-        """Nothing to release: generation ran on the training module."""
-
-
-# --------------------------------------------------------------------------- tensors
-
-
-def left_pad(rows: Sequence[Sequence[int]], pad: int):
-    import torch
-
-    width = max(len(r) for r in rows)
-    ids = torch.full((len(rows), width), pad, dtype=torch.long)
-    mask = torch.zeros((len(rows), width), dtype=torch.long)
-    for i, r in enumerate(rows):
-        ids[i, width - len(r) :] = torch.tensor(r, dtype=torch.long)
-        mask[i, width - len(r) :] = 1
-    return ids, mask
-
-
-def right_pad(rows: Sequence[Sequence[int]], pad: int):
-    import torch
-
-    width = max(1, max(len(r) for r in rows))
-    ids = torch.full((len(rows), width), pad, dtype=torch.long)
-    mask = torch.zeros((len(rows), width), dtype=torch.float32)
-    for i, r in enumerate(rows):
-        ids[i, : len(r)] = torch.tensor(r, dtype=torch.long)
-        mask[i, : len(r)] = 1.0
-    return ids, mask
-
-
-@dataclass
-class Batch:
-    """Rollouts as aligned tensors: left-padded queries, right-padded responses."""
-
-    query: Any  # [B, Q]
-    query_mask: Any
-    response: Any  # [B, R]
-    mask: Any  # [B, R] float, 1 on response tokens
-
-    def select(self, idx: Any) -> Batch:
-        return Batch(self.query[idx], self.query_mask[idx], self.response[idx], self.mask[idx])
-
-
-def forward(
-    model: Any,
-    value_head: Any,
-    batch: Batch,
-    temperature: float,
-    *,
-    with_values: bool,
-    with_entropy: bool = False,
-) -> dict[str, Any]:
-    """Response-token log-probs (at the sampling temperature), values and entropy.
-
-    Position ids follow the attention mask, as the left padding requires; only the logits
-    that predict response tokens are computed.
-    """
-    import torch
-
-    from training.ppo_math import entropy_from_logits, logprobs_from_logits
-
-    ids = torch.cat([batch.query, batch.response], dim=1)
-    attn = torch.cat([batch.query_mask, batch.mask.long()], dim=1)
-    positions = (attn.cumsum(1) - 1).clamp(min=0)
-    width = batch.response.shape[1]
-    out = model(
-        input_ids=ids,
-        attention_mask=attn,
-        position_ids=positions,
-        logits_to_keep=width + 1,
-        output_hidden_states=with_values,
-    )
-    logits = out.logits[:, :-1, :] / temperature
-    result = {"logprobs": logprobs_from_logits(logits, batch.response)}
-    if with_values:
-        hidden = out.hidden_states[-1][:, -width - 1 : -1, :]
-        result["values"] = value_head(hidden).squeeze(-1)
-    if with_entropy:
-        result["entropy"] = entropy_from_logits(logits)
-    return result
+    logprobs: Any
+    values: Any
+    ref_logprobs: Any
 
 
 # --------------------------------------------------------------------------- the trainer
@@ -532,7 +211,19 @@ class PPOTrainer:
         with self.policy.disable_adapter():
             return forward(self.policy, None, batch, self.config.temperature, with_values=False)["logprobs"]
 
-    # --- one iteration --------------------------------------------------------------------
+    # --- one iteration, in the order of the algorithm -------------------------------------
+
+    def step(self, rollouts: Rollouts) -> dict[str, float]:
+        """Steps 2-5 of the module docstring on one batch of rollouts (step 1); the metrics."""
+        batch = Batch.pack(rollouts, self.tokenizer.pad_token_id)
+        scores, judged = self.score(rollouts)
+        old = self.old_outputs(batch)
+        kl_coef = self.kl_ctl.value
+        rewards, non_score = self.token_rewards(scores, old, batch.mask, kl_coef)
+        advantages, returns = self.advantages(rewards, old.values, batch.mask)
+        stats = self.update(batch, old, advantages, returns)
+        kl = self.adapt_kl(old, batch.mask)
+        return self.metrics(rollouts, batch, scores, judged, old, non_score, kl, kl_coef, stats)
 
     def batch_prompts(self, step: int) -> list[Prompt]:
         """Deterministic in (seed, step): a fresh shuffle of all prompts each epoch over them."""
@@ -545,6 +236,7 @@ class PPOTrainer:
         return out
 
     def rollout(self, roller: Any, step: int) -> Rollouts:
+        """1. One sampled response per prompt of this iteration, cut after its first end token."""
         from training.ppo_math import cut_at_stop
 
         prompts = self.batch_prompts(step)
@@ -553,145 +245,170 @@ class PPOTrainer:
         cut = [cut_at_stop(r, self.stop_ids) for r in raw]
         return Rollouts(prompts, queries, [c[0] for c in cut], [c[1] for c in cut])
 
-    def step(self, rollouts: Rollouts) -> dict[str, float]:
+    def score(self, rollouts: Rollouts) -> tuple[Any, dict[str, list[float]]]:
+        """2. (the training score per rollout, every judge's raw scores for the metrics)."""
         import torch
 
-        from training.ppo_math import (
-            gae,
-            kl_estimate,
-            masked_mean,
-            masked_whiten,
-            policy_loss,
-            token_rewards,
-            value_loss,
-        )
-
         config = self.config
-        pad = self.tokenizer.pad_token_id
-        query, query_mask = left_pad(rollouts.query_ids, pad)
-        response, mask = right_pad(rollouts.response_ids, pad)
-        batch = Batch(query, query_mask, response, mask)
-        size = len(rollouts.prompts)
-
-        with torch.no_grad():
-            parts = [
-                forward(
-                    self.policy,
-                    self.value_head,
-                    batch.select(slice(i, i + config.forward_batch_size)),
-                    config.temperature,
-                    with_values=True,
-                )
-                for i in range(0, size, config.forward_batch_size)
-            ]
-            old_logprobs = torch.cat([p["logprobs"] for p in parts]) * mask
-            old_values = torch.cat([p["values"] for p in parts]) * mask
-            ref_logprobs = (
-                torch.cat(
-                    [
-                        self._ref_logprobs(batch.select(slice(i, i + config.forward_batch_size)))
-                        for i in range(0, size, config.forward_batch_size)
-                    ]
-                )
-                * mask
-            )
-
         texts = [self.tokenizer.decode(r, skip_special_tokens=True) for r in rollouts.response_ids]
         judged = self.scorer(rollouts.prompts, texts)
         scores = torch.tensor(judged[config.reward], dtype=torch.float32)
-        ended = torch.tensor(rollouts.ended)
         if config.normalize_scores:
             if self.state.score_bias is None:
                 self.state.score_bias = float(scores.mean())
                 self.state.score_gain = 1.0 / max(float(scores.std()), 1e-6)
             scores = (scores - self.state.score_bias) * self.state.score_gain
-        scores = scores - config.missing_eos_penalty * (~ended).float()
+        ended = torch.tensor(rollouts.ended)
+        return scores - config.missing_eos_penalty * (~ended).float(), judged
 
-        kl_coef = self.kl_ctl.value
+    def old_outputs(self, batch: Batch) -> OldOutputs:
+        """3. Log-probs and values under the sampling policy, log-probs under the reference,
+        in chunks of --forward-batch-size rows."""
+        import torch
+
+        size, chunk = batch.response.shape[0], self.config.forward_batch_size
+        parts = [batch.select(slice(i, i + chunk)) for i in range(0, size, chunk)]
+        with torch.no_grad():
+            policy = [
+                forward(self.policy, self.value_head, p, self.config.temperature, with_values=True)
+                for p in parts
+            ]
+            ref_logprobs = torch.cat([self._ref_logprobs(p) for p in parts]) * batch.mask
+        return OldOutputs(
+            logprobs=torch.cat([p["logprobs"] for p in policy]) * batch.mask,
+            values=torch.cat([p["values"] for p in policy]) * batch.mask,
+            ref_logprobs=ref_logprobs,
+        )
+
+    def token_rewards(self, scores: Any, old: OldOutputs, mask: Any, kl_coef: float) -> tuple[Any, Any]:
+        """4a. Per-token rewards: -kl_coef * KL_t, plus the score on the last token; and the KL
+        part alone (the "non-score" reward)."""
+        from training.ppo_math import masked_whiten, token_rewards
+
+        config = self.config
         rewards, non_score = token_rewards(
-            scores, old_logprobs, ref_logprobs, mask, kl_coef, config.kl_estimator
+            scores, old.logprobs, old.ref_logprobs, mask, kl_coef, config.kl_estimator
         )
         if config.whiten_rewards:
             rewards = masked_whiten(rewards, mask, shift_mean=False) * mask
-        advantages, returns = gae(rewards, old_values, mask, config.gamma, config.lam)
-        advantages = masked_whiten(advantages, mask) * mask
+        return rewards, non_score
 
-        stats: dict[str, list[float]] = {
-            k: []
-            for k in (
-                "policy/approxkl_avg",
-                "policy/clipfrac_avg",
-                "loss/policy_avg",
-                "loss/value_avg",
-                "val/clipfrac_avg",
-                "policy/entropy_avg",
-                "val/ratio",
-                "val/vpred",
-            )
-        }
+    def advantages(self, rewards: Any, values: Any, mask: Any) -> tuple[Any, Any]:
+        """4b. GAE advantages (whitened over the batch) and the value targets."""
+        from training.ppo_math import gae, masked_whiten
+
+        advantages, returns = gae(rewards, values, mask, self.config.gamma, self.config.lam)
+        return masked_whiten(advantages, mask) * mask, returns
+
+    def update(self, batch: Batch, old: OldOutputs, advantages: Any, returns: Any) -> dict[str, list[float]]:
+        """4c. --num-ppo-epochs passes over the batch in shuffled mini-batches, one optimizer
+        step each (accumulated over --gradient-accumulation-steps micro-batches)."""
+        import torch
+
+        config = self.config
+        size = batch.response.shape[0]
         micro = config.mini_batch_size // config.gradient_accumulation_steps
+        stats: dict[str, list[float]] = {k: [] for k in STAT_KEYS}
         generator = torch.Generator().manual_seed(config.seed * 31 + self.state.step)
         for _ in range(config.num_ppo_epochs):
             order = torch.randperm(size, generator=generator)
             for m in range(0, size, config.mini_batch_size):
                 for u in range(m, m + config.mini_batch_size, micro):
                     idx = order[u : u + micro]
-                    sub = batch.select(idx)
-                    new = forward(
-                        self.policy,
-                        self.value_head,
-                        sub,
-                        config.temperature,
-                        with_values=True,
-                        with_entropy=True,
-                    )
-                    new_logprobs = new["logprobs"] * sub.mask
-                    pl = policy_loss(
-                        new_logprobs, old_logprobs[idx], advantages[idx], sub.mask, config.cliprange
-                    )
-                    vl = value_loss(
-                        new["values"], old_values[idx], returns[idx], sub.mask, config.cliprange_value
-                    )
-                    loss = (pl["loss"] + config.vf_coef * vl["loss"]) / config.gradient_accumulation_steps
-                    loss.backward()
-                    with torch.no_grad():
-                        for key, value in (
-                            ("policy/approxkl_avg", pl["approxkl"]),
-                            ("policy/clipfrac_avg", pl["clipfrac"]),
-                            ("loss/policy_avg", pl["loss"]),
-                            ("loss/value_avg", vl["loss"]),
-                            ("val/clipfrac_avg", vl["clipfrac"]),
-                            ("val/ratio", pl["ratio"]),
-                            ("policy/entropy_avg", masked_mean(new["entropy"], sub.mask)),
-                            ("val/vpred", masked_mean(new["values"], sub.mask)),
-                        ):
-                            stats[key].append(float(value))
-                torch.nn.utils.clip_grad_norm_(
-                    [p for g in self.optimizer.param_groups for p in g["params"]], config.max_grad_norm
-                )
-                self.optimizer.step()
-                self.optimizer.zero_grad(set_to_none=True)
+                    self._backward(batch.select(idx), old, advantages[idx], returns[idx], idx, stats)
+                self._optimizer_step()
+        return stats
+
+    def _backward(
+        self,
+        sub: Batch,
+        old: OldOutputs,
+        advantages: Any,
+        returns: Any,
+        idx: Any,
+        stats: dict[str, list[float]],
+    ) -> None:
+        """Clipped policy loss + vf_coef * clipped value loss on one micro-batch; gradients
+        accumulate, the micro-batch's statistics are appended to `stats`."""
+        import torch
+
+        from training.ppo_math import masked_mean, policy_loss, value_loss
+
+        config = self.config
+        new = forward(
+            self.policy, self.value_head, sub, config.temperature, with_values=True, with_entropy=True
+        )
+        new_logprobs = new["logprobs"] * sub.mask
+        pl = policy_loss(new_logprobs, old.logprobs[idx], advantages, sub.mask, config.cliprange)
+        vl = value_loss(new["values"], old.values[idx], returns, sub.mask, config.cliprange_value)
+        loss = (pl["loss"] + config.vf_coef * vl["loss"]) / config.gradient_accumulation_steps
+        loss.backward()
+        with torch.no_grad():
+            for key, value in (
+                ("policy/approxkl_avg", pl["approxkl"]),
+                ("policy/clipfrac_avg", pl["clipfrac"]),
+                ("loss/policy_avg", pl["loss"]),
+                ("loss/value_avg", vl["loss"]),
+                ("val/clipfrac_avg", vl["clipfrac"]),
+                ("val/ratio", pl["ratio"]),
+                ("policy/entropy_avg", masked_mean(new["entropy"], sub.mask)),
+                ("val/vpred", masked_mean(new["values"], sub.mask)),
+            ):
+                stats[key].append(float(value))
+
+    def _optimizer_step(self) -> None:
+        import torch
+
+        torch.nn.utils.clip_grad_norm_(
+            [p for g in self.optimizer.param_groups for p in g["params"]], self.config.max_grad_norm
+        )
+        self.optimizer.step()
+        self.optimizer.zero_grad(set_to_none=True)
+
+    def adapt_kl(self, old: OldOutputs, mask: Any) -> Any:
+        """5. The KL controller sees this batch's per-sequence KL (k1); the iteration counts.
+        Returns that KL, [B]."""
+        import torch
+
+        from training.ppo_math import kl_estimate
 
         with torch.no_grad():
-            kl = (kl_estimate(old_logprobs, ref_logprobs, "k1") * mask).sum(1)
-            non_score_sum = non_score.sum(1)
+            kl = (kl_estimate(old.logprobs, old.ref_logprobs, "k1") * mask).sum(1)
+        size = mask.shape[0]
         self.kl_ctl.update(float(kl.mean()), size)
         self.state.kl_coef = self.kl_ctl.value
         self.state.step += 1
         self.state.episode += size
-        lengths = mask.sum(1)
+        return kl
+
+    def metrics(
+        self,
+        rollouts: Rollouts,
+        batch: Batch,
+        scores: Any,
+        judged: dict[str, list[float]],
+        old: OldOutputs,
+        non_score: Any,
+        kl: Any,
+        kl_coef: float,
+        stats: dict[str, list[float]],
+    ) -> dict[str, float]:
+        """The iteration's metrics, under TRL's names."""
+        import torch
+
+        non_score_sum = non_score.sum(1)
+        ended = torch.tensor(rollouts.ended)
+        ratios = stats["val/ratio"]
         metrics = {
             "objective/kl": float(kl.mean()),
-            "objective/entropy": float((-old_logprobs).sum(1).mean()),
+            "objective/entropy": float((-old.logprobs).sum(1).mean()),
             "objective/non_score_reward": float(non_score_sum.mean()),
             "objective/scores": float(scores.mean()),
             "objective/rlhf_reward": float((scores + non_score_sum).mean()),
             "objective/kl_coef": kl_coef,
-            "val/ratio_var": float(torch.tensor(stats["val/ratio"]).var())
-            if len(stats["val/ratio"]) > 1
-            else 0.0,
+            "val/ratio_var": float(torch.tensor(ratios).var()) if len(ratios) > 1 else 0.0,
             "val/num_eos_tokens": float(ended.sum()),
-            "completions/mean_length": float(lengths.mean()),
+            "completions/mean_length": float(batch.mask.sum(1).mean()),
             "completions/clipped_ratio": float((~ended).float().mean()),
             "episode": float(self.state.episode),
             "lr": float(self.optimizer.param_groups[0]["lr"]),
@@ -701,17 +418,11 @@ class PPOTrainer:
             metrics[f"rewards/{name}/mean"] = sum(values) / len(values)
         return metrics
 
-    def _set_lr(self) -> None:
-        """Linear warm-up, then linear decay to 0 over the run (TRL's anneal_lr)."""
-        config, step = self.config, self.state.step
-        warm = min(1.0, (step + 1) / config.warmup_steps) if config.warmup_steps else 1.0
-        frac = 1.0 - step / config.max_steps
-        for group in self.optimizer.param_groups:
-            group["lr"] = config.learning_rate * warm * frac
-
     # --- the run --------------------------------------------------------------------------
 
     def train(self) -> dict[str, float]:
+        """Iterate to --max-steps (or --max-time-s): log every iteration to RUN_DIR/ppo_log.jsonl,
+        print every --logging-steps, checkpoint every --save-steps and at the end."""
         from tqdm.auto import tqdm
 
         config = self.config
@@ -728,18 +439,7 @@ class PPOTrainer:
                 tqdm(total=config.max_steps, initial=self.state.step, desc=f"ppo {config.name}") as bar,
             ):
                 while self.state.step < config.max_steps:
-                    self._set_lr()
-                    t0 = time.perf_counter()
-                    rollouts = self.rollout(roller, self.state.step)
-                    t1 = time.perf_counter()
-                    last = self.step(rollouts)
-                    last.update(
-                        {
-                            "time/rollout_s": t1 - t0,
-                            "time/update_s": time.perf_counter() - t1,
-                            "step": float(self.state.step),
-                        }
-                    )
+                    last = self._timed_iteration(roller)
                     log.write(json.dumps(last, sort_keys=True) + "\n")
                     log.flush()
                     bar.update(1)
@@ -756,6 +456,30 @@ class PPOTrainer:
         finally:
             roller.close()
         return last
+
+    def _timed_iteration(self, roller: Any) -> dict[str, float]:
+        """One iteration at this step's learning rate; its metrics with timings and the step."""
+        self._set_lr()
+        t0 = time.perf_counter()
+        rollouts = self.rollout(roller, self.state.step)
+        t1 = time.perf_counter()
+        metrics = self.step(rollouts)
+        metrics.update(
+            {
+                "time/rollout_s": t1 - t0,
+                "time/update_s": time.perf_counter() - t1,
+                "step": float(self.state.step),
+            }
+        )
+        return metrics
+
+    def _set_lr(self) -> None:
+        """Linear warm-up, then linear decay to 0 over the run (TRL's anneal_lr)."""
+        config, step = self.config, self.state.step
+        warm = min(1.0, (step + 1) / config.warmup_steps) if config.warmup_steps else 1.0
+        frac = 1.0 - step / config.max_steps
+        for group in self.optimizer.param_groups:
+            group["lr"] = config.learning_rate * warm * frac
 
     # --- checkpoints ----------------------------------------------------------------------
 
@@ -804,15 +528,15 @@ class PPOTrainer:
     # --- the registry entry ---------------------------------------------------------------
 
     def save_entry(self, metrics: dict[str, float]) -> Entry | None:
+        """The policy as a registry entry of kind ppo (an adapter vLLM could not serve is refused)."""
         final = self.run_dir / "final"
         shutil.rmtree(final, ignore_errors=True)
         self.policy.save_pretrained(str(final))
-        fmt = "full" if self.config.full else "lora"
-        return write_entry(  # refuses an adapter vLLM could not serve
+        return common.save_entry(
             self.config,
             self.start,
             kind="ppo",
-            fmt=fmt,
+            final_dir=final,
             data_digest=self.digest,
             metrics=metrics,
             tokenizer=self.tokenizer,
@@ -821,7 +545,6 @@ class PPOTrainer:
                 "reward": self.config.reward,
                 "reward_model": self.config.reward_model,
             },
-            fill=lambda staging: (copy_full if fmt == "full" else copy_adapter)(final, staging),
         )
 
 
@@ -856,19 +579,7 @@ def _format_metrics(metrics: dict[str, float]) -> str:
 
 
 def run(config: PPOConfig) -> Entry | None:
+    """Train with PPO and write the entry; returns it."""
     trainer = PPOTrainer(config, config.open_registry())
     metrics = trainer.train()
     return trainer.save_entry(metrics)
-
-
-def make_parser(parser: argparse.ArgumentParser | None = None) -> argparse.ArgumentParser:
-    parser = parser or argparse.ArgumentParser(prog="bonserve train ppo", description=__doc__.splitlines()[0])
-    return add_flags(parser, PPOConfig)
-
-
-def main(argv: Sequence[str] | None = None, args: argparse.Namespace | None = None) -> int:
-    return run_main(PPOConfig, run, make_parser(), argv, args)
-
-
-if __name__ == "__main__":
-    raise SystemExit(main())

@@ -1,10 +1,5 @@
 """Preference pairs from a policy's own samples: sample k, judge, keep best vs worst.
 
-    bonserve data prefs --policy smollm2-135m-instruct --task arithmetic --n-prompts 600 -k 8 \\
-        --temperature 0.8 --out prefs.jsonl                                   # gold verifier
-    bonserve data prefs --policy arith-dpo --task arithmetic --judge rm --reward-model arith-rm \\
-        --out dpo-prefs.jsonl          # reward-model judge; gold agreement is reported too
-
 This is the "generate several responses, let a judge rank them" step. It works from any
 policy in the registry (LoRA entries are applied with vLLM's LoRARequest), so a reward model
 can be refreshed on the outputs of the tuned policy it will rerank: one trained on base
@@ -15,105 +10,22 @@ whose samples all score the same (ties) give no pair. Empty completions are not 
 (a pair needs two non-empty replies). Output rows are TRL's conversational format
 (`prompt` / `chosen` / `rejected` as messages) plus `id`, `chosen_score`, `rejected_score`,
 `policy`, which TRL ignores. Statistics go to stdout and OUT.stats.json.
+
+Prompts: training/prompts.py; options: training/prefs_config.py; command line:
+training/scripts/prefs.py.
 """
 
 from __future__ import annotations
 
-import argparse
 import json
-import sys
 from collections.abc import Sequence
-from dataclasses import asdict, dataclass, field
+from dataclasses import asdict
 from pathlib import Path
 from typing import Any
 
-from core.flags import add_flags
-from training.common import ConfigError, config_from_args
+from core.flags import ConfigError
+from training.prefs_config import PrefsConfig
 from training.prompts import Prompt, load_prompts
-
-JUDGES = ("gold", "rm")
-RM_BACKENDS = ("vllm", "transformers")
-
-
-@dataclass
-class PrefsConfig:
-    """`bonserve data prefs` options."""
-
-    policy: str = field(metadata={"help": "Registry entry to sample from (full or LoRA)."})
-    out: str = field(metadata={"help": "JSONL file to write the pairs to."})
-    task: str | None = field(
-        default=None,
-        metadata={
-            "help": "Built-in task giving the prompts and the gold verifier (arithmetic unless --prompts)."
-        },
-    )
-    prompts: str | None = field(
-        default=None,
-        metadata={
-            "help": "JSONL of prompts instead of a task: rows with `prompt` (string or messages); "
-            "needs --judge rm."
-        },
-    )
-    split: str = field(default="train", metadata={"help": "Task split: train or heldout."})
-    n_prompts: int | None = field(default=None, metadata={"help": "Use the first N prompts (default: all)."})
-    k: int = field(default=8, metadata={"help": "Samples per prompt."})
-    temperature: float = field(default=0.8, metadata={"help": "Sampling temperature."})
-    top_p: float = field(default=1.0, metadata={"help": "Nucleus sampling mass."})
-    max_tokens: int = field(default=64, metadata={"help": "Longest completion."})
-    judge: str = field(
-        default="gold",
-        metadata={"help": "Rank with the task's gold verifier ('gold') or a reward model ('rm')."},
-    )
-    reward_model: str | None = field(
-        default=None,
-        metadata={"help": "Reward model entry: the judge with --judge rm; otherwise scored for agreement."},
-    )
-    rm_backend: str = field(
-        default="vllm", metadata={"help": "Score with vLLM's pooling runner or with transformers."}
-    )
-    registry: str | None = field(default=None, metadata={"help": "Registry directory."})
-    seed: int = field(default=0, metadata={"help": "Engine seed."})
-    enforce_eager: bool = field(
-        default=False, metadata={"help": "Skip torch.compile in the engine (starts faster, decodes slower)."}
-    )
-    kv_cache_gib: float = field(default=1.0, metadata={"help": "KV cache per engine."})
-
-    def __post_init__(self) -> None:
-        if self.judge not in JUDGES:
-            raise ConfigError(f"judge={self.judge!r}: use one of {JUDGES}")
-        if self.rm_backend not in RM_BACKENDS:
-            raise ConfigError(f"rm_backend={self.rm_backend!r}: use one of {RM_BACKENDS}")
-        if self.judge == "rm" and not self.reward_model:
-            raise ConfigError("judge='rm' needs --reward-model")
-        if self.prompts:
-            if self.task:
-                raise ConfigError(f"prompts={self.prompts!r} and task={self.task!r}: give one prompt source")
-            if self.judge == "gold":
-                raise ConfigError(f"prompts={self.prompts!r} has no gold verifier: use --judge rm")
-        elif not self.task:
-            self.task = "arithmetic"
-        if self.task:
-            from training.tasks import get_task
-
-            try:
-                get_task(self.task)
-            except ValueError as exc:
-                raise ConfigError(str(exc)) from None
-        if self.split not in ("train", "heldout"):
-            raise ConfigError(f"split={self.split!r}: use 'train' or 'heldout'")
-        if self.k < 2:
-            raise ConfigError(f"k={self.k!r}: a pair needs at least 2 samples per prompt")
-        if self.n_prompts is not None and self.n_prompts < 1:
-            raise ConfigError(f"n_prompts={self.n_prompts!r}: must be >= 1")
-        if not self.temperature > 0:
-            raise ConfigError(f"temperature={self.temperature!r}: sampling k distinct completions needs > 0")
-        if not 0 < self.top_p <= 1:
-            raise ConfigError(f"top_p={self.top_p!r}: must lie in (0, 1]")
-        if self.max_tokens < 1:
-            raise ConfigError(f"max_tokens={self.max_tokens!r}: must be >= 1")
-        if self.kv_cache_gib <= 0:
-            raise ConfigError(f"kv_cache_gib={self.kv_cache_gib!r}: must be > 0")
-
 
 # --------------------------------------------------------------------------- pairs
 
@@ -252,48 +164,3 @@ def run(config: PrefsConfig) -> dict[str, Any]:
     stats["config"] = asdict(config)
     out.with_name(out.name + ".stats.json").write_text(json.dumps(stats, indent=2, sort_keys=True))
     return stats
-
-
-def print_stats(stats: dict[str, Any]) -> None:
-    print(
-        f"[data prefs] {stats['policy']} on {stats['task'] or 'prompts file'} "
-        f"({stats['prompts']} prompts x k={stats['k']}, T={stats['temperature']}, judge {stats['judge']})"
-    )
-    print(f"  pairs kept        {stats['pairs']}")
-    print(f"  ties dropped      {stats['ties_dropped']}")
-    print(f"  empty completions {stats['empty_completions']}")
-    if "gold_mean_reward" in stats:
-        print(f"  gold per-sample   {stats['gold_mean_reward']:.3f}   pass@k {stats['gold_pass_at_k']:.3f}")
-    if "judge_agreement" in stats:
-        a = stats["judge_agreement"]
-        other = "reward model" if stats["judge"] == "gold" else "gold verifier"
-        value = "n/a" if a["agreement"] is None else f"{a['agreement']:.3f}"
-        print(f"  {other} agrees on {value} of {a['pairs'] - a['ties']} decided pairs ({a['ties']} ties)")
-    print(f"  wrote {stats['out']}")
-
-
-def make_parser(parser: argparse.ArgumentParser | None = None) -> argparse.ArgumentParser:
-    parser = parser or argparse.ArgumentParser(
-        prog="bonserve data prefs", description=__doc__.splitlines()[0]
-    )
-    add_flags(parser, PrefsConfig)
-    parser.add_argument("-k", dest="k", type=int, default=argparse.SUPPRESS, help="Same as --k.")
-    return parser
-
-
-def main(argv: Sequence[str] | None = None, args: argparse.Namespace | None = None) -> int:
-    from core.registry import RegistryError
-    from training.data import DataError
-
-    args = args if args is not None else make_parser().parse_args(argv)
-    try:
-        stats = run(config_from_args(PrefsConfig, args))
-    except (ConfigError, DataError, RegistryError) as exc:
-        print(f"error: {exc}", file=sys.stderr)
-        return 1
-    print_stats(stats)
-    return 0
-
-
-if __name__ == "__main__":
-    raise SystemExit(main())

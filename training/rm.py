@@ -1,10 +1,4 @@
-"""Reward model: a thin script over TRL's RewardTrainer (Bradley-Terry on chosen/rejected).
-
-    bonserve data prefs --policy smollm2-135m-instruct --task arithmetic --n-prompts 600 -k 8 \\
-        --out prefs.jsonl
-    bonserve train rm --data prefs.jsonl --name arith-rm --max-steps 60
-    accelerate launch -m training.rm --data prefs.jsonl --name arith-rm   # several GPUs
-    ACCELERATE_USE_CPU=true torchrun --nproc_per_node 2 -m training.rm ...     # 2 CPU processes (gloo)
+"""Reward model: TRL's RewardTrainer (Bradley-Terry on chosen/rejected) on a registry start.
 
 The model is `AutoModelForSequenceClassification` with `num_labels=1` on top of --base; it
 scores a whole conversation with the response as the last assistant turn, through the chat
@@ -18,57 +12,33 @@ Departures from TRL's `trl reward` script:
    as the in-memory model on a probe conversation (recorded as metrics `probe_reward`).
 3. `--eval-data` pairs (e.g. held-out samples of the policy this model will rerank) are
    evaluated at the end: `eval_accuracy` is the pairwise accuracy.
+
+Options: training/rm_config.py; command line: training/scripts/rm.py.
 """
 
 from __future__ import annotations
 
-import argparse
-import shutil
-from collections.abc import Sequence
-from dataclasses import dataclass, field
 from pathlib import Path
 
-from core.flags import add_flags
 from core.registry import Entry, RegistryError
 from training.common import (
-    ConfigError,
     Start,
-    TrainConfig,
     copy_full,
     load_causal_lm,
     load_tokenizer,
     lora_config,
     prepare_run_dir,
     resolve_start,
-    run_main,
+    save_entry,
     save_trained,
     to_dataset,
     train,
-    write_entry,
 )
+from training.rm_config import RMConfig
 
 PROBE_MESSAGES = [{"role": "user", "content": "What is 12 + 35? Reply with just the number."}]
 PROBE_RESPONSE = "47"
 PROBE_TOLERANCE = 1e-4
-
-
-@dataclass
-class RMConfig(TrainConfig):
-    """`bonserve train rm` options (the shared ones are documented on TrainConfig)."""
-
-    eval_data: str | None = field(
-        default=None,
-        metadata={"help": "Held-out preference pairs; their pairwise accuracy is measured after training."},
-    )
-    center_rewards_coefficient: float | None = field(
-        default=None,
-        metadata={"help": "Weight of the auxiliary loss pulling mean rewards to zero (TRL's option; off)."},
-    )
-
-    def __post_init__(self) -> None:
-        super().__post_init__()
-        if self.center_rewards_coefficient is not None and self.center_rewards_coefficient < 0:
-            raise ConfigError(f"center_rewards_coefficient={self.center_rewards_coefficient!r}: must be >= 0")
 
 
 def load_seq_cls(start: Start, scratch: Path):
@@ -170,11 +140,12 @@ def run(config: RMConfig) -> Entry | None:
             )
         metrics["probe_reward"] = saved
 
-    entry = write_entry(
+    return save_entry(
         config,
         start,
         kind="rm",
         fmt="full",
+        final_dir=final,
         data_digest=digest,
         metrics=metrics,
         tokenizer=tokenizer,
@@ -184,19 +155,3 @@ def run(config: RMConfig) -> Entry | None:
             "trained_as": config.format,
         },
     )
-    if entry is not None:
-        shutil.rmtree(run_dir / "merged-start", ignore_errors=True)
-    return entry
-
-
-def make_parser(parser: argparse.ArgumentParser | None = None) -> argparse.ArgumentParser:
-    parser = parser or argparse.ArgumentParser(prog="bonserve train rm", description=__doc__.splitlines()[0])
-    return add_flags(parser, RMConfig)
-
-
-def main(argv: Sequence[str] | None = None, args: argparse.Namespace | None = None) -> int:
-    return run_main(RMConfig, run, make_parser(), argv, args)
-
-
-if __name__ == "__main__":
-    raise SystemExit(main())

@@ -1,9 +1,4 @@
-"""Supervised fine-tuning: a thin script over TRL's SFTTrainer that writes a registry entry.
-
-    bonserve train sft --data sft.jsonl --name arith-sft --max-steps 60
-    python -m training.sft --data sft.jsonl --name arith-sft              # same thing
-    accelerate launch -m training.sft --data sft.jsonl --name arith-sft   # several GPUs
-    ACCELERATE_USE_CPU=true torchrun --nproc_per_node 2 -m training.sft ...     # 2 CPU processes (gloo)
+"""Supervised fine-tuning: TRL's SFTTrainer on a registry start, writing a registry entry.
 
 Data: TRL's SFT formats (`messages`, or `prompt`/`completion` as strings or messages; see
 training/data.py). With prompt/completion rows the loss covers the completion only (TRL's
@@ -14,43 +9,25 @@ Departures from TRL's `trl sft` script:
 1. No model hub: --base is a registry entry; a LoRA --base keeps training its adapter (the
    result is still one adapter over the same full checkpoint), or is merged first with --full.
 2. CPU-sane defaults: bf16 off, no gradient checkpointing, batch 8, no reporting.
+
+Options: training/sft_config.py; command line: training/scripts/sft.py.
 """
 
 from __future__ import annotations
 
-import argparse
-from collections.abc import Sequence
-from dataclasses import dataclass, field
-
-from core.flags import add_flags
 from core.registry import Entry
 from training.common import (
-    TrainConfig,
-    copy_adapter,
-    copy_full,
     load_causal_lm,
     load_tokenizer,
     lora_config,
     prepare_run_dir,
     resolve_start,
-    run_main,
+    save_entry,
     save_trained,
     to_dataset,
     train,
-    write_entry,
 )
-
-
-@dataclass
-class SFTConfig(TrainConfig):
-    """`bonserve train sft` options (the shared ones are documented on TrainConfig)."""
-
-    completion_only_loss: bool = field(
-        default=True, metadata={"help": "With prompt/completion data, train on completion tokens only."}
-    )
-
-    def __post_init__(self) -> None:
-        super().__post_init__()
+from training.sft_config import SFTConfig
 
 
 def run(config: SFTConfig) -> Entry | None:
@@ -80,28 +57,12 @@ def run(config: SFTConfig) -> Entry | None:
         peft_config=peft_config,
     )
     metrics = train(trainer, config)
-    final = save_trained(trainer, config)
-    fmt = "full" if config.full else "lora"
-    return write_entry(
+    return save_entry(
         config,
         start,
         kind="sft",
-        fmt=fmt,
+        final_dir=save_trained(trainer, config),
         data_digest=digest,
         metrics=metrics,
         tokenizer=tokenizer,
-        fill=lambda staging: (copy_full if fmt == "full" else copy_adapter)(final, staging),
     )
-
-
-def make_parser(parser: argparse.ArgumentParser | None = None) -> argparse.ArgumentParser:
-    parser = parser or argparse.ArgumentParser(prog="bonserve train sft", description=__doc__.splitlines()[0])
-    return add_flags(parser, SFTConfig)
-
-
-def main(argv: Sequence[str] | None = None, args: argparse.Namespace | None = None) -> int:
-    return run_main(SFTConfig, run, make_parser(), argv, args)
-
-
-if __name__ == "__main__":
-    raise SystemExit(main())

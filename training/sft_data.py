@@ -1,9 +1,5 @@
 """SFT data from judged samples: keep each prompt's best reply (rejection-sampling fine-tuning).
 
-    bonserve data prefs --policy smollm2-135m-instruct --task arithmetic -k 8 --out prefs.jsonl
-    bonserve data sft --from-prefs prefs.jsonl --min-score 1 --out sft.jsonl
-    bonserve train sft --data sft.jsonl --name arith-sft
-
 The `chosen` side of a preference pair is the judge's best of k samples, so the pairs that
 `data prefs` writes already hold the data of the classic SFT stage of RLHF when no human
 demonstrations exist: fine-tune on the policy's own best answers (RAFT / ReST / "expert
@@ -13,32 +9,16 @@ reaches it, e.g. 1 to keep only gold-correct answers.
 Rows map to TRL's SFT formats: a pair with a `prompt` becomes prompt/completion (strings or
 messages, as the pair was); an implicit-prompt pair becomes `messages` (conversational) or
 prompt/completion split at the shared prefix (standard). Ids and scores are kept.
+
+Options: training/sft_data_config.py; command line: training/scripts/sft_data.py.
 """
 
 from __future__ import annotations
 
-import argparse
-import json
-import sys
-from collections.abc import Sequence
-from dataclasses import dataclass, field
 from typing import Any
 
-from core.flags import add_flags
-from training.common import ConfigError, config_from_args
 from training.data import DataError, DataFormat, Rows, common_prefix, row_location
-
-
-@dataclass
-class SFTDataConfig:
-    """`bonserve data sft` options."""
-
-    from_prefs: str = field(metadata={"help": "Preference data (TRL format) whose `chosen` replies to keep."})
-    out: str = field(metadata={"help": "JSONL file to write the SFT rows to."})
-    min_score: float | None = field(
-        default=None,
-        metadata={"help": "Keep rows whose `chosen_score` is at least this (default: keep every row)."},
-    )
+from training.sft_data_config import SFTDataConfig
 
 
 def chosen_as_sft(rows: Rows, fmt: DataFormat, min_score: float | None = None) -> list[dict[str, Any]]:
@@ -82,23 +62,3 @@ def run(config: SFTDataConfig) -> dict[str, Any]:
         "format": str(fmt),
         "out": config.out,
     }
-
-
-def make_parser(parser: argparse.ArgumentParser | None = None) -> argparse.ArgumentParser:
-    parser = parser or argparse.ArgumentParser(prog="bonserve data sft", description=__doc__.splitlines()[0])
-    return add_flags(parser, SFTDataConfig)
-
-
-def main(argv: Sequence[str] | None = None, args: argparse.Namespace | None = None) -> int:
-    args = args if args is not None else make_parser().parse_args(argv)
-    try:
-        stats = run(config_from_args(SFTDataConfig, args))
-    except (ConfigError, DataError) as exc:
-        print(f"error: {exc}", file=sys.stderr)
-        return 1
-    print(json.dumps(stats, indent=2))
-    return 0
-
-
-if __name__ == "__main__":
-    raise SystemExit(main())

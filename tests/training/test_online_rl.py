@@ -25,8 +25,9 @@ from core.lora import VLLM_LORA_RANKS, check_servable_adapter
 from core.registry import Registry, RegistryError
 from tests.training.conftest import char_tokenizer
 from training.data import DataError, write_jsonl
-from training.grpo import GRPOConfig, prompt_rows
 from training.grpo import run as run_grpo
+from training.grpo_config import GRPOConfig
+from training.online_rl import prompt_rows
 from training.reward_fns import (
     GoldReward,
     RewardFunction,
@@ -38,8 +39,8 @@ from training.reward_fns import (
     to_trl,
     weighted_rewards,
 )
-from training.rloo import RLOOConfig
 from training.rloo import run as run_rloo
+from training.rloo_config import RLOOConfig
 from training.tasks import get_task
 
 # A short real run: 4 prompts x 4 completions of 16 tokens per step, one micro-batch.
@@ -118,7 +119,7 @@ def test_defaults_are_the_design_recipe_and_trl_accepts_them(tmp_path: Path) -> 
 
 
 def test_cli_errors_are_one_line_and_prompts_is_an_alias_of_data(capsys: pytest.CaptureFixture[str]) -> None:
-    from training.grpo import make_parser
+    from training.scripts.grpo import make_parser
 
     assert make_parser().parse_args(["--name", "x", "--prompts", "p.jsonl"]).data == "p.jsonl"
     assert bonserve(["train", "rloo", "--task", "arithmetic"]) == 1
@@ -257,7 +258,7 @@ def _servable_lora(registry: Registry, name: str, kind: str) -> Any:
     entry = registry.load(name, deep=True)
     m = entry.manifest
     assert (m.kind, m.format, m.base_model, m.parent) == (kind, "lora", "tiny", "tiny")
-    cfg = check_servable_adapter(entry.path)  # what write_entry enforced: rank, no modules_to_save
+    cfg = check_servable_adapter(entry.path)  # what save_entry enforced: rank, no modules_to_save
     assert cfg["r"] == 16 and cfg["r"] in VLLM_LORA_RANKS and not cfg.get("modules_to_save")
     # every linear layer but the head (peft lists full paths when a model has under 20 of them)
     assert {m.rsplit(".", 1)[-1] for m in cfg["target_modules"]} == {

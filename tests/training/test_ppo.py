@@ -15,7 +15,7 @@ from core.flags import ConfigError
 from core.lora import check_servable_adapter
 from core.registry import Registry
 from training import ppo
-from training.ppo import PPOConfig
+from training.ppo_config import PPOConfig
 
 
 @pytest.mark.parametrize(

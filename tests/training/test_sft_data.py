@@ -9,6 +9,8 @@ import pytest
 
 from training import sft_data
 from training.data import DataError, DataFormat, load_sft_data, write_jsonl
+from training.scripts.sft_data import main as data_sft
+from training.sft_data_config import SFTDataConfig
 
 
 def _user(text: str) -> dict[str, str]:
@@ -41,7 +43,7 @@ PAIRS = [
 
 def test_conversational_pairs_become_prompt_completion_messages(tmp_path: Path) -> None:
     write_jsonl(tmp_path / "prefs.jsonl", PAIRS)
-    code = sft_data.main(
+    code = data_sft(
         [
             "--from-prefs",
             str(tmp_path / "prefs.jsonl"),
@@ -80,12 +82,12 @@ def test_min_score_needs_scores_and_some_survivor(tmp_path: Path, capsys: pytest
     write_jsonl(tmp_path / "unscored.jsonl", unscored)
     with pytest.raises(DataError, match=r"unscored.jsonl:1: --min-score needs a numeric 'chosen_score'"):
         sft_data.run(
-            sft_data.SFTDataConfig(
+            SFTDataConfig(
                 from_prefs=str(tmp_path / "unscored.jsonl"), out=str(tmp_path / "x.jsonl"), min_score=1.0
             )
         )
     write_jsonl(tmp_path / "prefs.jsonl", PAIRS)
-    code = sft_data.main(
+    code = data_sft(
         [
             "--from-prefs",
             str(tmp_path / "prefs.jsonl"),
@@ -101,6 +103,6 @@ def test_min_score_needs_scores_and_some_survivor(tmp_path: Path, capsys: pytest
 
 def test_bad_preference_file_is_a_one_line_error(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
     (tmp_path / "bad.jsonl").write_text(json.dumps({"prompt": "q", "chosen": 3, "rejected": "r"}) + "\n")
-    code = sft_data.main(["--from-prefs", str(tmp_path / "bad.jsonl"), "--out", str(tmp_path / "o.jsonl")])
+    code = data_sft(["--from-prefs", str(tmp_path / "bad.jsonl"), "--out", str(tmp_path / "o.jsonl")])
     assert code == 1
     assert "bad.jsonl:1: field 'chosen': expected a string, got int" in capsys.readouterr().err

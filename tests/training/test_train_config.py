@@ -16,13 +16,17 @@ from bonserve.cli import make_parser
 from core.flags import ConfigError, config_from_args
 from core.lora import check_servable_adapter
 from core.registry import Manifest, Registry, RegistryError
-from training.common import TrainConfig, final_metrics, prepare_run_dir
+from training.common import final_metrics, prepare_run_dir
 from training.data import load_preference_data, write_jsonl
-from training.dpo import DPOConfig
-from training.eval import EvalConfig, bon_analytic_kl, format_table
-from training.prefs import PrefsConfig, Prompt, agreement, best_vs_worst, make_pairs
-from training.rm import RMConfig
-from training.sft import SFTConfig
+from training.dpo_config import DPOConfig
+from training.eval import bon_analytic_kl, format_table
+from training.eval_config import EvalConfig
+from training.prefs import agreement, best_vs_worst, make_pairs
+from training.prefs_config import PrefsConfig
+from training.prompts import Prompt
+from training.rm_config import RMConfig
+from training.sft_config import SFTConfig
+from training.train_config import TrainConfig
 
 
 def _cfg(cls=DPOConfig, **kw):

@@ -15,12 +15,13 @@ from core.flags import ConfigError
 from core.lora import VLLM_LORA_RANKS
 from core.registry import DEFAULT_MODEL_NAME, Registry
 from training.data import data_hash, load_preference_data, load_sft_data, write_jsonl
-from training.dpo import DPOConfig
 from training.dpo import run as run_dpo
-from training.rm import PROBE_MESSAGES, PROBE_RESPONSE, RMConfig
+from training.dpo_config import DPOConfig
+from training.rm import PROBE_MESSAGES, PROBE_RESPONSE
 from training.rm import run as run_rm
-from training.sft import SFTConfig
+from training.rm_config import RMConfig
 from training.sft import run as run_sft
+from training.sft_config import SFTConfig
 from training.tasks import get_task
 
 pytestmark = [pytest.mark.slow, pytest.mark.timeout(300)]
@@ -252,7 +253,7 @@ def test_dpo_in_two_processes_writes_one_entry(
             "--nproc_per_node",
             "2",
             "-m",
-            "training.dpo",
+            "training.scripts.dpo",
             "--data",
             str(data_dir / "prefs.jsonl"),
             "--name",
