@@ -15,6 +15,7 @@ from __future__ import annotations
 import argparse
 import asyncio
 import json
+import sys
 import tempfile
 import time
 from pathlib import Path
@@ -25,7 +26,6 @@ import httpx
 from core.registry import DEFAULT_MODEL_NAME, Registry
 from loadtests.servers import start_bonserve
 from loadtests.stats import summarize
-from training.synthetic import copy_full_entry, make_lora_entry
 
 PROMPT = [{"role": "user", "content": "Write one sentence about the sea."}]
 
@@ -117,6 +117,9 @@ def main() -> None:
     parser.add_argument("--quiet-s", type=float, default=30.0)
     parser.add_argument("--out", type=Path, default=None)
     args = parser.parse_args()
+
+    sys.path.insert(0, str(Path(__file__).resolve().parents[1]))  # tests/ is not installed
+    from tests.synthetic import copy_full_entry, make_lora_entry
 
     work = Path(tempfile.mkdtemp(prefix="bench-swap-"))
     registry = Registry(work / "registry")

@@ -1,68 +1,9 @@
-"""Synthetic registry checkpoints for plumbing tests and benchmarks, made locally from a base.
+"""Moved to tests/synthetic.py: test checkpoints are a test helper, not part of the package.
 
-`make_lora_entry` builds a peft LoRA adapter with *random* weights (init_lora_weights=False),
-so it visibly changes the base's outputs; `copy_full_entry` re-registers the base weights
-under a new name (a full checkpoint of kind sft). Both go through Registry.write, like the
-trainers' outputs.
+This re-export is transitional, for tests/server/test_swap_e2e.py, which is not this change's
+to edit; once it imports `tests.synthetic`, delete this file.
 """
 
-from __future__ import annotations
+from tests.synthetic import copy_full_entry, corrupt_manifest, make_lora_entry
 
-import json
-import shutil
-from pathlib import Path
-
-from core.registry import Entry, Manifest, Registry
-
-
-def make_lora_entry(
-    registry: Registry,
-    base: Entry,
-    name: str,
-    *,
-    rank: int = 8,
-    seed: int = 0,
-    modules_to_save: list[str] | None = None,
-) -> Path:
-    import torch
-    from peft import LoraConfig, get_peft_model
-    from transformers import AutoModelForCausalLM, AutoTokenizer
-
-    torch.manual_seed(seed)
-    model = AutoModelForCausalLM.from_pretrained(base.path, dtype=torch.float32)
-    config = LoraConfig(
-        r=rank,
-        lora_alpha=2 * rank,
-        target_modules=["q_proj", "v_proj"],
-        init_lora_weights=False,
-        modules_to_save=modules_to_save,
-    )
-    peft_model = get_peft_model(model, config)
-    manifest = Manifest(
-        name=name,
-        kind="sft",
-        format="lora",
-        base_model=base.name,
-        parent=base.name,
-        hyperparameters={"r": rank, "seed": seed},
-    )
-    with registry.write(manifest) as staging:
-        peft_model.save_pretrained(staging)
-        AutoTokenizer.from_pretrained(base.path).save_pretrained(staging)
-    return registry.path_of(name)
-
-
-def copy_full_entry(registry: Registry, base: Entry, name: str, kind: str = "sft") -> Path:
-    manifest = Manifest(name=name, kind=kind, format="full", base_model=base.name, parent=base.name)
-    with registry.write(manifest) as staging:
-        for rel in base.manifest.files:
-            (staging / rel).parent.mkdir(parents=True, exist_ok=True)
-            shutil.copy2(base.path / rel, staging / rel)
-    return registry.path_of(name)
-
-
-def corrupt_manifest(registry: Registry, name: str) -> None:
-    path = registry.path_of(name) / "manifest.json"
-    data = json.loads(path.read_text())
-    data["kind"] = "no-such-kind"
-    path.write_text(json.dumps(data))
+__all__ = ["copy_full_entry", "corrupt_manifest", "make_lora_entry"]
