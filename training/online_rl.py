@@ -56,6 +56,7 @@ from training.common import (
     train,
 )
 from training.online_rl_config import OnlineRLConfig
+from training.prompts import read_prompt_file
 
 # --------------------------------------------------------------------------- prompts
 
@@ -75,8 +76,6 @@ def prompt_rows(config: OnlineRLConfig, tokenizer: Any) -> list[dict[str, Any]]:
             {"prompt": task.messages(ex), "example": encode_example(ex)} for ex in task.examples("train", n)
         ]
     else:
-        from training.prompts import read_prompt_file
-
         by_id = {ex.id: ex for ex in task.examples("train")} if task else {}
         heldout = {ex.id for ex in task.examples("heldout")} if task else set()
         for where, row, messages in read_prompt_file(config.data, config.n_prompts):
