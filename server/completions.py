@@ -5,6 +5,7 @@ from __future__ import annotations
 from collections.abc import AsyncIterator
 from typing import Any
 
+from server.bon import select
 from server.errors import bad_request
 from server.protocol import (
     CompletionChoice,
@@ -18,10 +19,10 @@ from server.serving import (
     SSE_DONE,
     BaseServing,
     PreparedRequest,
+    Resolved,
     StreamTally,
     guarded_stream,
     held,
-    select,
     sse,
 )
 
@@ -43,9 +44,8 @@ def _completion_logprobs(output: Any, top_n: int, offset: int) -> CompletionLogp
 
 
 class CompletionServing(BaseServing):
-    def _prepare(self, req: CompletionRequest) -> PreparedRequest:
-        model = self.router.resolve(req.model)
-        candidates = self._candidates(req, model)
+    def _prepare(self, req: CompletionRequest, resolved: Resolved) -> PreparedRequest:
+        model, candidates = resolved.model, resolved.best_of
         self.admission.check()
         if req.echo and req.stream:
             raise bad_request("echo is not supported with stream", "echo")
@@ -87,8 +87,11 @@ class CompletionServing(BaseServing):
             model, engine, prompt_ids, params, req.n, new_id("cmpl"), prompt_text=prompt_text
         )
 
-    async def create(self, req: CompletionRequest) -> CompletionResponse | AsyncIterator[str]:
-        prep = self._prepare(req)
+    async def create(
+        self, req: CompletionRequest, resolved: Resolved
+    ) -> CompletionResponse | AsyncIterator[str]:
+        """`resolved` is `self.resolve(req)`, done once by the caller."""
+        prep = self._prepare(req, resolved)
         if req.stream:
             return guarded_stream(held(self._stream(req, prep), prep.model))
         with prep.model.hold():

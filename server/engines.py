@@ -5,6 +5,8 @@ CPU backend's crash under concurrent seeded sampling), every request in flight g
 `EngineDeadError` and the engine never recovers. `ManagedEngine` turns that into a state
 machine the server can act on: in-flight requests fail with 503, `/ready` turns false, and a
 fresh engine is started in the background, so the server serves again without a restart.
+Death is noticed in two places only, both here: the watchdog, and `ManagedEngine.guard`,
+which every generate/encode call runs inside.
 """
 
 from __future__ import annotations
@@ -15,11 +17,12 @@ import logging
 import os
 import threading
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 from enum import StrEnum
 from typing import Any
 
+from server.errors import unavailable
 from server.metrics import ENGINE_METRICS, ENGINE_RESTARTS
 
 logger = logging.getLogger("bonserve.engines")
@@ -111,6 +114,7 @@ class ManagedEngine:
         self._lifecycle: asyncio.Task[None] | None = None
         ENGINE_RESTARTS.labels(name)  # exported as 0 from the start, so alerts can use it
         self._restart_lock = asyncio.Lock()
+        self._death_reports: set[asyncio.Task[None]] = set()  # held so they are not collected
 
     # ------------------------------------------------------------------ lifecycle
 
@@ -181,6 +185,21 @@ class ManagedEngine:
         if self.state != EngineState.RUNNING or self.engine is None:
             raise EngineUnavailable(self.name, self.state, self.last_error)
         return self.engine
+
+    @contextlib.contextmanager
+    def guard(self, engine: Any, subject: str) -> Iterator[None]:
+        """Wrap calls into `engine` (an instance `require()` returned): an EngineDeadError
+        schedules the restart of that instance and leaves as a 503 saying `subject` died.
+        The one place a request reports engine death; other exceptions pass unchanged."""
+        from vllm.v1.engine.exceptions import EngineDeadError
+
+        try:
+            yield
+        except EngineDeadError as exc:
+            task = asyncio.get_running_loop().create_task(self.report_dead(str(exc), engine))
+            self._death_reports.add(task)
+            task.add_done_callback(self._death_reports.discard)
+            raise unavailable(f"{subject} died and is restarting; retry") from exc
 
     @property
     def ready(self) -> bool:

@@ -1,10 +1,10 @@
-"""Reward scoring on the co-located pooling engine, and Best-of-N selection."""
+"""Reward scoring on the co-located pooling engine (what ranks Best-of-N candidates, see
+server/bon.py, and answers /v1/rewards)."""
 
 from __future__ import annotations
 
 import asyncio
 from collections.abc import Sequence
-from dataclasses import dataclass
 from typing import Any
 
 from core.chat import reward_ids
@@ -37,15 +37,15 @@ class RewardScorer:
         schedules them in the same batch."""
         from vllm import PoolingParams
         from vllm.exceptions import VLLMClientError
-        from vllm.v1.engine.exceptions import EngineDeadError
 
+        managed = self.engine  # one instance for the whole call, even if a swap happens
         engine = self._require()
-        assert self.engine.info is not None
-        too_long = [i for i, s in enumerate(sequences) if len(s) > self.engine.info.max_model_len]
+        assert managed.info is not None
+        too_long = [i for i, s in enumerate(sequences) if len(s) > managed.info.max_model_len]
         if too_long:
             raise bad_request(
                 f"sequences {too_long} exceed the reward model's context of "
-                f"{self.engine.info.max_model_len} tokens"
+                f"{managed.info.max_model_len} tokens"
             )
         params = PoolingParams(task="classify", use_activation=False)
 
@@ -57,31 +57,9 @@ class RewardScorer:
             return float(final.outputs.data.reshape(-1)[0])
 
         try:
-            return list(await asyncio.gather(*(one(i, s) for i, s in enumerate(sequences))))
-        except EngineDeadError as exc:
-            asyncio.get_running_loop().create_task(self.engine.report_dead(str(exc), engine))
-            raise unavailable("the reward engine died and is restarting; retry") from exc
+            with managed.guard(engine, "the reward engine"):
+                return list(await asyncio.gather(*(one(i, s) for i, s in enumerate(sequences))))
         except APIError:
             raise
         except (VLLMClientError, ValueError) as exc:
             raise bad_request(f"reward model rejected the input: {exc}") from exc
-
-
-@dataclass
-class Ranked:
-    """Candidates in reward order (best first), with what the ranking cost."""
-
-    order: list[int]
-    rewards: list[float]  # per candidate index, after any length penalty
-    reward_tokens: int
-
-
-def rank_candidates(
-    rewards: Sequence[float], finish_reasons: Sequence[str | None], length_penalty: float
-) -> list[int]:
-    """Indices best-first. Candidates cut by max_tokens may be penalised; ties go to the
-    lower candidate index, so the order is deterministic."""
-    adjusted = [
-        r - (length_penalty if f == "length" else 0.0) for r, f in zip(rewards, finish_reasons, strict=True)
-    ]
-    return sorted(range(len(adjusted)), key=lambda i: (-adjusted[i], i))

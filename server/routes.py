@@ -1,4 +1,8 @@
-"""HTTP routes: thin wrappers that look up state, call serving, and pick the response type."""
+"""HTTP routes: thin wrappers that look up state, call serving, and pick the response type.
+
+Every route declares the errors it can answer with (all in OpenAI's envelope, `ErrorResponse`)
+and the streaming routes declare their `text/event-stream` 200, so /openapi.json tells
+clients and the fuzz test what to expect."""
 
 from __future__ import annotations
 
@@ -12,7 +16,7 @@ from fastapi.responses import JSONResponse, Response, StreamingResponse
 
 from server import __version__
 from server.deps import ApiKeyDep, StateDep
-from server.errors import APIError
+from server.errors import APIError, documented_errors
 from server.protocol import (
     ChatCompletionRequest,
     ChatCompletionResponse,
@@ -24,8 +28,10 @@ from server.protocol import (
     RewardResponse,
     RewardScore,
     RewardUsage,
+    SamplingFields,
     new_id,
 )
+from server.serving import BaseServing, Resolved
 from server.state import AppState
 
 T = TypeVar("T")
@@ -62,35 +68,71 @@ def _sse(lines: AsyncIterator[str]) -> StreamingResponse:
     return StreamingResponse(lines, media_type="text/event-stream", headers={"Cache-Control": "no-cache"})
 
 
-def _log_fields(request: Request, body: Any, state: AppState, serving: Any) -> None:
-    """Fields for the access log and the request metrics (labels bounded to served names)."""
+def json_or_events(description: str) -> dict[int | str, dict[str, Any]]:
+    """The 200 of a route that answers JSON, or server-sent events when `stream` is true."""
+    return {
+        200: {
+            "description": description,
+            "content": {
+                "application/json": {},
+                "text/event-stream": {
+                    "schema": {
+                        "type": "string",
+                        "description": "`data: <chunk JSON>` events, then `data: [DONE]`.",
+                    }
+                },
+            },
+        }
+    }
+
+
+GENERATION_ERRORS = documented_errors(400, 401, 404, 413, 429, 500, 503, 504)
+
+
+def _resolve(request: Request, body: SamplingFields, state: AppState, serving: BaseServing) -> Resolved:
+    """Resolve the model and candidate count once, and record the fields for the access
+    log and the request metrics (labels bounded to served names; mode "single" if refused)."""
     known = state.router.is_known(body.model)
-    request.scope["state"]["access_log"].update(
+    fields = request.scope["state"]["access_log"]
+    fields.update(
         model=body.model,
         n=body.n,
         best_of=body.best_of,
         stream=body.stream,
         user=body.user,
         model_label=body.model if known else "unknown",
-        mode=serving.mode(body),
+        mode="single",
     )
+    resolved = serving.resolve(body)
+    fields["mode"] = resolved.mode
+    return resolved
 
 
-@openai_router.post("/chat/completions", response_model=ChatCompletionResponse)
+@openai_router.post(
+    "/chat/completions",
+    response_model=ChatCompletionResponse,
+    responses={**json_or_events("A chat completion, or its chunks as events."), **GENERATION_ERRORS},
+)
 async def chat_completions(body: ChatCompletionRequest, request: Request, state: StateDep) -> Any:
-    _log_fields(request, body, state, state.chat)
-    result = await cancel_on_disconnect(request, state.chat.create(body))
+    resolved = _resolve(request, body, state, state.chat)
+    result = await cancel_on_disconnect(request, state.chat.create(body, resolved))
     return result if isinstance(result, ChatCompletionResponse) else _sse(result)
 
 
-@openai_router.post("/completions", response_model=CompletionResponse)
+@openai_router.post(
+    "/completions",
+    response_model=CompletionResponse,
+    responses={**json_or_events("A completion, or its chunks as events."), **GENERATION_ERRORS},
+)
 async def completions(body: CompletionRequest, request: Request, state: StateDep) -> Any:
-    _log_fields(request, body, state, state.completions)
-    result = await cancel_on_disconnect(request, state.completions.create(body))
+    resolved = _resolve(request, body, state, state.completions)
+    result = await cancel_on_disconnect(request, state.completions.create(body, resolved))
     return result if isinstance(result, CompletionResponse) else _sse(result)
 
 
-@openai_router.post("/rewards", response_model=RewardResponse)
+@openai_router.post(
+    "/rewards", response_model=RewardResponse, responses=documented_errors(400, 401, 404, 413, 429, 503)
+)
 async def rewards(body: RewardRequest, state: StateDep) -> RewardResponse:
     """Score conversations with the reward model (bonserve extension, for evaluation and
     debugging BoN): the same inputs and engine that rerank candidates."""
@@ -122,7 +164,7 @@ async def rewards(body: RewardRequest, state: StateDep) -> RewardResponse:
     )
 
 
-@openai_router.get("/models", response_model=ModelList)
+@openai_router.get("/models", response_model=ModelList, responses=documented_errors(401))
 async def list_models(state: StateDep) -> ModelList:
     cards = []
     for m in state.router.all():
@@ -150,7 +192,7 @@ async def health() -> dict[str, str]:
     return {"status": "ok"}
 
 
-@ops_router.get("/ready")
+@ops_router.get("/ready", responses={503: {"description": "Not ready: the same body, with ready false."}})
 async def ready(state: StateDep) -> Response:
     body = {
         "ready": state.ready,

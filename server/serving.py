@@ -1,8 +1,10 @@
-"""Request handling that knows nothing of HTTP: validate against limits, build sampling
-parameters, run the engine, assemble OpenAI responses or SSE chunks.
+"""Request handling that knows nothing of HTTP, the part chat and completions share:
+resolve the model and candidate count, validate against limits, build sampling parameters,
+run the engine (Best-of-N in server/bon.py), account usage, and the SSE helpers.
 
-Routes call `ChatServing.create` / `CompletionServing.create`; each returns a response model
-or an async iterator of SSE lines. Every failure is an `APIError`.
+Routes call `serving.resolve(req)` once, then `ChatServing.create` (server/chat.py) or
+`CompletionServing.create` (server/completions.py); each returns a response model or an
+async iterator of SSE lines. Every failure is an `APIError`.
 """
 
 from __future__ import annotations
@@ -17,28 +19,13 @@ from typing import Any
 
 from server import metrics
 from server.admission import Admission, Lease
+from server.bon import BestOfN, Ranked
 from server.config import Settings
 from server.engines import EngineUnavailable
 from server.errors import APIError, bad_request, unavailable
 from server.models import ModelRouter, ServedModel
-from server.protocol import (
-    ChatChoice,
-    ChatChunkChoice,
-    ChatCompletionChunk,
-    ChatCompletionRequest,
-    ChatCompletionResponse,
-    ChoiceLogprobs,
-    DeltaMessage,
-    ResponseMessage,
-    SamplingFields,
-    TokenLogprob,
-    TopLogprob,
-    Usage,
-    UsageBreakdown,
-    new_id,
-    now,
-)
-from server.reward import Ranked, RewardScorer, rank_candidates
+from server.protocol import SamplingFields, Usage, UsageBreakdown
+from server.reward import RewardScorer
 
 logger = logging.getLogger("bonserve.serving")
 
@@ -55,23 +42,19 @@ class StreamTally:
     lease: Lease = field(default_factory=Lease)
 
 
-@dataclass
-class Candidate:
-    """One sampled completion, assembled from the engine's streamed increments."""
+@dataclass(frozen=True)
+class Resolved:
+    """A request's served model and candidate count, decided once when it arrives (an
+    alias switched later does not move it) and used by the access log and the engine."""
 
-    index: int
-    text: str = ""
-    token_ids: list[int] = field(default_factory=list)
-    logprobs: list[Any] | None = None
-    finish_reason: str | None = None
+    model: ServedModel
+    n: int  # choices returned
+    best_of: int  # candidates sampled
 
-    def extend(self, delta: Any) -> None:
-        self.text += delta.text
-        self.token_ids.extend(delta.token_ids)
-        if delta.logprobs is not None:
-            self.logprobs = (self.logprobs or []) + list(delta.logprobs)
-        if delta.finish_reason is not None:
-            self.finish_reason = delta.finish_reason
+    @property
+    def mode(self) -> str:
+        """ "bon" or "single", the metric label."""
+        return "bon" if self.best_of > self.n else "single"
 
 
 @dataclass
@@ -90,21 +73,18 @@ class PreparedRequest:
 
     @property
     def best_of(self) -> int:
-        return self.params.n
+        return int(self.params.n)
 
     @property
     def mode(self) -> str:
         return "bon" if self.best_of > self.n else "single"
 
 
-def _engine_error(model: ServedModel, engine: Any, exc: BaseException) -> APIError:
-    """Map vLLM's exceptions to client-visible errors; schedule a restart on engine death."""
+def _engine_error(model: ServedModel, exc: BaseException) -> APIError:
+    """Map vLLM's request errors to client-visible ones (engine death is the engine
+    wrapper's: `ManagedEngine.guard`)."""
     from vllm.exceptions import GracefulHTTPError, VLLMClientError
-    from vllm.v1.engine.exceptions import EngineDeadError
 
-    if isinstance(exc, EngineDeadError):
-        asyncio.get_running_loop().create_task(model.engine.report_dead(str(exc), engine))
-        return unavailable(f"the engine serving '{model.name}' died and is restarting; retry")
     if isinstance(exc, GracefulHTTPError):
         return APIError(int(exc.http_status), exc.message, type="server_error")
     if isinstance(exc, VLLMClientError | ValueError):  # vLLM's request validation
@@ -116,18 +96,8 @@ def _engine_error(model: ServedModel, engine: Any, exc: BaseException) -> APIErr
 async def run_to_completion(prep: PreparedRequest) -> Any:
     """Run a request with FINAL_ONLY output and check every candidate arrived."""
     final = None
-    try:
-        async for out in prep.engine.generate(
-            {"prompt_token_ids": prep.prompt_ids},
-            prep.params,
-            prep.request_id,
-            lora_request=prep.model.lora,
-        ):
-            final = out
-    except asyncio.CancelledError:
-        raise
-    except Exception as exc:
-        raise _engine_error(prep.model, prep.engine, exc) from exc
+    async for out in stream_deltas(prep):
+        final = out
     if final is None or len(final.outputs) != prep.params.n:
         got = 0 if final is None else len(final.outputs)
         raise APIError(500, f"engine returned {got} of {prep.params.n} candidates", type="server_error")
@@ -135,18 +105,21 @@ async def run_to_completion(prep: PreparedRequest) -> Any:
 
 
 async def stream_deltas(prep: PreparedRequest) -> AsyncIterator[Any]:
+    """The engine's outputs for `prep` (increments or one final output, per params)."""
+    subject = f"the engine serving '{prep.model.name}'"
     try:
-        async for out in prep.engine.generate(
-            {"prompt_token_ids": prep.prompt_ids},
-            prep.params,
-            prep.request_id,
-            lora_request=prep.model.lora,
-        ):
-            yield out
-    except (asyncio.CancelledError, GeneratorExit):
+        with prep.model.engine.guard(prep.engine, subject):
+            async for out in prep.engine.generate(
+                {"prompt_token_ids": prep.prompt_ids},
+                prep.params,
+                prep.request_id,
+                lora_request=prep.model.lora,
+            ):
+                yield out
+    except (asyncio.CancelledError, GeneratorExit, APIError):
         raise
     except Exception as exc:
-        raise _engine_error(prep.model, prep.engine, exc) from exc
+        raise _engine_error(prep.model, exc) from exc
 
 
 # --------------------------------------------------------------------------- shared logic
@@ -164,6 +137,7 @@ class BaseServing:
         self.router = router
         self.admission = admission
         self.reward = reward
+        self.bon = BestOfN(reward, settings.length_penalty) if reward is not None else None
 
     def _engine_for(self, model: ServedModel) -> Any:
         try:
@@ -171,12 +145,10 @@ class BaseServing:
         except EngineUnavailable as exc:
             raise unavailable(str(exc)) from exc
 
-    def mode(self, req: SamplingFields) -> str:
-        """ "bon" or "single", for metric labels (never raises)."""
-        try:
-            return "bon" if self._candidates(req, self.router.resolve(req.model)) > req.n else "single"
-        except APIError:
-            return "single"
+    def resolve(self, req: SamplingFields) -> Resolved:
+        """The served model and candidate count of `req`, or the APIError that refuses it."""
+        model = self.router.resolve(req.model)
+        return Resolved(model, req.n, self._candidates(req, model))
 
     def _candidates(self, req: SamplingFields, model: ServedModel) -> int:
         """How many candidates to sample: the request's best_of, else the model's default."""
@@ -204,45 +176,9 @@ class BaseServing:
             if prep.best_of == prep.n:
                 final = await run_to_completion(prep)
                 return list(final.outputs), None, lease
-            outputs, ranked = await self._sample_and_score(prep)
-        return outputs, ranked, lease
-
-    async def _sample_and_score(self, prep: PreparedRequest) -> tuple[list[Candidate], Ranked]:
-        """Best-of-N: each candidate is scored as soon as it finishes, while the others are
-        still decoding, so only the scoring of the last one adds to the latency."""
-        assert self.reward is not None
-        candidates = [Candidate(i) for i in range(prep.best_of)]
-        scoring: dict[int, asyncio.Task[tuple[float, int]]] = {}
-        try:
-            async for out in stream_deltas(prep):
-                for o in out.outputs:
-                    candidate = candidates[o.index]
-                    candidate.extend(o)
-                    if o.finish_reason is not None and o.index not in scoring:
-                        scoring[o.index] = asyncio.create_task(self._score(prep, candidate))
-            if len(scoring) != prep.best_of:
-                raise APIError(
-                    500, f"engine finished {len(scoring)} of {prep.best_of} candidates", type="server_error"
-                )
-            decoded = time.perf_counter()
-            scored = await asyncio.gather(*(scoring[i] for i in range(prep.best_of)))
-            metrics.REWARD_SCORING.labels(prep.model.name).observe(time.perf_counter() - decoded)
-        finally:
-            for task in scoring.values():
-                task.cancel()
-        rewards = [r for r, _ in scored]
-        order = rank_candidates(rewards, [c.finish_reason for c in candidates], self.settings.length_penalty)
-        return candidates, Ranked(order=order, rewards=rewards, reward_tokens=sum(n for _, n in scored))
-
-    async def _score(self, prep: PreparedRequest, candidate: Candidate) -> tuple[float, int]:
-        """(reward, tokens scored) of one finished candidate."""
-        assert self.reward is not None
-        if prep.messages is not None:
-            ids = self.reward.conversation_ids(prep.messages, candidate.text)
-        else:
-            ids = self.reward.text_ids(prep.prompt_text + candidate.text)
-        (reward,) = await self.reward.score([ids], f"{prep.request_id}-c{candidate.index}")
-        return reward, len(ids)
+            assert self.bon is not None  # `_candidates` refuses best_of > n without a reward model
+            outputs, ranked = await self.bon.run(prep, stream_deltas(prep))
+        return list(outputs), ranked, lease
 
     async def _increments(self, prep: PreparedRequest, tally: StreamTally) -> AsyncIterator[Any]:
         """A streamed request's increments that carry text or a finish reason, inside an
@@ -397,13 +333,6 @@ class BaseServing:
         )
 
 
-def select(outputs: Sequence[Any], ranked: Ranked | None, n: int) -> list[tuple[Any, float | None]]:
-    """The n choices to return with their rewards: best first under BoN, else as sampled."""
-    if ranked is None:
-        return [(o, None) for o in outputs[:n]]
-    return [(outputs[i], ranked.rewards[i]) for i in ranked.order[:n]]
-
-
 def sse(payload: Any) -> str:
     if hasattr(payload, "model_dump_json"):
         return f"data: {payload.model_dump_json(exclude_none=True)}\n\n"
@@ -436,190 +365,4 @@ async def guarded_stream(lines: AsyncIterator[str]) -> AsyncIterator[str]:
             yield line
     except APIError as exc:
         yield sse(exc.envelope())
-        yield SSE_DONE
-
-
-# --------------------------------------------------------------------------- chat
-
-
-def _structured_outputs(req: ChatCompletionRequest) -> Any:
-    fmt = req.response_format
-    if fmt is None or fmt.type == "text":
-        return None
-    from vllm.sampling_params import StructuredOutputsParams
-
-    if fmt.type == "json_object":
-        return StructuredOutputsParams(json_object=True)
-    assert fmt.json_schema is not None
-    return StructuredOutputsParams(json=fmt.json_schema.schema_ or {"type": "object"})
-
-
-def _chat_logprobs(output: Any, top_n: int) -> ChoiceLogprobs | None:
-    if output.logprobs is None:
-        return None
-    content = []
-    for token_id, entries in zip(output.token_ids, output.logprobs, strict=False):
-        chosen = entries[token_id]
-        text = chosen.decoded_token or ""
-        ranked = sorted(entries.values(), key=lambda lp: lp.rank or 0)[:top_n]
-        content.append(
-            TokenLogprob(
-                token=text,
-                logprob=max(chosen.logprob, -9999.0),
-                bytes=list(text.encode()),
-                top_logprobs=[
-                    TopLogprob(
-                        token=lp.decoded_token or "",
-                        logprob=max(lp.logprob, -9999.0),
-                        bytes=list((lp.decoded_token or "").encode()),
-                    )
-                    for lp in ranked
-                ],
-            )
-        )
-    return ChoiceLogprobs(content=content)
-
-
-class ChatServing(BaseServing):
-    def _prepare(self, req: ChatCompletionRequest) -> PreparedRequest:
-        model = self.router.resolve(req.model)
-        candidates = self._candidates(req, model)
-        self.admission.check()
-        engine = self._engine_for(model)
-        assert model.engine.info is not None
-        tokenizer = engine.get_tokenizer()
-        messages = [m.as_dict() for m in req.messages]
-        try:
-            prompt_ids = tokenizer.apply_chat_template(
-                messages, add_generation_prompt=True, tokenize=True, return_dict=False
-            )
-        except Exception as exc:  # template errors are caused by the conversation's shape
-            raise bad_request(f"the chat template rejected these messages: {exc}", "messages") from exc
-        max_tokens = self._max_tokens(
-            req.requested_max_tokens, len(prompt_ids), model.engine.info.max_model_len
-        )
-        logprobs = (req.top_logprobs or 0) if req.logprobs else None
-        params = self._sampling_params(
-            req,
-            candidates=candidates,
-            max_tokens=max_tokens,
-            logprobs=logprobs,
-            delta=req.stream or candidates > req.n,
-            vocab_size=len(tokenizer),
-            structured=_structured_outputs(req),
-        )
-        return PreparedRequest(
-            model, engine, list(prompt_ids), params, req.n, new_id("chatcmpl"), messages=messages
-        )
-
-    async def create(self, req: ChatCompletionRequest) -> ChatCompletionResponse | AsyncIterator[str]:
-        prep = self._prepare(req)
-        if req.stream and prep.best_of == prep.n:
-            return guarded_stream(held(self._stream(req, prep), prep.model))
-        with prep.model.hold():
-            outputs, ranked, lease = await self._generate_ranked(prep)
-        response = self._response(req, prep, outputs, ranked, lease)
-        if req.stream:
-            return guarded_stream(self._replay(req, prep, response))
-        self._first_token(prep)
-        return response
-
-    def _response(
-        self,
-        req: ChatCompletionRequest,
-        prep: PreparedRequest,
-        outputs: Sequence[Any],
-        ranked: Ranked | None,
-        lease: Lease,
-    ) -> ChatCompletionResponse:
-        top_n = req.top_logprobs or 0
-        chosen = select(outputs, ranked, prep.n)
-        choices = [
-            ChatChoice(
-                index=i,
-                message=ResponseMessage(content=o.text),
-                logprobs=_chat_logprobs(o, top_n) if req.logprobs else None,
-                finish_reason=o.finish_reason or "stop",
-                reward=reward,
-            )
-            for i, (o, reward) in enumerate(chosen)
-        ]
-        return ChatCompletionResponse(
-            id=prep.request_id,
-            created=now(),
-            model=prep.model.name,
-            choices=choices,
-            usage=self._usage_of(prep, outputs, chosen, ranked, lease),
-        )
-
-    async def _replay(
-        self, req: ChatCompletionRequest, prep: PreparedRequest, response: ChatCompletionResponse
-    ) -> AsyncIterator[str]:
-        """Stream a finished Best-of-N response: each selected choice as role, content and
-        finish chunks (the winner is only known once every candidate is scored)."""
-
-        def chunk(choices: list[ChatChunkChoice], usage: Usage | None = None) -> str:
-            return sse(
-                ChatCompletionChunk(
-                    id=response.id,
-                    created=response.created,
-                    model=response.model,
-                    choices=choices,
-                    usage=usage,
-                )
-            )
-
-        self._first_token(prep)
-        for c in response.choices:
-            yield chunk([ChatChunkChoice(index=c.index, delta=DeltaMessage(role="assistant", content=""))])
-            yield chunk(
-                [
-                    ChatChunkChoice(
-                        index=c.index, delta=DeltaMessage(content=c.message.content), logprobs=c.logprobs
-                    )
-                ]
-            )
-            yield chunk(
-                [
-                    ChatChunkChoice(
-                        index=c.index, delta=DeltaMessage(), finish_reason=c.finish_reason, reward=c.reward
-                    )
-                ]
-            )
-        if req.stream_options and req.stream_options.include_usage:
-            yield chunk([], usage=response.usage)
-        yield SSE_DONE
-
-    async def _stream(self, req: ChatCompletionRequest, prep: PreparedRequest) -> AsyncIterator[str]:
-        created = now()
-        include_usage = bool(req.stream_options and req.stream_options.include_usage)
-        tally = StreamTally()
-
-        def chunk(choices: list[ChatChunkChoice]) -> str:
-            return sse(
-                ChatCompletionChunk(
-                    id=prep.request_id, created=created, model=prep.model.name, choices=choices
-                )
-            )
-
-        for i in range(prep.n):
-            yield chunk([ChatChunkChoice(index=i, delta=DeltaMessage(role="assistant", content=""))])
-        async for o in self._increments(prep, tally):
-            yield chunk(
-                [
-                    ChatChunkChoice(
-                        index=o.index,
-                        delta=DeltaMessage(content=o.text or None),
-                        logprobs=_chat_logprobs(o, req.top_logprobs or 0) if req.logprobs else None,
-                        finish_reason=o.finish_reason,
-                    )
-                ]
-            )
-        usage = self._account(prep, tally.tokens, tally.tokens, None, tally.lease)
-        if include_usage:
-            yield sse(
-                ChatCompletionChunk(
-                    id=prep.request_id, created=created, model=prep.model.name, choices=[], usage=usage
-                )
-            )
         yield SSE_DONE

@@ -5,13 +5,13 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 
 from server.admission import Admission
+from server.chat import ChatServing
 from server.completions import CompletionServing
 from server.config import Settings
 from server.engines import ManagedEngine
 from server.model_manager import ModelManager
 from server.models import ModelRouter
 from server.reward import RewardScorer
-from server.serving import ChatServing
 
 
 @dataclass

@@ -8,7 +8,7 @@ the engine tests, which start real vLLM engines.
 from __future__ import annotations
 
 import asyncio
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Sequence
 from dataclasses import dataclass, field
 from types import SimpleNamespace
 from typing import Any
@@ -92,6 +92,7 @@ class FakeRewardLLM:
     offset: float = 0.0
     max_model_len: int = 4096
     errored: bool = False
+    die_on_encode: bool = False
 
     def __post_init__(self) -> None:
         self.model_config = SimpleNamespace(max_model_len=self.max_model_len)
@@ -107,6 +108,11 @@ class FakeRewardLLM:
 
     async def encode(self, prompt: Any, params: Any, request_id: str) -> AsyncIterator[Any]:
         import torch
+        from vllm.v1.engine.exceptions import EngineDeadError
+
+        if self.die_on_encode:
+            self.errored = True
+            raise EngineDeadError()
 
         score = float(len(prompt["prompt_token_ids"])) - self.offset
         yield SimpleNamespace(outputs=SimpleNamespace(data=torch.tensor([score])), finished=True)
@@ -159,3 +165,24 @@ class FakeRecordingRewardLLM(FakeRewardLLM):
         self.events.append(("score", request_id))
         async for out in super().encode(prompt, params, request_id):
             yield out
+
+
+class FakeRewardScorer:
+    """Stands in for server.reward.RewardScorer in Best-of-N unit tests: token ids are one
+    per character, the reward of a sequence is its length, and every `score` call is logged
+    in `calls` (request id) before it awaits `delay_s`."""
+
+    def __init__(self, delay_s: float = 0.0, calls: list[str] | None = None) -> None:
+        self.delay_s = delay_s
+        self.calls: list[str] = [] if calls is None else calls
+
+    def conversation_ids(self, messages: list[dict[str, str]], response: str) -> list[int]:
+        return [1] * (sum(len(m["content"]) for m in messages) + len(response))
+
+    def text_ids(self, text: str) -> list[int]:
+        return [1] * len(text)
+
+    async def score(self, sequences: Sequence[list[int]], request_id: str) -> list[float]:
+        self.calls.append(request_id)
+        await asyncio.sleep(self.delay_s)
+        return [float(len(s)) for s in sequences]

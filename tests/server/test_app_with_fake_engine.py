@@ -179,19 +179,23 @@ async def test_request_id_is_echoed_or_generated(client_for: Callable[..., Any])
     assert (await c.get("/nope")).headers["x-request-id"]
 
 
-async def test_duplicate_death_reports_restart_once() -> None:
-    """The watchdog and every failed request may report the same dead engine; only the
-    first report restarts it, and reports about a replaced instance are ignored."""
-    made: list[FakeAsyncLLM] = []
+@pytest.mark.parametrize("body", [CHAT, {**CHAT, "stream": True}])
+async def test_model_is_resolved_once_per_request(body: dict[str, Any]) -> None:
+    """The access log's mode and the engine request come from one resolution of `model`."""
+    settings = Settings()
+    state = make_state(settings, FakeAsyncLLM)
+    await state.engines["policy"].start()
+    calls: list[str] = []
+    resolve = state.router.resolve
 
-    def factory() -> FakeAsyncLLM:
-        made.append(FakeAsyncLLM())
-        return made[-1]
+    def counting(name: str) -> ServedModel:
+        calls.append(name)
+        return resolve(name)
 
-    engine = ManagedEngine("policy", factory, restart_backoff_s=0, watch_interval_s=60)
-    await engine.start()
-    dead = engine.engine
-    await asyncio.gather(*(engine.report_dead("boom", dead) for _ in range(3)))
-    await engine.report_dead("late report", dead)
-    assert engine.restarts == 1 and len(made) == 2 and engine.engine is made[1]
-    await engine.stop()
+    state.router.resolve = counting  # type: ignore[method-assign]
+    app = build_app(settings, state)
+    async with httpx.AsyncClient(transport=httpx.ASGITransport(app=app), base_url="http://t") as c:
+        r = await c.post("/v1/chat/completions", json=body)
+        assert r.status_code == 200
+    await state.engines["policy"].stop()
+    assert calls == ["fake"]

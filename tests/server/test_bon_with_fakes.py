@@ -1,5 +1,6 @@
-"""Best-of-N selection logic over named fakes (reward = sequence length): defaults, order,
-length penalty, ties, usage accounting, and the /v1/rewards contract."""
+"""Best-of-N over HTTP with named fake engines (reward = sequence length): defaults, order,
+length penalty, usage accounting, streaming replay, and the /v1/rewards contract. The pure
+parts of server/bon.py are unit-tested in tests/server/test_bon.py."""
 
 from __future__ import annotations
 
@@ -14,7 +15,7 @@ from server.app import build_app
 from server.config import Settings
 from server.engines import ManagedEngine
 from server.models import ModelRouter, ServedModel
-from server.reward import RewardScorer, rank_candidates
+from server.reward import RewardScorer
 from server.state import AppState
 from tests.server.fakes import (
     FakeRecordingRewardLLM,
@@ -87,10 +88,6 @@ async def test_length_penalty_demotes_truncated(bon_client: Callable[..., Any]) 
     assert body["choices"][0]["message"]["content"] == "w w"
 
 
-def test_ties_break_by_candidate_index() -> None:
-    assert rank_candidates([1.0, 2.0, 2.0, 1.0], ["stop"] * 4, 0.0) == [1, 2, 0, 3]
-
-
 async def test_bad_best_of_values(bon_client: Callable[..., Any]) -> None:
     c = await bon_client(max_best_of=8)
     for patch in ({"best_of": 9}, {"best_of": 0}, {"best_of": "x"}, {"n": 3, "best_of": 2}):
@@ -134,3 +131,21 @@ async def test_candidates_are_scored_as_they_finish(bon_client: Callable[..., An
     assert kinds.count("score") == 3
     texts = {ch["message"]["content"] for ch in body["choices"]}
     assert texts == {"long answer"}  # assembled from both increments, and the longer wins
+
+
+@pytest.mark.parametrize(
+    "path,body",
+    [
+        ("/v1/chat/completions", {**CHAT, "best_of": 2}),
+        ("/v1/rewards", {"items": [{"messages": CHAT["messages"], "response": "a"}]}),
+    ],
+)
+async def test_reward_engine_death_is_503(
+    bon_client: Callable[..., Any], path: str, body: dict[str, Any]
+) -> None:
+    c = await bon_client(reward=FakeRewardLLM(die_on_encode=True))
+    r = await c.post(path, json=body)
+    assert r.status_code == 503, r.text
+    err = r.json()["error"]
+    assert err["code"] == "engine_unavailable"
+    assert err["message"] == "the reward engine died and is restarting; retry"

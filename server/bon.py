@@ -1,0 +1,165 @@
+"""Best-of-N: sample more candidates than the client asked for and return the ones the reward
+model ranks highest.
+
+A request asks for `n` choices (returned) and `best_of` candidates (sampled; the request's
+`best_of`, else the server's default for that model, never fewer than `n`). With
+`best_of > n` the policy engine samples all candidates for the prompt in one engine request,
+the co-located reward model (server/reward.py) scores each one, and the `n` best return,
+best first, each with its `reward`. With `best_of == n` nothing is scored and the choices
+return as sampled; that path never reaches this module.
+
+The phases, in the order a request runs them, one method of `BestOfN` each:
+
+1. `sample_and_score` - stream the engine's increments, assemble one `Candidate` per
+   index, and start a candidate's scoring (`score`) the moment it finishes, while the others
+   are still decoding, so only the last candidate's scoring adds to the latency.
+2. `score` - the reward of one finished candidate: for chat, the conversation with the
+   candidate as the last assistant turn; for completions, the prompt text plus the candidate.
+3. `rank` - order by reward, best first (`rank_candidates`): a candidate cut by max_tokens
+   (finish_reason "length") loses `length_penalty` for the ordering only; ties go to the
+   lower index, so the order is deterministic.
+4. `select` - the first `n` of that order, with their raw rewards.
+
+Usage bills every decoded token of every candidate as completion_tokens (as OpenAI billed
+legacy best_of) and adds the tokens the reward model read as
+`usage.bonserve.reward_model_tokens` (server/serving.py, `BaseServing._account`).
+
+Room left for later: pruning unfinished candidates would be a step inside
+`sample_and_score`'s loop (score partial text, abort the worst), and an early stop (a reward
+good enough ends sampling) would be checked as each `score` lands. Neither exists yet.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import time
+from collections.abc import AsyncIterable, Sequence
+from dataclasses import dataclass, field
+from typing import TYPE_CHECKING, Any, Protocol
+
+from server import metrics
+from server.errors import APIError
+
+if TYPE_CHECKING:  # serving.py runs Best-of-N, so it imports this module, not the reverse
+    from server.serving import PreparedRequest
+
+
+class Scorer(Protocol):
+    """What Best-of-N needs of the reward model (server.reward.RewardScorer)."""
+
+    def conversation_ids(self, messages: list[dict[str, str]], response: str) -> list[int]: ...
+
+    def text_ids(self, text: str) -> list[int]: ...
+
+    async def score(self, sequences: Sequence[list[int]], request_id: str) -> list[float]: ...
+
+
+@dataclass
+class Candidate:
+    """One sampled completion, assembled from the engine's streamed increments (vLLM
+    `CompletionOutput`s with DELTA output), and its reward once scored."""
+
+    index: int
+    text: str = ""
+    token_ids: list[int] = field(default_factory=list)
+    logprobs: list[Any] | None = None
+    finish_reason: str | None = None
+    reward: float | None = None  # raw reward-model logit
+    reward_tokens: int = 0  # tokens the reward model read to score it
+
+    @property
+    def finished(self) -> bool:
+        return self.finish_reason is not None
+
+    def extend(self, delta: Any) -> None:
+        self.text += delta.text
+        self.token_ids.extend(delta.token_ids)
+        if delta.logprobs is not None:
+            self.logprobs = (self.logprobs or []) + list(delta.logprobs)
+        if delta.finish_reason is not None:
+            self.finish_reason = delta.finish_reason
+
+
+@dataclass
+class Ranked:
+    """Candidates in reward order (best first), with what the ranking cost."""
+
+    order: list[int]  # candidate indices, best first
+    rewards: list[float]  # raw reward per candidate index (the length penalty only reorders)
+    reward_tokens: int
+
+
+def rank_candidates(
+    rewards: Sequence[float], finish_reasons: Sequence[str | None], length_penalty: float
+) -> list[int]:
+    """Indices best-first. Candidates cut by max_tokens may be penalised; ties go to the
+    lower candidate index, so the order is deterministic."""
+    adjusted = [
+        r - (length_penalty if f == "length" else 0.0) for r, f in zip(rewards, finish_reasons, strict=True)
+    ]
+    return sorted(range(len(adjusted)), key=lambda i: (-adjusted[i], i))
+
+
+def select(outputs: Sequence[Any], ranked: Ranked | None, n: int) -> list[tuple[Any, float | None]]:
+    """The n choices to return with their rewards: best first under Best-of-N (`ranked`),
+    else as sampled (no ranking, no rewards)."""
+    if ranked is None:
+        return [(o, None) for o in outputs[:n]]
+    return [(outputs[i], ranked.rewards[i]) for i in ranked.order[:n]]
+
+
+class BestOfN:
+    """Runs phases 1-3 for one request; `select` (phase 4) is shared with the plain path."""
+
+    def __init__(self, reward: Scorer, length_penalty: float = 0.0) -> None:
+        self.reward = reward
+        self.length_penalty = length_penalty
+
+    async def run(self, prep: PreparedRequest, deltas: AsyncIterable[Any]) -> tuple[list[Candidate], Ranked]:
+        """All candidates (by index) and their ranking. `deltas` is the engine's stream for
+        `prep` (vLLM `RequestOutput`s whose `outputs` are increments)."""
+        candidates = await self.sample_and_score(prep, deltas)
+        return candidates, self.rank(candidates)
+
+    async def sample_and_score(self, prep: PreparedRequest, deltas: AsyncIterable[Any]) -> list[Candidate]:
+        """Assemble `prep.best_of` candidates from `deltas`, scoring each as soon as it
+        finishes; returns once every candidate is scored."""
+        candidates = [Candidate(i) for i in range(prep.best_of)]
+        scoring: dict[int, asyncio.Task[None]] = {}
+        try:
+            async for out in deltas:
+                for delta in out.outputs:
+                    candidate = candidates[delta.index]
+                    candidate.extend(delta)
+                    if candidate.finished and candidate.index not in scoring:
+                        scoring[candidate.index] = asyncio.create_task(self.score(prep, candidate))
+            if len(scoring) != prep.best_of:
+                raise APIError(
+                    500, f"engine finished {len(scoring)} of {prep.best_of} candidates", type="server_error"
+                )
+            decoded = time.perf_counter()
+            await asyncio.gather(*scoring.values())
+            metrics.REWARD_SCORING.labels(prep.model.name).observe(time.perf_counter() - decoded)
+        finally:
+            for task in scoring.values():  # a failure anywhere stops the scoring still running
+                task.cancel()
+        return candidates
+
+    async def score(self, prep: PreparedRequest, candidate: Candidate) -> None:
+        """Score one finished candidate: sets its `reward` and `reward_tokens`."""
+        if prep.messages is not None:
+            ids = self.reward.conversation_ids(prep.messages, candidate.text)
+        else:
+            ids = self.reward.text_ids(prep.prompt_text + candidate.text)
+        (candidate.reward,) = await self.reward.score([ids], f"{prep.request_id}-c{candidate.index}")
+        candidate.reward_tokens = len(ids)
+
+    def rank(self, candidates: Sequence[Candidate]) -> Ranked:
+        """Order scored candidates best first, under the length penalty."""
+        rewards: list[float] = []
+        for c in candidates:
+            if c.reward is None:
+                raise ValueError(f"candidate {c.index} is not scored")
+            rewards.append(c.reward)
+        order = rank_candidates(rewards, [c.finish_reason for c in candidates], self.length_penalty)
+        return Ranked(order=order, rewards=rewards, reward_tokens=sum(c.reward_tokens for c in candidates))
