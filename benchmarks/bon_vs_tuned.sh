@@ -40,7 +40,7 @@ YAML
 
 # LoRA rank 16 exactly: vLLM's CPU LoRA kernels get slower with the configured maximum rank.
 "$BONSERVE" serve --port "$PORT" --model "$BASE" --reward-model arith-rm --max-loras 3 \
-  --max-lora-rank 16 --accelerator-price-per-hour 2.5 >"${TMPDIR:-/tmp}/bon_vs_tuned-server.log" 2>&1 &
+  --max-lora-rank 16 --accelerator-price-per-hour 2.5 --open-admin >"${TMPDIR:-/tmp}/bon_vs_tuned-server.log" 2>&1 &
 SERVER=$!
 trap 'kill $SERVER 2>/dev/null; wait $SERVER 2>/dev/null || true' EXIT
 for _ in $(seq 600); do

@@ -138,6 +138,7 @@ def main() -> None:
         "policy",
         "--max-loras",
         "2",
+        "--open-admin",  # loopback only; the benchmark drives promotions itself
     )
     try:
         report = asyncio.run(main_async(args, server.base_url))

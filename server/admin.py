@@ -38,35 +38,35 @@ def _manager(state: AppState) -> ModelManager:
     return state.manager
 
 
-@admin_router.get("/state", responses=documented_errors(401, 503))
+@admin_router.get("/state", responses=documented_errors(401, 403, 503))
 async def admin_state(state: StateDep) -> dict[str, Any]:
     return _manager(state).state()
 
 
-@admin_router.get("/registry", responses=documented_errors(401, 503))
+@admin_router.get("/registry", responses=documented_errors(401, 403, 503))
 async def admin_registry(state: StateDep) -> dict[str, Any]:
     return registry_listing(_manager(state).registry)
 
 
-@admin_router.post("/models/load", responses=documented_errors(400, 401, 404, 409, 413, 422, 503))
+@admin_router.post("/models/load", responses=documented_errors(400, 401, 403, 404, 409, 413, 422, 503))
 async def admin_load(body: ModelRef, state: StateDep) -> dict[str, Any]:
     served = await _manager(state).load(body.model)
     return {"loaded": served.name, "kind": served.kind, "format": served.format}
 
 
-@admin_router.post("/models/unload", responses=documented_errors(400, 401, 404, 409, 413, 503))
+@admin_router.post("/models/unload", responses=documented_errors(400, 401, 403, 404, 409, 413, 503))
 async def admin_unload(body: ModelRef, state: StateDep) -> dict[str, Any]:
     await _manager(state).unload(body.model)
     return {"unloaded": body.model}
 
 
-@admin_router.post("/aliases/promote", responses=documented_errors(400, 401, 404, 409, 413, 422, 503))
+@admin_router.post("/aliases/promote", responses=documented_errors(400, 401, 403, 404, 409, 413, 422, 503))
 async def admin_promote(body: PromoteRequest, state: StateDep) -> dict[str, Any]:
     result = await _manager(state).promote(body.alias, body.model, body.unload_previous)
     return result.__dict__
 
 
-@admin_router.post("/reward/promote", responses=documented_errors(400, 401, 404, 409, 413, 422, 503))
+@admin_router.post("/reward/promote", responses=documented_errors(400, 401, 403, 404, 409, 413, 422, 503))
 async def admin_promote_reward(body: ModelRef, state: StateDep) -> dict[str, Any]:
     result = await _manager(state).promote_reward(body.model)
     return result.__dict__

@@ -19,6 +19,7 @@ from server import __version__
 from server.access_log import AccessLogMiddleware
 from server.admin import admin_router
 from server.admission import Admission
+from server.auth import area_of, refusal
 from server.config import Settings
 from server.engine_config import EngineBuilder
 from server.engines import ManagedEngine
@@ -56,41 +57,52 @@ def resolve_checkpoint(settings: Settings, spec: str, flag: str) -> tuple[Path, 
 # --------------------------------------------------------------------------- middleware
 
 
-class BodyTooLarge(Exception):
-    pass
+class GuardMiddleware:
+    """Before any route sees a request: refuse a wrong or missing key (server/auth.py) without
+    reading the body, then read the body with a cap and refuse one over it with 413, whether
+    its size was announced (Content-Length) or not (chunked). The body is handed on whole;
+    later `receive` calls go to the client, so routes still see it disconnect."""
 
-
-class BodyLimitMiddleware:
-    """413 for bodies over the cap, whether announced by Content-Length or streamed."""
-
-    def __init__(self, app: ASGIApp, max_bytes: int) -> None:
-        self.app, self.max_bytes = app, max_bytes
+    def __init__(self, app: ASGIApp, settings: Settings) -> None:
+        self.app, self.settings = app, settings
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
         if scope["type"] != "http":
             await self.app(scope, receive, send)
             return
-        headers = dict(scope.get("headers") or [])
-        length = headers.get(b"content-length")
-        if length is not None and length.isdigit() and int(length) > self.max_bytes:
-            await self._reject(scope, receive, send)
+        headers = {k.lower(): v for k, v in scope.get("headers") or []}
+        authorization = headers.get(b"authorization", b"").decode("latin-1")
+        error = refusal(area_of(scope["path"]), authorization, self.settings)
+        if error is None:
+            length = headers.get(b"content-length", b"")
+            if length.isdigit() and int(length) > self.settings.max_body_bytes:
+                error = _too_large(self.settings.max_body_bytes)
+        if error is not None:
+            await error.response()(scope, receive, send)
             return
-        seen = 0
-
-        async def counting_receive() -> Message:
-            nonlocal seen
+        body, more, disconnected = bytearray(), True, False
+        while more:
             message = await receive()
-            if message["type"] == "http.request":
-                seen += len(message.get("body", b""))
-                if seen > self.max_bytes:
-                    raise BodyTooLarge
-            return message
+            if message["type"] == "http.disconnect":
+                disconnected = True
+                break
+            body += message.get("body", b"")
+            more = message.get("more_body", False)
+            if len(body) > self.settings.max_body_bytes:
+                await _too_large(self.settings.max_body_bytes).response()(scope, receive, send)
+                return
+        replayed = False
 
-        await self.app(scope, counting_receive, send)
+        async def replay() -> Message:
+            nonlocal replayed
+            if not replayed:
+                replayed = True
+                if disconnected:
+                    return {"type": "http.disconnect"}
+                return {"type": "http.request", "body": bytes(body), "more_body": False}
+            return await receive()
 
-    async def _reject(self, scope: Scope, receive: Receive, send: Send) -> None:
-        response = _too_large(self.max_bytes).response()
-        await response(scope, receive, send)
+        await self.app(scope, replay, send)
 
 
 def _too_large(max_bytes: int) -> APIError:
@@ -101,10 +113,6 @@ def _install_error_handlers(app: FastAPI, settings: Settings) -> None:
     @app.exception_handler(APIError)
     async def _api_error(_: Request, exc: APIError) -> JSONResponse:
         return exc.response()
-
-    @app.exception_handler(BodyTooLarge)
-    async def _body_too_large(_: Request, __: BodyTooLarge) -> JSONResponse:
-        return _too_large(settings.max_body_bytes).response()
 
     @app.exception_handler(RequestValidationError)
     async def _validation(_: Request, exc: RequestValidationError) -> JSONResponse:
@@ -207,6 +215,6 @@ def build_app(settings: Settings, state: AppState | None = None) -> FastAPI:
     app.include_router(ops_router)
     app.include_router(admin_router)
     _install_error_handlers(app, settings)
-    app.add_middleware(BodyLimitMiddleware, max_bytes=settings.max_body_bytes)
+    app.add_middleware(GuardMiddleware, settings=settings)
     app.add_middleware(AccessLogMiddleware)  # outermost: sees every response, 413s included
     return app

@@ -14,6 +14,9 @@ from core.registry import DEFAULT_MODEL_NAME, default_registry_root
 _ENGINE = EngineOptions()  # engine defaults, shared with the trainers' offline engines
 
 
+LOOPBACK_HOSTS = ("127.0.0.1", "::1", "localhost")
+
+
 class Settings(BaseSettings):
     model_config = SettingsConfigDict(env_prefix="BONSERVE_", extra="forbid")
 
@@ -134,7 +137,16 @@ class Settings(BaseSettings):
 
     # --- auth
     api_key: str | None = Field(None, description="Bearer key for /v1/* (unset: open).")
-    admin_key: str | None = Field(None, description="Bearer key for /admin/* (unset: open).")
+    admin_key: str | None = Field(
+        None,
+        description="Bearer key for /admin/* (load, unload, promote). Unset: the admin API is off "
+        "(403), unless --open-admin.",
+    )
+    open_admin: bool = Field(
+        False,
+        description="Serve /admin/* without a key. Refused unless --host is a loopback address, "
+        "and together with --admin-key: for a local, single-user server only.",
+    )
 
     def engine_options(self) -> EngineOptions:
         """The engine knobs of these settings, for `core.engine_args`."""
@@ -159,6 +171,27 @@ class Settings(BaseSettings):
             elif name == served_name:
                 return int(value)
         return default
+
+    @model_validator(mode="after")
+    def _check_keys(self) -> Settings:
+        """Security settings fail closed: refuse what would leave the admin API open by
+        accident, or make the client key an admin key."""
+        for name in ("api_key", "admin_key"):
+            value = getattr(self, name)
+            if value is not None and not value.strip():
+                raise ValueError(f"{name} is empty: unset it, or give a real key")
+            if value is not None and value != value.strip():
+                raise ValueError(f"{name} has leading or trailing whitespace, which clients would not send")
+        if self.admin_key is not None and self.admin_key == self.api_key:
+            raise ValueError("admin_key equals api_key: every API client could administer the server")
+        if self.open_admin and self.admin_key is not None:
+            raise ValueError("open_admin with an admin_key: choose one")
+        if self.open_admin and self.host not in LOOPBACK_HOSTS:
+            raise ValueError(
+                f"open_admin on host {self.host!r}: an open admin API may only bind a loopback "
+                f"address ({', '.join(LOOPBACK_HOSTS)}); set --admin-key instead"
+            )
+        return self
 
     @model_validator(mode="after")
     def _check(self) -> Settings:

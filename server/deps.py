@@ -2,13 +2,13 @@
 
 from __future__ import annotations
 
-import secrets
 from typing import Annotated
 
 from fastapi import Depends, Request
+from fastapi.security import HTTPAuthorizationCredentials, HTTPBearer
 
+from server.auth import refusal
 from server.config import Settings
-from server.errors import APIError
 from server.state import AppState
 
 
@@ -29,26 +29,24 @@ def get_settings(state: StateDep) -> Settings:
 SettingsDep = Annotated[Settings, Depends(get_settings)]
 
 
-def _check_bearer(request: Request, expected: str | None, what: str) -> None:
-    if expected is None:
-        return
-    header = request.headers.get("authorization", "")
-    scheme, _, token = header.partition(" ")
-    if scheme.lower() != "bearer" or not secrets.compare_digest(token.strip(), expected):
-        raise APIError(
-            401,
-            f"Invalid or missing {what} key: send 'Authorization: Bearer <key>'.",
-            type="authentication_error",
-            code="invalid_api_key",
-        )
+# Declares the bearer scheme in OpenAPI (so /docs has an Authorize button); the decision
+# itself is server.auth.refusal, also applied by the middleware before the body is read.
+_bearer = HTTPBearer(auto_error=False, description="Authorization: Bearer <key>")
+BearerDep = Annotated[HTTPAuthorizationCredentials | None, Depends(_bearer)]
 
 
-def require_api_key(request: Request, settings: SettingsDep) -> None:
-    _check_bearer(request, settings.api_key, "API")
+def _check(request: Request, settings: Settings, area: str) -> None:
+    error = refusal(area, request.headers.get("authorization"), settings)
+    if error is not None:
+        raise error
 
 
-def require_admin_key(request: Request, settings: SettingsDep) -> None:
-    _check_bearer(request, settings.admin_key, "admin")
+def require_api_key(request: Request, settings: SettingsDep, _: BearerDep) -> None:
+    _check(request, settings, "api")
+
+
+def require_admin_key(request: Request, settings: SettingsDep, _: BearerDep) -> None:
+    _check(request, settings, "admin")
 
 
 ApiKeyDep = Depends(require_api_key)

@@ -53,6 +53,7 @@ def unavailable(message: str, retry_after_s: int = 5) -> APIError:
 _DESCRIPTIONS = {
     400: "Invalid request: bad JSON, an unknown or invalid parameter, a prompt over the context.",
     401: "Missing or wrong bearer key.",
+    403: "The admin API is disabled (no --admin-key on this server).",
     404: "Unknown model or registry entry.",
     409: "Conflicts with the server's current models.",
     413: "Request body over the server's limit.",

@@ -107,6 +107,10 @@ SWAP_SECONDS = Histogram(
     ["role"],
     buckets=LATENCY_BUCKETS,
 )
+SWAP_ROLES = ("policy", "reward")
+for _role in SWAP_ROLES:  # exported (as 0) before the first swap, so dashboards and absent() see them
+    SWAPS.labels(_role)
+    SWAP_SECONDS.labels(_role)
 IN_FLIGHT = Gauge("bonserve_requests_in_flight", "Requests holding an engine slot.")
 WAITING = Gauge("bonserve_requests_waiting", "Requests queued for an engine slot.")
 

@@ -7,59 +7,20 @@ tests/server/test_openai_e2e.py.
 from __future__ import annotations
 
 import asyncio
-from collections.abc import AsyncIterator, Callable
+from collections.abc import Callable
 from typing import Any
 
 import httpx
 import pytest
 
-from server.admission import Admission
 from server.app import build_app
 from server.config import Settings
-from server.engines import EngineState, ManagedEngine
-from server.models import ModelRouter, ServedModel
-from server.state import AppState
+from server.engines import EngineState
+from server.models import ServedModel
+from tests.server.conftest import assert_envelope, make_state
 from tests.server.fakes import FakeAsyncLLM
 
 CHAT = {"model": "fake", "messages": [{"role": "user", "content": "hello"}], "max_tokens": 4}
-
-
-def make_state(settings: Settings, factory: Callable[[], Any]) -> AppState:
-    engine = ManagedEngine("policy", factory, restart_backoff_s=0, watch_interval_s=0.05)
-    router = ModelRouter()
-    router.add(ServedModel(name="fake", engine=engine))
-    return AppState(
-        settings=settings,
-        router=router,
-        engines={"policy": engine},
-        admission=Admission(settings.max_concurrent_requests, settings.max_waiting_requests),
-    )
-
-
-@pytest.fixture
-async def client_for() -> AsyncIterator[Callable[..., Any]]:
-    states: list[AppState] = []
-
-    async def make(factory: Callable[[], Any] = FakeAsyncLLM, **overrides: Any) -> httpx.AsyncClient:
-        settings = Settings(**overrides)
-        state = make_state(settings, factory)
-        await state.engines["policy"].start()
-        states.append(state)
-        app = build_app(settings, state)
-        return httpx.AsyncClient(transport=httpx.ASGITransport(app=app), base_url="http://t")
-
-    yield make
-    for state in states:
-        await state.engines["policy"].stop()
-
-
-def assert_envelope(r: httpx.Response, status: int, code: str | None = None) -> dict[str, Any]:
-    assert r.status_code == status, r.text
-    err = r.json()["error"]
-    assert set(err) == {"message", "type", "param", "code"} and err["message"]
-    if code is not None:
-        assert err["code"] == code
-    return err
 
 
 async def test_chat_shape_and_usage(client_for: Callable[..., Any]) -> None:

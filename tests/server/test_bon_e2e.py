@@ -51,6 +51,7 @@ def bon_server(
         "--reward-model",
         RM,
         "--enforce-eager",
+        "--open-admin",  # loopback: the reward-model swap test below promotes without a key
     )
     yield srv
     srv.stop()

@@ -9,8 +9,8 @@ import pytest
 
 from server.app import build_app
 from server.config import Settings
+from tests.server.conftest import make_state
 from tests.server.fakes import FakeAsyncLLM
-from tests.server.test_app_with_fake_engine import make_state
 
 ERROR_REF = "#/components/schemas/ErrorResponse"
 
@@ -41,10 +41,10 @@ def test_error_envelope_schema_matches_openai(spec: dict[str, Any]) -> None:
         ("post", "/v1/completions", {"400", "401", "404", "413", "429", "500", "503", "504"}),
         ("post", "/v1/rewards", {"400", "401", "404", "413", "429", "503"}),
         ("get", "/v1/models", {"401"}),
-        ("post", "/admin/models/load", {"400", "401", "404", "409", "413", "422", "503"}),
-        ("post", "/admin/aliases/promote", {"400", "401", "404", "409", "413", "422", "503"}),
-        ("post", "/admin/reward/promote", {"400", "401", "404", "409", "413", "422", "503"}),
-        ("post", "/admin/models/unload", {"400", "401", "404", "409", "413", "503"}),
+        ("post", "/admin/models/load", {"400", "401", "403", "404", "409", "413", "422", "503"}),
+        ("post", "/admin/aliases/promote", {"400", "401", "403", "404", "409", "413", "422", "503"}),
+        ("post", "/admin/reward/promote", {"400", "401", "403", "404", "409", "413", "422", "503"}),
+        ("post", "/admin/models/unload", {"400", "401", "403", "404", "409", "413", "503"}),
     ],
 )
 def test_routes_declare_their_errors_as_the_envelope(
