@@ -13,12 +13,15 @@ The phases, in the order a request runs them, one method of `BestOfN` each:
 1. `sample_and_score` - stream the engine's increments, assemble one `Candidate` per
    index, and start a candidate's scoring (`score`) the moment it finishes, while the others
    are still decoding, so only the last candidate's scoring adds to the latency.
-2. `score` - the reward of one finished candidate: for chat, the conversation with the
-   candidate as the last assistant turn; for completions, the prompt text plus the candidate.
+2. `score` - the reward of one finished candidate: the conversation with the candidate as
+   the last assistant turn, through the reward model's chat template (what TRL's
+   RewardTrainer trains on). A /v1/completions prompt has no turns: it is scored as the one
+   user turn of that conversation, so both endpoints give the reward model one input format.
 3. `rank` - order by reward, best first (`rank_candidates`): a candidate cut by max_tokens
-   (finish_reason "length") loses `length_penalty` for the ordering only; ties go to the
-   lower index, so the order is deterministic.
-4. `select` - the first `n` of that order, with their raw rewards.
+   (finish_reason "length") has `length_penalty` subtracted; ties go to the lower index, so
+   the order is deterministic.
+4. `select` - the first `n` of that order, each with the reward that ranked it (penalty
+   included), so a client can re-check the order from the rewards it gets.
 
 Usage bills every decoded token of every candidate as completion_tokens (as OpenAI billed
 legacy best_of) and adds the tokens the reward model read as
@@ -48,8 +51,6 @@ class Scorer(Protocol):
     """What Best-of-N needs of the reward model (server.reward.RewardScorer)."""
 
     def conversation_ids(self, messages: list[dict[str, str]], response: str) -> list[int]: ...
-
-    def text_ids(self, text: str) -> list[int]: ...
 
     async def score(self, sequences: Sequence[list[int]], request_id: str) -> list[float]: ...
 
@@ -85,18 +86,25 @@ class Ranked:
     """Candidates in reward order (best first), with what the ranking cost."""
 
     order: list[int]  # candidate indices, best first
-    rewards: list[float]  # raw reward per candidate index (the length penalty only reorders)
+    rewards: list[float]  # per candidate index: the value that ranked it (length penalty applied)
     reward_tokens: int
+
+
+def penalised(
+    rewards: Sequence[float], finish_reasons: Sequence[str | None], length_penalty: float
+) -> list[float]:
+    """Rewards with `length_penalty` subtracted from candidates cut by max_tokens."""
+    return [
+        r - (length_penalty if f == "length" else 0.0) for r, f in zip(rewards, finish_reasons, strict=True)
+    ]
 
 
 def rank_candidates(
     rewards: Sequence[float], finish_reasons: Sequence[str | None], length_penalty: float
 ) -> list[int]:
-    """Indices best-first. Candidates cut by max_tokens may be penalised; ties go to the
-    lower candidate index, so the order is deterministic."""
-    adjusted = [
-        r - (length_penalty if f == "length" else 0.0) for r, f in zip(rewards, finish_reasons, strict=True)
-    ]
+    """Indices best-first by penalised reward; ties go to the lower candidate index, so the
+    order is deterministic."""
+    adjusted = penalised(rewards, finish_reasons, length_penalty)
     return sorted(range(len(adjusted)), key=lambda i: (-adjusted[i], i))
 
 
@@ -147,10 +155,10 @@ class BestOfN:
 
     async def score(self, prep: PreparedRequest, candidate: Candidate) -> None:
         """Score one finished candidate: sets its `reward` and `reward_tokens`."""
-        if prep.messages is not None:
-            ids = self.reward.conversation_ids(prep.messages, candidate.text)
-        else:
-            ids = self.reward.text_ids(prep.prompt_text + candidate.text)
+        messages = prep.messages
+        if messages is None:  # /v1/completions: the raw prompt is the user turn
+            messages = [{"role": "user", "content": prep.prompt_text}]
+        ids = self.reward.conversation_ids(messages, candidate.text)
         (candidate.reward,) = await self.reward.score([ids], f"{prep.request_id}-c{candidate.index}")
         candidate.reward_tokens = len(ids)
 
@@ -161,5 +169,10 @@ class BestOfN:
             if c.reward is None:
                 raise ValueError(f"candidate {c.index} is not scored")
             rewards.append(c.reward)
-        order = rank_candidates(rewards, [c.finish_reason for c in candidates], self.length_penalty)
-        return Ranked(order=order, rewards=rewards, reward_tokens=sum(c.reward_tokens for c in candidates))
+        finish = [c.finish_reason for c in candidates]
+        order = rank_candidates(rewards, finish, self.length_penalty)
+        return Ranked(
+            order=order,
+            rewards=penalised(rewards, finish, self.length_penalty),
+            reward_tokens=sum(c.reward_tokens for c in candidates),
+        )

@@ -127,6 +127,12 @@ class Settings(BaseSettings):
     request_timeout_s: float = Field(300, gt=0, description="Per-request deadline (504 after).")
     max_body_bytes: int = Field(1 << 20, ge=1024, description="Request body cap (413 above).")
     shutdown_drain_s: float = Field(30, ge=0, description="Drain time for in-flight requests.")
+    sse_keepalive_s: float = Field(
+        5.0,
+        gt=0,
+        description="A streamed Best-of-N request sends its headers at once and an SSE comment this "
+        "often while its candidates decode, so proxies with an idle timeout do not cut it.",
+    )
 
     # --- cost model
     accelerator_price_per_hour: float = Field(

@@ -29,9 +29,6 @@ class RewardScorer:
         """The full conversation with `response` as the last assistant turn, templated."""
         return reward_ids(self._require().get_tokenizer(), messages, response)
 
-    def text_ids(self, text: str) -> list[int]:
-        return list(self._require().get_tokenizer().encode(text))
-
     async def score(self, sequences: Sequence[list[int]], request_id: str) -> list[float]:
         """Raw reward logits, one per sequence. All are submitted at once so the engine
         schedules them in the same batch."""

@@ -342,6 +342,7 @@ def sse(payload: Any) -> str:
 
 
 SSE_DONE = "data: [DONE]\n\n"
+SSE_KEEPALIVE = ": keep-alive\n\n"  # an SSE comment: clients ignore it, proxies see traffic
 
 
 def held(lines: AsyncIterator[str], model: ServedModel) -> AsyncIterator[str]:

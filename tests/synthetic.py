@@ -2,9 +2,9 @@
 (a test helper: it lives under tests/, outside the installed packages).
 
 `make_lora_entry` builds a peft LoRA adapter with *random* weights (init_lora_weights=False),
-so it visibly changes the base's outputs; `copy_full_entry` re-registers the base weights
-under a new name (a full checkpoint of kind sft). Both go through Registry.write, like the
-trainers' outputs.
+so it visibly changes the base's outputs; `make_full_entry` is a full checkpoint with
+perturbed weights (a swap to it changes outputs); `copy_full_entry` re-registers the base
+weights under a new name. All go through Registry.write, like the trainers' outputs.
 """
 
 from __future__ import annotations
@@ -59,6 +59,30 @@ def copy_full_entry(registry: Registry, base: Entry, name: str, kind: str = "sft
         for rel in base.manifest.files:
             (staging / rel).parent.mkdir(parents=True, exist_ok=True)
             shutil.copy2(base.path / rel, staging / rel)
+    return registry.path_of(name)
+
+
+def make_full_entry(
+    registry: Registry, base: Entry, name: str, *, seed: int = 0, scale: float = 0.02
+) -> Path:
+    """A full checkpoint whose weights differ from the base: seeded noise (std `scale`) on
+    every attention projection, so a swap to it shows in the outputs, not only in a label."""
+    import torch
+    from transformers import AutoModelForCausalLM, AutoTokenizer
+
+    torch.manual_seed(seed)
+    model = AutoModelForCausalLM.from_pretrained(base.path, dtype=torch.float32)
+    with torch.no_grad():
+        for module_name, param in model.named_parameters():
+            if module_name.endswith(("q_proj.weight", "v_proj.weight")):
+                param.add_(torch.randn_like(param) * scale)
+    manifest = Manifest(
+        name=name, kind="sft", format="full", base_model=base.name, parent=base.name,
+        hyperparameters={"noise_seed": seed, "noise_scale": scale},
+    )  # fmt: skip
+    with registry.write(manifest) as staging:
+        model.save_pretrained(staging, safe_serialization=True)
+        AutoTokenizer.from_pretrained(base.path).save_pretrained(staging)
     return registry.path_of(name)
 
 

@@ -179,9 +179,6 @@ class FakeRewardScorer:
     def conversation_ids(self, messages: list[dict[str, str]], response: str) -> list[int]:
         return [1] * (sum(len(m["content"]) for m in messages) + len(response))
 
-    def text_ids(self, text: str) -> list[int]:
-        return [1] * len(text)
-
     async def score(self, sequences: Sequence[list[int]], request_id: str) -> list[float]:
         self.calls.append(request_id)
         await asyncio.sleep(self.delay_s)

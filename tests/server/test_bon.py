@@ -55,13 +55,15 @@ def test_length_penalty_demotes_only_truncated_candidates() -> None:
     assert rank_candidates(rewards, ["length", "stop", "stop"], 10.0) == [1, 2, 0]
 
 
-def test_rank_keeps_raw_rewards_and_sums_reward_tokens() -> None:
+def test_rank_returns_the_rewards_that_ranked_and_sums_reward_tokens() -> None:
+    """The reward a client gets is the value the order was made from (5 - 2 for the cut
+    candidate), so the returned rewards always agree with the returned order."""
     candidates = [
         Candidate(0, finish_reason="length", reward=5.0, reward_tokens=7),
         Candidate(1, finish_reason="stop", reward=4.0, reward_tokens=3),
     ]
     ranked = BestOfN(FakeRewardScorer(), length_penalty=2.0).rank(candidates)
-    assert ranked == Ranked(order=[1, 0], rewards=[5.0, 4.0], reward_tokens=10)
+    assert ranked == Ranked(order=[1, 0], rewards=[3.0, 4.0], reward_tokens=10)
 
 
 def test_rank_refuses_unscored_candidates() -> None:
@@ -141,3 +143,20 @@ async def test_a_failing_stream_cancels_scoring_in_flight() -> None:
     with pytest.raises(APIError, match="engine died"):
         await bon.sample_and_score(prepared(2), dies())
     assert scorer.calls == []  # cancelled before the scoring task first ran
+
+
+async def test_completions_prompts_are_scored_as_a_user_turn() -> None:
+    """One reward-model input for both endpoints: a raw /v1/completions prompt becomes the
+    user turn of the conversation the reward model scores."""
+    scorer = FakeRewardScorer()
+    seen: list[tuple[list[dict[str, str]], str]] = []
+    original = scorer.conversation_ids
+
+    def record(messages: list[dict[str, str]], response: str) -> list[int]:
+        seen.append((messages, response))
+        return original(messages, response)
+
+    scorer.conversation_ids = record  # type: ignore[method-assign]
+    prep = SimpleNamespace(messages=None, prompt_text="2 + 2 =", request_id="r")
+    await BestOfN(scorer).score(prep, Candidate(0, text=" 4", finish_reason="stop"))  # type: ignore[arg-type]
+    assert seen == [([{"role": "user", "content": "2 + 2 ="}], " 4")]

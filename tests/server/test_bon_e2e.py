@@ -1,8 +1,11 @@
 """Best-of-N against real engines: policy + pooling reward model in one `bonserve serve`.
 
 The reward checkpoint is made from the base model (`init_reward_model`: real
-LlamaForSequenceClassification weights loaded by vLLM's pooling runner); its scores are
-recomputed independently with transformers.
+LlamaForSequenceClassification weights loaded by vLLM's pooling runner) with a score head
+that means something rather than a random one: the base's own output row for the end-of-turn
+token, so the reward is how strongly the model expects the conversation to end there. Scores
+are recomputed independently with transformers, from the model's own chat template as text
+(not the server's token-layout helper).
 """
 
 from __future__ import annotations
@@ -19,7 +22,7 @@ import pytest
 
 from core.registry import Registry
 from loadtests.servers import ServerProcess, start_bonserve
-from training.reward import init_reward_model, transformers_rewards
+from training.reward import init_reward_model
 
 pytestmark = [pytest.mark.engine, pytest.mark.timeout(900)]
 
@@ -28,12 +31,64 @@ RM2 = "rm-test-init-2"  # another score head: a different reward model to swap i
 MESSAGES = [{"role": "user", "content": "Suggest a name for a pet goldfish."}]
 
 
+def _end_of_turn_head(rm_dir: Path, base_dir: Path) -> None:
+    """Replace the random score head by the base's lm_head row of the end-of-turn token."""
+    import torch
+    from safetensors.torch import load_file, save_file
+    from transformers import AutoTokenizer
+
+    end = AutoTokenizer.from_pretrained(base_dir).convert_tokens_to_ids("<|im_end|>")
+    base = load_file(base_dir / "model.safetensors")
+    row = base.get("lm_head.weight", base["model.embed_tokens.weight"])[end]  # tied embeddings
+    weights = load_file(rm_dir / "model.safetensors")
+    weights["score.weight"] = row.reshape(1, -1).to(torch.float32).clone()
+    save_file(weights, rm_dir / "model.safetensors", metadata={"format": "pt"})
+
+
 @pytest.fixture(scope="module")
 def reward_registry(default_model: Path, tmp_path_factory: pytest.TempPathFactory) -> Registry:
+    from core.registry import Manifest
+
+    staging = Registry(tmp_path_factory.mktemp("staging"))
     registry = Registry(tmp_path_factory.mktemp("registry"))
-    init_reward_model(Registry(default_model.parent), default_model.name, RM, seed=0, out=registry)
+    init_reward_model(Registry(default_model.parent), default_model.name, RM, seed=0, out=staging)
+    _end_of_turn_head(staging.path_of(RM), default_model)
+    manifest = Manifest(name=RM, kind="rm", base_model=default_model.name, parent=default_model.name)
+    with registry.write(manifest) as out:  # re-registered: the manifest's checksums cover the new head
+        for path in staging.path_of(RM).iterdir():
+            if path.name != "manifest.json":
+                (out / path.name).write_bytes(path.read_bytes())
     init_reward_model(Registry(default_model.parent), default_model.name, RM2, seed=1, out=registry)
     return registry
+
+
+def transformers_rewards(
+    model_dir: Path, messages: list[dict[str, str]], responses: list[str]
+) -> list[float]:
+    """The reference: transformers scores the chat template's *text* of each conversation,
+    tokenized without extra special tokens (the server builds token ids its own way)."""
+    import torch
+    from transformers import AutoModelForSequenceClassification, AutoTokenizer
+
+    tokenizer = AutoTokenizer.from_pretrained(model_dir)
+    model = AutoModelForSequenceClassification.from_pretrained(model_dir, dtype=torch.float32).eval()
+    scores = []
+    with torch.no_grad():
+        for response in responses:
+            conversation = [*messages, {"role": "assistant", "content": response}]
+            text = tokenizer.apply_chat_template(conversation, tokenize=False)
+            ids = tokenizer(text, add_special_tokens=False, return_tensors="pt").input_ids
+            scores.append(float(model(input_ids=ids).logits[0, 0]))
+    return scores
+
+
+def test_the_reward_model_is_not_random(reward_registry: Registry) -> None:
+    """The end-of-turn head separates a finished answer from a cut-off one (a random head
+    would order them by chance)."""
+    finished, cut = transformers_rewards(
+        reward_registry.path_of(RM), MESSAGES, ["I would call it Bubbles.", "I would call it"]
+    )
+    assert finished > cut, (finished, cut)
 
 
 @pytest.fixture(scope="module")

@@ -14,7 +14,7 @@ import pytest
 
 from core.registry import DEFAULT_MODEL_NAME, Registry
 from loadtests.servers import ServerProcess, start_bonserve
-from training.synthetic import copy_full_entry, corrupt_manifest, make_lora_entry
+from tests.synthetic import copy_full_entry, corrupt_manifest, make_full_entry, make_lora_entry
 
 pytestmark = [pytest.mark.engine, pytest.mark.timeout(900)]
 
@@ -30,7 +30,7 @@ def registry(default_model: Path, tmp_path_factory: pytest.TempPathFactory) -> R
     copy_full_entry(reg, base, BASE, kind="base")
     base = reg.load(BASE)
     make_lora_entry(reg, base, "lora-a", rank=8, seed=1)
-    copy_full_entry(reg, base, "full-b")
+    make_full_entry(reg, base, "full-b", seed=3)  # weights differ: the swap must show in outputs
     make_lora_entry(reg, base, "lora-rank4", rank=4)
     make_lora_entry(reg, base, "lora-mts", rank=8, modules_to_save=["lm_head"])
     make_lora_entry(reg, base, "lora-missing", rank=8)
@@ -162,6 +162,8 @@ def test_promotions_under_streaming_load_fail_nothing(swap_server: ServerProcess
             except httpx.HTTPError as exc:
                 failures.append(repr(exc))
 
+    greedy: dict[str, str] = {}
+
     async def run() -> list[dict]:
         results = []
         async with httpx.AsyncClient(timeout=120) as c, httpx.AsyncClient(timeout=600, headers=ADMIN) as a:
@@ -181,6 +183,11 @@ def test_promotions_under_streaming_load_fail_nothing(swap_server: ServerProcess
                     )
                 ).json()["model"] != target:
                     assert time.monotonic() < deadline
+                r = await c.post(
+                    swap_server.v1 + "/chat/completions",
+                    json={"model": "policy", "messages": PROMPT, "max_tokens": 12, "temperature": 0},
+                )
+                greedy[r.json()["model"]] = r.json()["choices"][0]["message"]["content"]
                 await asyncio.sleep(2)
             stop.set()
             await asyncio.gather(*clients)
@@ -191,6 +198,8 @@ def test_promotions_under_streaming_load_fail_nothing(swap_server: ServerProcess
     assert set(seen) <= {BASE, "lora-a", "full-b"} and {BASE, "lora-a", "full-b"} <= set(seen)
     assert [r["previous"] for r in results] == [BASE, "lora-a", "full-b"]
     assert results[2]["unloaded"] == "full-b"  # the full engine was drained and freed
+    assert set(greedy) == {"lora-a", "full-b", BASE}
+    assert greedy["full-b"] != greedy[BASE], greedy  # the new engine serves other weights
     state = admin(swap_server, "GET", "/admin/state").json()
     assert "policy:full-b" not in state["engines"]
     assert state["aliases"] == {"policy": BASE}
