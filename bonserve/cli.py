@@ -173,7 +173,10 @@ def add_training_commands(sub: Any) -> None:
     )
     p.set_defaults(func=lambda args: evaluate.main(args=args))
 
-    registry = sub.add_parser("registry", help="List and inspect checkpoint registry entries.")
+    from training import merge as merge_module
+
+    merge_doc = merge_module.__doc__
+    registry = sub.add_parser("registry", help="List, inspect and merge checkpoint registry entries.")
     registry_sub = registry.add_subparsers(dest="registry_command", required=True)
     ls = registry_sub.add_parser("list", help="Name, kind, format, parent and creation time of entries.")
     ls.add_argument("--registry", type=Path, default=None, help="Registry directory.")
@@ -183,6 +186,37 @@ def add_training_commands(sub: Any) -> None:
     show.add_argument("--verify", action="store_true", help="Also re-hash every file.")
     show.add_argument("--registry", type=Path, default=None, help="Registry directory.")
     show.set_defaults(func=cmd_registry_show)
+    merge = registry_sub.add_parser(
+        "merge",
+        help="Merge a LoRA entry into full weights (NAME-merged): the base's decode speed on CPU.",
+        description=merge_doc,
+        formatter_class=argparse.RawDescriptionHelpFormatter,
+    )
+    merge.add_argument("name", help="The LoRA entry to merge.")
+    merge.add_argument(
+        "--name", dest="out_name", default=None, help="Name of the new entry (default NAME-merged)."
+    )
+    merge.add_argument("--overwrite", action="store_true", help="Replace an existing entry of that name.")
+    merge.add_argument("--registry", type=Path, default=None, help="Registry directory.")
+    merge.set_defaults(func=cmd_registry_merge)
+
+
+def cmd_registry_merge(args: argparse.Namespace) -> int:
+    from core.registry import Registry, RegistryError
+    from training.merge import merge_entry
+
+    try:
+        entry = merge_entry(
+            Registry(args.registry) if args.registry else Registry(),
+            args.name,
+            out_name=args.out_name,
+            overwrite=args.overwrite,
+        )
+    except RegistryError as exc:
+        print(f"error: {exc}", file=sys.stderr)
+        return 1
+    print(f"[registry merge] wrote {entry.name!r} ({entry.manifest.kind}, full): {entry.path}")
+    return 0
 
 
 def make_parser() -> argparse.ArgumentParser:

@@ -286,6 +286,11 @@ def save_entry(
             if fmt == "lora":
                 check_servable_adapter(staging)
         entry = registry.load(config.name, deep=True)
+        if config.merge and fmt == "lora":
+            from training.merge import merge_entry
+
+            merged = merge_entry(registry, config.name, overwrite=config.overwrite)
+            print(f"[{kind}] wrote merged entry {merged.name!r}: {merged.path}", flush=True)
     state.wait_for_everyone()
     if state.is_main_process:
         shutil.rmtree(final_dir, ignore_errors=True)

@@ -88,6 +88,14 @@ class TrainConfig:
             "help": "Recompute activations (saves memory, ~20% slower; off: the default model is small)."
         },
     )
+    merge: bool = field(
+        default=False,
+        metadata={
+            "help": "With LoRA: also write NAME-merged, the adapter merged into full weights (what to "
+            "serve on CPU, where vLLM decodes LoRA several times slower than the base; "
+            "`bonserve registry merge` does the same later)."
+        },
+    )
 
     def __post_init__(self) -> None:
         from core.registry import check_name

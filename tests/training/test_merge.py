@@ -75,3 +75,15 @@ def test_merge_refuses_full_entries_and_existing_names(tiny: Registry) -> None:
     merge_entry(tiny, "t-lora2", out_name="t-lora2-full")
     with pytest.raises((RegistryError, ConfigError), match="exists"):
         merge_entry(tiny, "t-lora2", out_name="t-lora2-full")
+
+
+@pytest.mark.slow
+def test_registry_merge_command(tiny: Registry, capsys: pytest.CaptureFixture[str]) -> None:
+    from bonserve.cli import main as bonserve
+
+    _random_adapter(tiny, "t-lora3")
+    assert bonserve(["registry", "merge", "t-lora3", "--registry", str(tiny.root)]) == 0
+    assert tiny.load("t-lora3-merged").manifest.format == "full"
+    assert bonserve(["registry", "merge", "t-lora3", "--registry", str(tiny.root)]) == 1
+    assert "already exists" in capsys.readouterr().err
+    assert bonserve(["registry", "merge", "tiny", "--registry", str(tiny.root)]) == 1

@@ -97,9 +97,12 @@ def test_sft_lora_writes_entry_and_resumes(module_registry: Registry, data_dir: 
 
     with pytest.raises(ConfigError, match="already holds checkpoints"):
         run_sft(SFTConfig(**common, max_steps=3))
-    run_sft(SFTConfig(**common, max_steps=3, resume=True))  # continues at step 2, one more step
+    # continues at step 2, one more step; --merge also writes the full-weight twin
+    run_sft(SFTConfig(**common, max_steps=3, resume=True, merge=True))
     m = module_registry.load("t-sft", deep=True).manifest
     assert m.metrics["step"] == 3 and m.hyperparameters["resume"] is True
+    merged = module_registry.load("t-sft-merged", deep=True).manifest
+    assert (merged.kind, merged.format, merged.parent, merged.metrics) == ("sft", "full", "t-sft", m.metrics)
     state = json.loads((run_dir / "checkpoint-3" / "trainer_state.json").read_text())
     assert [h["step"] for h in state["log_history"] if "loss" in h] == [1, 2, 3]
 
