@@ -9,11 +9,35 @@ their own configs. Nothing here imports vLLM.
 
 from __future__ import annotations
 
-from dataclasses import dataclass, replace
+import json
+from collections.abc import Mapping
+from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Any
 
 from core.lora import smallest_servable_rank
+
+# Engine arguments bonserve sets itself: `engine_args` may not override them. The value is
+# what to use instead (a bonserve setting, or why the key is bonserve's own).
+OWNED_ENGINE_ARGS = {
+    "model": "--model / a registry entry",
+    "tokenizer": "the checkpoint's own tokenizer (--model)",
+    "served_model_name": "--served-model-name / the registry entry's name",
+    "runner": "the engine's role (policy or reward)",
+    "enable_lora": "--max-loras",
+    "max_loras": "--max-loras",
+    "max_lora_rank": "--max-lora-rank",
+    "max_model_len": "--max-model-len",
+    "kv_cache_memory_bytes": "--kv-cache-gib / --reward-kv-cache-gib",
+    "gpu_memory_utilization": "--gpu-memory-utilization / --reward-gpu-memory-utilization",
+    "max_num_seqs": "--max-num-seqs / --reward-max-num-seqs",
+    "dtype": "--dtype",
+    "seed": "--engine-seed",
+    "enforce_eager": "--enforce-eager",
+    "enable_chunked_prefill": "--enable-chunked-prefill",
+    "disable_log_stats": "bonserve's metrics (vLLM's stats feed /metrics)",
+    "enable_log_requests": "bonserve's access log",
+}
 
 
 @dataclass(frozen=True)
@@ -34,6 +58,16 @@ class EngineOptions:
     enable_chunked_prefill: bool = False
     max_loras: int = 0  # 0 = LoRA off
     max_lora_rank: int = 64
+    # None = vLLM's default. On GPU vLLM refuses to start unless free memory is at least this
+    # fraction of the device, even with an explicit KV cache; on CPU, with the explicit KV
+    # cache, vLLM does not use it.
+    gpu_memory_utilization: float | None = None
+    max_num_seqs: int | None = None  # None = vLLM's default (it depends on the device)
+    # Any other AsyncEngineArgs field, merged last (checked by `check_engine_args`).
+    engine_args: Mapping[str, Any] = field(default_factory=dict)
+
+    def __post_init__(self) -> None:
+        check_engine_args(self.engine_args)
 
     def for_adapter(self, rank: int) -> EngineOptions:
         """These options with room for one adapter of `rank`, at the smallest rank cap that
@@ -42,6 +76,8 @@ class EngineOptions:
 
 
 def _common(opts: EngineOptions, model_path: Path, name: str | None) -> dict[str, Any]:
+    # Passed only when set: vLLM's own defaults otherwise (CPU behaviour unchanged).
+    optional = {"gpu_memory_utilization": opts.gpu_memory_utilization, "max_num_seqs": opts.max_num_seqs}
     return {
         "model": str(model_path),
         "served_model_name": name,  # the `model_name` label of vLLM's metrics
@@ -54,7 +90,33 @@ def _common(opts: EngineOptions, model_path: Path, name: str | None) -> dict[str
         "max_num_batched_tokens": max(opts.max_model_len, 2048),
         "disable_log_stats": False,
         "enable_log_requests": False,
+        **{key: value for key, value in optional.items() if value is not None},
     }
+
+
+def check_engine_args(args: Mapping[str, Any]) -> dict[str, Any]:
+    """Extra engine arguments as a plain dict: string keys, none that bonserve owns."""
+    if not isinstance(args, Mapping):
+        raise ValueError(f"engine_args must be a JSON object of engine argument: value, not {args!r}")
+    for key in args:
+        if not isinstance(key, str) or not key.isidentifier():
+            raise ValueError(f"engine_args: {key!r} is not an engine argument name (use vLLM's snake_case)")
+        if key in OWNED_ENGINE_ARGS:
+            raise ValueError(f"engine_args: {key!r} is set by bonserve; use {OWNED_ENGINE_ARGS[key]}")
+    return dict(args)
+
+
+def parse_engine_args(text: str | None) -> dict[str, Any]:
+    """`engine_args` as given on the command line or in BONSERVE_ENGINE_ARGS: a JSON object."""
+    if text is None or not text.strip():
+        return {}
+    try:
+        value = json.loads(text)
+    except json.JSONDecodeError as exc:
+        raise ValueError(f"engine_args is not valid JSON ({exc}): {text!r}") from None
+    if not isinstance(value, dict):
+        raise ValueError(f"engine_args must be a JSON object, got {type(value).__name__}: {text!r}")
+    return check_engine_args(value)
 
 
 def policy_engine_kwargs(opts: EngineOptions, model_path: Path, name: str | None = None) -> dict[str, Any]:
@@ -64,14 +126,15 @@ def policy_engine_kwargs(opts: EngineOptions, model_path: Path, name: str | None
         if opts.max_loras
         else {}
     )
-    return {**_common(opts, model_path, name), "enable_chunked_prefill": opts.enable_chunked_prefill, **lora}
+    chunked = {"enable_chunked_prefill": opts.enable_chunked_prefill}
+    return {**_common(opts, model_path, name), **chunked, **lora, **opts.engine_args}
 
 
 def reward_engine_kwargs(opts: EngineOptions, model_path: Path, name: str | None = None) -> dict[str, Any]:
     """A pooling engine for a `*ForSequenceClassification` reward model. Compiled like the
     policy unless eager: scoring is a full forward pass over the conversation, as costly as
     a prefill."""
-    return {**_common(opts, model_path, name), "runner": "pooling"}
+    return {**_common(opts, model_path, name), "runner": "pooling", **opts.engine_args}
 
 
 def reward_engine_env(omp_threads: int) -> dict[str, str]:

@@ -21,7 +21,7 @@ from server.admin import admin_router
 from server.admission import Admission
 from server.auth import area_of, refusal
 from server.config import Settings
-from server.engine_config import EngineBuilder
+from server.engine_config import EngineBuilder, check_engine_arg_names
 from server.engines import ManagedEngine
 from server.errors import APIError
 from server.model_manager import ModelManager
@@ -153,6 +153,10 @@ def _install_error_handlers(app: FastAPI, settings: Settings) -> None:
 
 def build_state(settings: Settings) -> AppState:
     builder = EngineBuilder(settings)
+    try:
+        check_engine_arg_names(builder.policy_options.engine_args)
+    except ValueError as exc:
+        raise SystemExit(str(exc)) from exc
     model_path, name, base = resolve_checkpoint(settings, settings.model, "--model")
     served_name = settings.served_model_name or name
     engines = {

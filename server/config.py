@@ -2,12 +2,13 @@
 
 from __future__ import annotations
 
+from dataclasses import replace
 from pathlib import Path
 
-from pydantic import Field, model_validator
+from pydantic import Field, field_validator, model_validator
 from pydantic_settings import BaseSettings, SettingsConfigDict
 
-from core.engine_args import EngineOptions
+from core.engine_args import EngineOptions, parse_engine_args
 from core.lora import VLLM_LORA_RANKS
 from core.registry import DEFAULT_MODEL_NAME, default_registry_root
 
@@ -89,6 +90,42 @@ class Settings(BaseSettings):
             "derives the fraction from one NUMA node, which co-located engines share."
         ),
     )
+    reward_kv_cache_gib: float | None = Field(
+        None,
+        gt=0,
+        description="KV cache of the reward engine (default: --kv-cache-gib). Scoring is one "
+        "prefill per candidate, so the scorer needs far less than the policy.",
+    )
+    gpu_memory_utilization: float | None = Field(
+        None,
+        gt=0,
+        le=1,
+        description="vLLM's gpu_memory_utilization for the policy engine (unset: vLLM's default, "
+        "0.92). With the explicit KV cache it only gates the start: vLLM refuses to start an engine "
+        "unless this fraction of the GPU is free, so two engines on one GPU need it (and the "
+        "reward one) well below 0.5. Not used on CPU.",
+    )
+    reward_gpu_memory_utilization: float | None = Field(
+        None,
+        gt=0,
+        le=1,
+        description="gpu_memory_utilization of the reward engine (unset: vLLM's default).",
+    )
+    max_num_seqs: int | None = Field(
+        None,
+        ge=1,
+        description="Sequences the policy engine decodes at once (vLLM's max_num_seqs; unset: "
+        "vLLM's default for the device). A best_of=16 request is 16 sequences.",
+    )
+    reward_max_num_seqs: int | None = Field(
+        None, ge=1, description="max_num_seqs of the reward engine (unset: vLLM's default)."
+    )
+    engine_args: str | None = Field(
+        None,
+        description="Further vLLM engine arguments as a JSON object of AsyncEngineArgs names, merged "
+        "last into both engines' arguments, e.g. '{\"enable_prefix_caching\": true}'. Arguments "
+        "bonserve sets itself (model, dtype, max_model_len, ...) are refused: use their settings.",
+    )
     dtype: str = Field(
         _ENGINE.dtype,
         description=(
@@ -155,7 +192,7 @@ class Settings(BaseSettings):
     )
 
     def engine_options(self) -> EngineOptions:
-        """The engine knobs of these settings, for `core.engine_args`."""
+        """The policy engine's knobs of these settings, for `core.engine_args`."""
         return EngineOptions(
             max_model_len=self.max_model_len,
             kv_cache_gib=self.kv_cache_gib,
@@ -165,7 +202,26 @@ class Settings(BaseSettings):
             enable_chunked_prefill=self.enable_chunked_prefill,
             max_loras=self.max_loras,
             max_lora_rank=self.max_lora_rank,
+            gpu_memory_utilization=self.gpu_memory_utilization,
+            max_num_seqs=self.max_num_seqs,
+            engine_args=parse_engine_args(self.engine_args),
         )
+
+    def reward_engine_options(self) -> EngineOptions:
+        """The reward engine's knobs: the policy's, with its own memory and batch sizes."""
+        return replace(
+            self.engine_options(),
+            kv_cache_gib=self.reward_kv_cache_gib or self.kv_cache_gib,
+            gpu_memory_utilization=self.reward_gpu_memory_utilization,
+            max_num_seqs=self.reward_max_num_seqs,
+            max_loras=0,
+        )
+
+    @field_validator("engine_args")
+    @classmethod
+    def _check_engine_args(cls, value: str | None) -> str | None:
+        parse_engine_args(value)
+        return value
 
     def best_of_for(self, served_name: str) -> int:
         """The default candidate count for one served model (see `default_best_of`)."""

@@ -96,13 +96,14 @@ class ModelManager:
                 409, "LoRA serving is off: start the server with --max-loras N", code="lora_disabled"
             )
 
-    def _check_memory(self, entry: Entry) -> None:
+    def _check_memory(self, entry: Entry, kv_cache_gib: float | None = None) -> None:
         weights = sum(
             info["size"]
             for rel, info in entry.manifest.files.items()
             if rel.endswith((".safetensors", ".bin"))
         )
-        need = weights * self.settings.swap_memory_headroom + self.settings.kv_cache_gib * (1 << 30)
+        kv = self.settings.kv_cache_gib if kv_cache_gib is None else kv_cache_gib
+        need = weights * self.settings.swap_memory_headroom + kv * (1 << 30)
         free = available_memory()
         if need > free:
             raise APIError(
@@ -243,7 +244,7 @@ class ModelManager:
                     f"(kind={entry.manifest.kind}, format={entry.manifest.format})",
                     code="wrong_kind",
                 )
-            self._check_memory(entry)
+            self._check_memory(entry, self.settings.reward_engine_options().kv_cache_gib)
             new = await self._start_engine(f"reward:{name}", self.builder.reward(entry.path, name))
             old, previous = self.reward.engine, self.reward.name
             self.reward.engine, self.reward.name = new, name

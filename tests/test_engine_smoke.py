@@ -7,8 +7,8 @@ from pathlib import Path
 
 import pytest
 
+from core.engine_args import policy_engine_kwargs
 from server.config import Settings
-from server.engine_config import policy_engine_kwargs
 from server.engines import build_async_llm
 
 
@@ -19,7 +19,7 @@ def test_async_llm_generates_from_prepared_model(default_model: Path) -> None:
     from vllm.sampling_params import RequestOutputKind
 
     settings = Settings(enforce_eager=True)
-    engine = build_async_llm(policy_engine_kwargs(settings, default_model))
+    engine = build_async_llm(policy_engine_kwargs(settings.engine_options(), default_model))
     try:
         tokenizer = engine.get_tokenizer()
         ids = tokenizer.apply_chat_template(
