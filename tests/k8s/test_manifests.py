@@ -419,18 +419,30 @@ def test_ephemeral_storage_limits_cover_empty_dirs(rendered: Rendered) -> None:
 # --------------------------------------------------------------------------- overlays
 
 
+# Besides its KV cache, what one engine of the 135M default holds on a GPU (weights, activations,
+# CUDA graphs, CUDA context), rounded up.
+ENGINE_OVERHEAD_GIB = 2.0
+
+
+def gpu_memory_gib(rendered: Rendered) -> float:
+    """The smallest GPU (GiB) the GPU overlay's node affinity admits."""
+    spec = deployment_spec(rendered["gpu"])
+    (term,) = spec["affinity"]["nodeAffinity"]["requiredDuringSchedulingIgnoredDuringExecution"][
+        "nodeSelectorTerms"
+    ]
+    (memory,) = [e for e in term["matchExpressions"] if e["key"] == "nvidia.com/gpu.memory"]
+    assert memory["operator"] == "Gt"
+    return int(memory["values"][0]) / 1024  # the label is in MiB
+
+
 def test_gpu_overlay_asks_for_one_gpu(rendered: Rendered) -> None:
     spec = deployment_spec(rendered["gpu"])
     resources = server_container(rendered["gpu"])["resources"]
     assert resources["limits"]["nvidia.com/gpu"] == resources["requests"]["nvidia.com/gpu"] == 1
     assert any(t["key"] == "nvidia.com/gpu" for t in spec["tolerations"])
     assert spec["nodeSelector"]
-    # GPUs large enough for vLLM's start check of the second engine (see deployment-gpu.yaml).
-    (term,) = spec["affinity"]["nodeAffinity"]["requiredDuringSchedulingIgnoredDuringExecution"][
-        "nodeSelectorTerms"
-    ]
-    (memory,) = [e for e in term["matchExpressions"] if e["key"] == "nvidia.com/gpu.memory"]
-    assert memory["operator"] == "Gt" and int(memory["values"][0]) >= 70000
+    # GPUs large enough for every engine start (see deployment-gpu.yaml and the next test).
+    assert gpu_memory_gib(rendered) >= 16
     cpu_resources = server_container(rendered["cpu"])["resources"]
     assert "nvidia.com/gpu" not in {**cpu_resources["requests"], **cpu_resources["limits"]}
 
@@ -440,9 +452,20 @@ def test_gpu_overlay_engine_settings(monkeypatch: pytest.MonkeyPatch, rendered: 
     assert gpu.dtype == "bfloat16"
     assert gpu.enable_chunked_prefill
     assert not gpu.enforce_eager
-    # Two engines' KV caches (one setting sizes each) must be a small part of an 80 GB GPU:
-    # the second engine starts only while the first uses under 10% of it.
-    assert 2 * gpu.kv_cache_gib <= 10
+    # vLLM starts an engine only while gpu_memory_utilization x total is free. Every start a pod
+    # makes must pass on the smallest GPU the affinity admits: the policy on an empty GPU, the
+    # reward engine beside it, and a swap engine (full promotion, reward swap) beside both.
+    total = gpu_memory_gib(rendered)
+    policy_util, reward_util = gpu.gpu_memory_utilization, gpu.reward_gpu_memory_utilization
+    assert policy_util is not None and reward_util is not None, "set both start gates"
+    reward_kv = gpu.reward_kv_cache_gib or gpu.kv_cache_gib
+    assert reward_kv < gpu.kv_cache_gib, "the scorer needs less KV cache than the policy"
+    policy, reward = gpu.kv_cache_gib + ENGINE_OVERHEAD_GIB, reward_kv + ENGINE_OVERHEAD_GIB
+    assert total - policy >= reward_util * total, "the reward engine could not start"
+    assert total - policy - reward >= max(policy_util, reward_util) * total, "no room for a swap"
+    assert policy + reward + policy <= total
+    # A best_of=16 request is 16 sequences: admitted requests x 16 fit in one batch.
+    assert gpu.max_num_seqs is not None and gpu.max_num_seqs >= gpu.max_concurrent_requests * 16
     assert "fieldRef" in str(server_container(rendered["gpu"])["env"])  # NODE_NAME from the pod
 
 
