@@ -6,7 +6,6 @@ import asyncio
 import logging
 from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
-from pathlib import Path
 
 from fastapi import FastAPI, Request
 from fastapi.exceptions import RequestValidationError
@@ -14,7 +13,6 @@ from fastapi.responses import JSONResponse
 from starlette.exceptions import HTTPException as StarletteHTTPException
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
-from core.registry import Registry, RegistryError
 from server import __version__
 from server.access_log import AccessLogMiddleware
 from server.admin import admin_router
@@ -29,29 +27,10 @@ from server.models import ModelRouter, ServedModel
 from server.protocol import ParamError
 from server.reward import RewardScorer
 from server.routes import openai_router, ops_router
+from server.startup import plan_policy, plan_reward, read_desired_state
 from server.state import AppState
 
 logger = logging.getLogger("bonserve.app")
-
-
-# --------------------------------------------------------------------------- models
-
-
-def resolve_checkpoint(settings: Settings, spec: str, flag: str) -> tuple[Path, str, str]:
-    """A registry entry name or a checkpoint directory -> (path, name, base model name)."""
-    candidate = Path(spec).expanduser()
-    if candidate.is_dir():
-        if not (candidate / "config.json").is_file():
-            raise SystemExit(f"{flag} {spec!r}: directory has no config.json (not an HF checkpoint)")
-        return candidate.resolve(), candidate.name, candidate.name
-    try:
-        entry = Registry(settings.registry).load(spec)
-    except RegistryError as exc:
-        raise SystemExit(
-            f"{flag} {spec!r} is neither a checkpoint directory nor a valid registry entry "
-            f"({exc}). Run `bonserve models prepare` for the default model."
-        ) from exc
-    return entry.path, entry.name, entry.manifest.base_model or entry.name
 
 
 # --------------------------------------------------------------------------- middleware
@@ -152,23 +131,24 @@ def _install_error_handlers(app: FastAPI, settings: Settings) -> None:
 
 
 def build_state(settings: Settings) -> AppState:
-    builder = EngineBuilder(settings)
+    desired = read_desired_state(settings)  # a promotion recorded in the registry wins (--alias)
+    policy = plan_policy(settings, desired)
+    builder = EngineBuilder(settings, lora_override=policy.lora_options)
     try:
         check_engine_arg_names(builder.policy_options.engine_args)
     except ValueError as exc:
         raise SystemExit(str(exc)) from exc
-    model_path, name, base = resolve_checkpoint(settings, settings.model, "--model")
-    served_name = settings.served_model_name or name
     engines = {
         "policy": ManagedEngine(
             "policy",
-            builder.policy(model_path, served_name, "policy"),
+            builder.policy(policy.path, policy.served_name, "policy"),
             restart_backoff_s=settings.engine_restart_backoff_s,
         )
     }
     reward = None
-    if settings.reward_model:
-        rm_path, rm_name, _ = resolve_checkpoint(settings, settings.reward_model, "--reward-model")
+    reward_start = plan_reward(settings, desired)
+    if reward_start is not None:
+        rm_path, rm_name = reward_start
         engines["reward"] = ManagedEngine(
             "reward",
             builder.reward(rm_path, rm_name, "reward"),
@@ -178,10 +158,12 @@ def build_state(settings: Settings) -> AppState:
     elif settings.default_best_of.strip() not in ("", "1"):
         raise SystemExit("--default-best-of needs --reward-model to rerank candidates")
     router = ModelRouter()
-    router.add(ServedModel(name=served_name, engine=engines["policy"]))
-    if settings.alias:
-        router.set_alias(settings.alias, served_name)
-    manager = ModelManager(settings, router, engines, builder, policy_base=base, reward=reward)
+    router.add(ServedModel(name=policy.served_name, engine=engines["policy"]))
+    if settings.alias and policy.lora is None:  # a start-up adapter gets it once added
+        router.set_alias(settings.alias, policy.served_name)
+    manager = ModelManager(
+        settings, router, engines, builder, policy_base=policy.base, reward=reward, start=policy
+    )
     return AppState(
         settings=settings,
         router=router,
@@ -202,6 +184,10 @@ def build_app(settings: Settings, state: AppState | None = None) -> FastAPI:
         async def start_all() -> None:
             for engine in state.engines.values():  # one at a time: they share the CPU
                 await engine.start()
+            if state.manager is not None:  # then the registry's desired state, and follow it
+                await state.manager.start()
+                if settings.reconcile_interval_s > 0:
+                    await state.manager.follow(settings.reconcile_interval_s)
 
         starting = [asyncio.create_task(start_all())]
         try:

@@ -28,7 +28,9 @@ class Settings(BaseSettings):
     # --- models
     model: str = Field(
         DEFAULT_MODEL_NAME,
-        description="Policy: a registry entry name or a path to an HF checkpoint directory.",
+        description="Policy: a registry entry name (full or LoRA: a LoRA entry is served on its "
+        "base) or a path to an HF checkpoint directory. With --alias, a promotion recorded in the "
+        "registry's desired state wins.",
     )
     served_model_name: str | None = Field(
         None, description="Name clients send as `model` (default: the registry name or dir name)."
@@ -41,6 +43,13 @@ class Settings(BaseSettings):
         None,
         description="A stable served name (e.g. 'policy') pointing at --model; switch it with "
         "POST /admin/aliases/promote.",
+    )
+    reconcile_interval_s: float = Field(
+        5.0,
+        ge=0,
+        description="How often to check the registry's desired state (_state/aliases.json, written "
+        "by every promotion) and promote this server's aliases and reward model to it; 0 = only at "
+        "start-up. Promotions through any replica thus reach all of them.",
     )
     max_loras: int = Field(
         0,

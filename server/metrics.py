@@ -111,6 +111,14 @@ SWAP_ROLES = ("policy", "reward")
 for _role in SWAP_ROLES:  # exported (as 0) before the first swap, so dashboards and absent() see them
     SWAPS.labels(_role)
     SWAP_SECONDS.labels(_role)
+DESIRED_STATE_IN_SYNC = Gauge(
+    "bonserve_desired_state_in_sync",
+    "1 when this server's aliases and reward model match the registry's desired state (0: not yet, "
+    "or a target it cannot serve; see /admin/state 'reconcile').",
+)
+RECONCILE_FAILURES = Counter(
+    "bonserve_reconcile_failures_total", "Failed attempts to apply the registry's desired state."
+)
 IN_FLIGHT = Gauge("bonserve_requests_in_flight", "Requests holding an engine slot.")
 WAITING = Gauge("bonserve_requests_waiting", "Requests queued for an engine slot.")
 

@@ -9,11 +9,18 @@
 - The reward model swaps the same way: new engine up first, then the scorer switches.
 
 Every check runs before anything changes, so a bad entry leaves the server as it was.
+
+Promotions are desired state (core/desired_state.py): a promotion through the admin API is
+recorded in the shared registry once its checkpoint is loaded and warm, and only then does the
+alias switch. Every server reconciles to the record at start-up and every
+`reconcile_interval_s` through the same promote path (warm first, switch, drain, free), so a
+fleet converges on what any one replica was told and no request fails on the way.
 """
 
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import logging
 import time
 from dataclasses import dataclass
@@ -21,6 +28,7 @@ from typing import Any
 
 import psutil
 
+from core.desired_state import DesiredState, DesiredStateError, read_desired, set_alias, set_reward_model
 from core.lora import AdapterError, check_servable_adapter
 from core.registry import Entry, Registry, RegistryError, RegistryNotFound
 from server import metrics
@@ -30,6 +38,7 @@ from server.engines import EngineState, ManagedEngine
 from server.errors import APIError
 from server.models import ModelRouter, ServedModel
 from server.reward import RewardScorer
+from server.startup import PolicyStart
 
 logger = logging.getLogger("bonserve.models")
 
@@ -59,6 +68,7 @@ class ModelManager:
         builder: EngineBuilder,
         policy_base: str,
         reward: RewardScorer | None,
+        start: PolicyStart | None = None,
     ) -> None:
         self.settings = settings
         self.router = router
@@ -67,8 +77,23 @@ class ModelManager:
         self.policy_base = policy_base  # base model name LoRA entries must be trained on
         self.reward = reward
         self.registry = Registry(settings.registry)
-        self._lock = asyncio.Lock()  # one load/unload/promote at a time
+        self._start = start
+        # The registry entry whose weights the start-up policy engine runs, and the entries
+        # served under another name (--served-model-name): desired targets are entry names.
+        self.policy_weights = start.weights if start else policy_base
+        self._served_as = start.served_as() if start else {}
+        self._lock = asyncio.Lock()  # one load/unload/promote/reconcile at a time
         self._next_lora_id = 1
+        self.started = start is None  # /ready waits for `start` (start-up adapter, first reconcile)
+        self.startup_error: str | None = None
+        self._failures: dict[tuple[str, str], tuple[int, float]] = {}  # (what, target) -> backoff
+        self.reconcile_status: dict[str, Any] = {
+            "interval_s": settings.reconcile_interval_s,
+            "revision": None,
+            "in_sync": None,
+            "last_checked": None,
+            "errors": {},
+        }
 
     # ------------------------------------------------------------------ checks
 
@@ -79,8 +104,9 @@ class ModelManager:
             raise _registry_error(exc) from exc
 
     def _check_lora(self, entry: Entry) -> None:
+        lora = self.builder.policy_options
         try:
-            check_servable_adapter(entry.path, self.settings.max_lora_rank)
+            check_servable_adapter(entry.path, lora.max_lora_rank)
         except AdapterError as exc:
             raise APIError(422, f"LoRA checkpoint '{entry.name}': {exc}", code=exc.code) from exc
         base = entry.manifest.base_model
@@ -91,7 +117,7 @@ class ModelManager:
                 f"policy is '{self.policy_base}'",
                 code="wrong_base",
             )
-        if not self.settings.max_loras:
+        if not lora.max_loras:
             raise APIError(
                 409, "LoRA serving is off: start the server with --max-loras N", code="lora_disabled"
             )
@@ -119,7 +145,15 @@ class ModelManager:
         async with self._lock:
             return await self._load(name)
 
+    def _served(self, name: str) -> str:
+        """The served name of registry entry `name` (itself, unless served under another)."""
+        return self._served_as.get(name, name)
+
+    def _entry_name(self, served: str) -> str:
+        return next((e for e, s in self._served_as.items() if s == served), served)
+
     async def _load(self, name: str) -> ServedModel:
+        name = self._served(name)
         if self.router.is_known(name):
             return self.router.resolve(name)
         entry = self._entry(name)
@@ -137,16 +171,25 @@ class ModelManager:
         self.router.add(served)
         return served
 
-    async def _load_lora(self, entry: Entry) -> ServedModel:
+    async def _base_of(self, entry: Entry) -> ServedModel:
+        """The served full model whose weights the adapter was trained on; loaded first when
+        no engine runs them (e.g. a replica that started on a promoted full checkpoint)."""
+        base = entry.manifest.base_model or self.policy_base
+        if base == self.policy_weights:
+            return self._policy_model()
+        served = self._served(base)
+        if self.router.is_known(served) and self.router.resolve(served).lora is None:
+            return self.router.resolve(served)
+        logger.info("loading %s: the base of adapter %s", base, entry.name)
+        return await self._load(base)
+
+    async def _load_lora(self, entry: Entry, served_name: str | None = None) -> ServedModel:
         from vllm.lora.request import LoRARequest
 
-        base = (
-            self.router.resolve(self.policy_base)
-            if self.router.is_known(self.policy_base)
-            else self._policy_model()
-        )
+        base = await self._base_of(entry)
         engine = base.engine.require()
-        request = LoRARequest(lora_name=entry.name, lora_int_id=self._next_lora_id, lora_path=str(entry.path))
+        name = served_name or entry.name
+        request = LoRARequest(lora_name=name, lora_int_id=self._next_lora_id, lora_path=str(entry.path))
         self._next_lora_id += 1
         try:
             await engine.add_lora(request)
@@ -155,7 +198,7 @@ class ModelManager:
                 422, f"vLLM refused adapter '{entry.name}': {exc}", code="invalid_checkpoint"
             ) from exc
         served = ServedModel(
-            name=entry.name,
+            name=name,
             engine=base.engine,
             kind=entry.manifest.kind,
             parent=entry.manifest.parent,
@@ -207,49 +250,89 @@ class ModelManager:
         if not await served.drain(self.settings.request_timeout_s):
             logger.warning("%s still had %d requests after draining", served.name, served.in_flight)
 
-    async def promote(self, alias: str, name: str, unload_previous: bool = True) -> SwapResult:
-        t0 = time.perf_counter()
+    async def promote(
+        self, alias: str, name: str, unload_previous: bool = True, *, record: bool = True
+    ) -> SwapResult:
+        """Point `alias` at checkpoint `name`: loaded and warm first, then (with `record`)
+        written to the desired state, then switched; the previous target drains and is freed."""
         async with self._lock:
-            await self._load(name)
-            previous = self.router.set_alias(alias, name)
-            unloaded = None
-            if (
-                unload_previous
-                and previous
-                and previous != name
-                and previous not in self.router.aliases().values()
-            ):
-                try:
-                    await self._unload(previous)
-                    unloaded = previous
-                except APIError as exc:  # e.g. the startup policy: stays loaded
-                    logger.info("kept %s after promotion: %s", previous, exc.message)
+            return await self._promote(alias, name, unload_previous, record=record)
+
+    async def _promote(self, alias: str, name: str, unload_previous: bool, *, record: bool) -> SwapResult:
+        t0 = time.perf_counter()
+        if any(m.name == alias for m in self.router.all()):
+            raise APIError(
+                409, f"'{alias}' is a checkpoint name, not an alias", param="alias", code="name_conflict"
+            )
+        served = await self._load(name)
+        if record:
+            await self._record(set_alias, alias, self._entry_name(served.name))
+        previous = self.router.set_alias(alias, served.name)
+        unloaded = None
+        if (
+            unload_previous
+            and previous
+            and previous != served.name
+            and previous not in self.router.aliases().values()
+        ):
+            try:
+                await self._unload(previous)
+                unloaded = previous
+            except APIError as exc:  # e.g. the startup policy: stays loaded
+                logger.info("kept %s after promotion: %s", previous, exc.message)
         seconds = time.perf_counter() - t0
         metrics.SWAPS.labels("policy").inc()
         metrics.SWAP_SECONDS.labels("policy").observe(seconds)
-        return SwapResult(alias, name, previous, unloaded, seconds)
+        return SwapResult(alias, served.name, previous, unloaded, seconds)
 
-    async def promote_reward(self, name: str) -> SwapResult:
+    async def _record(self, write: Any, *args: str) -> DesiredState:
+        try:
+            return await asyncio.to_thread(write, self.registry.root, *args)
+        except DesiredStateError as exc:
+            raise APIError(
+                503,
+                f"the promotion was not recorded, so nothing switched: {exc}",
+                type="service_unavailable",
+                code="state_not_recorded",
+            ) from exc
+
+    async def promote_reward(self, name: str, *, record: bool = True) -> SwapResult:
         if self.reward is None:
             raise APIError(
                 409, "this server runs without a reward model (--reward-model)", code="no_reward_model"
             )
         t0 = time.perf_counter()
         async with self._lock:
-            entry = self._entry(name)
-            if entry.manifest.kind != "rm" or entry.manifest.format != "full":
-                raise APIError(
-                    422,
-                    f"'{name}' is not a full reward-model checkpoint "
-                    f"(kind={entry.manifest.kind}, format={entry.manifest.format})",
-                    code="wrong_kind",
-                )
-            self._check_memory(entry, self.settings.reward_engine_options().kv_cache_gib)
-            new = await self._start_engine(f"reward:{name}", self.builder.reward(entry.path, name))
-            old, previous = self.reward.engine, self.reward.name
-            self.reward.engine, self.reward.name = new, name
-            self.engines["reward"] = new
-            self.engines.pop(f"reward:{name}", None)
+            old, previous = await self._switch_reward(name, record=record)
+        return await self._retire_reward(old, previous, name, t0)
+
+    async def _switch_reward(self, name: str, *, record: bool) -> tuple[ManagedEngine, str]:
+        """Start the new reward engine, record it, switch the scorer; returns the old engine."""
+        assert self.reward is not None
+        entry = self._entry(name)
+        if entry.manifest.kind != "rm" or entry.manifest.format != "full":
+            raise APIError(
+                422,
+                f"'{name}' is not a full reward-model checkpoint "
+                f"(kind={entry.manifest.kind}, format={entry.manifest.format})",
+                code="wrong_kind",
+            )
+        self._check_memory(entry, self.settings.reward_engine_options().kv_cache_gib)
+        new = await self._start_engine(f"reward:{name}", self.builder.reward(entry.path, name))
+        if record:
+            try:
+                await self._record(set_reward_model, name)
+            except APIError:
+                self.engines.pop(f"reward:{name}", None)
+                await new.stop()
+                raise
+        old, previous = self.reward.engine, self.reward.name
+        self.reward.engine, self.reward.name = new, name
+        self.engines["reward"] = new
+        self.engines.pop(f"reward:{name}", None)
+        return old, previous
+
+    async def _retire_reward(self, old: ManagedEngine, previous: str, name: str, t0: float) -> SwapResult:
         # Scoring calls hold the engine for well under a second; give them the request
         # timeout at most, then free the old engine.
         deadline = time.monotonic() + self.settings.request_timeout_s
@@ -262,6 +345,122 @@ class ModelManager:
         metrics.SWAPS.labels("reward").inc()
         metrics.SWAP_SECONDS.labels("reward").observe(seconds)
         return SwapResult("reward", name, previous, previous, seconds)
+
+    # ------------------------------------------------------------------ desired state
+
+    async def start(self) -> None:
+        """After the engines are up: add the start-up adapter (a LoRA --model), point the
+        alias at it, reconcile once; then /ready may turn true. A failed reconcile does not
+        keep the replica from serving (it retries); a start-up adapter that fails does."""
+        start = self._start
+        if start is not None and start.lora is not None:
+            try:
+                async with self._lock:
+                    served = await self._load_lora(start.lora, start.lora_name)
+                    if self.settings.alias:
+                        self.router.set_alias(self.settings.alias, served.name)
+            except Exception as exc:
+                self.startup_error = _message(exc)
+                logger.error("start-up adapter %s failed: %s", start.lora.name, self.startup_error)
+                return
+        try:
+            await self.reconcile()
+        except Exception:
+            logger.exception("start-up reconcile failed; serving the start-up checkpoints")
+        self.started = True
+
+    async def follow(self, interval_s: float) -> None:
+        """Reconcile every `interval_s` seconds until cancelled."""
+        while True:
+            await asyncio.sleep(interval_s)
+            try:
+                await self.reconcile()
+            except Exception:  # keep following: the next pass may succeed
+                logger.exception("reconcile pass failed")
+
+    def _pending(self, desired: DesiredState) -> tuple[dict[str, str], str | None]:
+        """What differs between `desired` and what this server serves."""
+        current = self.router.aliases()
+        aliases = {a: t for a, t in desired.aliases.items() if current.get(a) != self._served(t)}
+        reward = desired.reward_model
+        if self.reward is None or reward is None or reward == self.reward.name:
+            reward = None
+        return aliases, reward
+
+    def _due(self, what: str, target: str) -> bool:
+        return time.monotonic() >= self._failures.get((what, target), (0, 0.0))[1]
+
+    def _failed(self, what: str, target: str, message: str) -> None:
+        attempts = self._failures.get((what, target), (0, 0.0))[0] + 1
+        delay = min(max(self.settings.reconcile_interval_s, 1.0) * 2**attempts, 300.0)
+        self._failures[(what, target)] = (attempts, time.monotonic() + delay)
+        self.reconcile_status["errors"][what] = {"target": target, "error": message, "attempts": attempts}
+        metrics.RECONCILE_FAILURES.inc()
+        logger.warning(
+            "cannot reconcile %s -> %s (attempt %d, next in %.0fs): %s",
+            what,
+            target,
+            attempts,
+            delay,
+            message,
+        )
+
+    async def reconcile(self) -> bool:
+        """One pass: make this server's aliases and reward model what the registry's desired
+        state says. True when in sync afterwards. Failures are logged, kept in
+        `reconcile_status` and retried with backoff; what already matches is left alone."""
+        try:
+            desired = await asyncio.to_thread(read_desired, self.registry.root)
+        except DesiredStateError as exc:
+            self.reconcile_status.update(in_sync=False, last_checked=time.time())
+            self.reconcile_status["errors"]["state"] = {"error": str(exc)}
+            logger.warning("cannot read the desired state: %s", exc)
+            return False
+        self.reconcile_status["errors"].pop("state", None)
+        if any(self._pending(desired)):
+            desired = await self._apply(desired)
+        aliases, reward = self._pending(desired)
+        in_sync = not aliases and reward is None
+        errors = self.reconcile_status["errors"]
+        for what in [w for w in errors if w not in aliases and not (w == "reward_model" and reward)]:
+            del errors[what]  # fixed since, or no longer wanted
+        self.reconcile_status.update(revision=desired.revision, in_sync=in_sync, last_checked=time.time())
+        metrics.DESIRED_STATE_IN_SYNC.set(1 if in_sync else 0)
+        return in_sync
+
+    async def _apply(self, desired: DesiredState) -> DesiredState:
+        retire = None
+        async with self._lock:
+            # Read again under the lock: an admin promotion on this server may have recorded
+            # a newer state while the first read waited, and must not be undone.
+            with contextlib.suppress(DesiredStateError):  # unreadable now: apply the first read
+                desired = await asyncio.to_thread(read_desired, self.registry.root)
+            aliases, reward = self._pending(desired)
+            for alias, target in aliases.items():
+                if not self._due(alias, target):
+                    continue
+                try:
+                    result = await self._promote(alias, target, True, record=False)
+                    self._failures.pop((alias, target), None)
+                    logger.info(
+                        "reconciled %s -> %s (was %s, %.1fs)", alias, target, result.previous, result.seconds
+                    )
+                except Exception as exc:
+                    self._failed(alias, target, _message(exc))
+            if reward is not None and self._due("reward_model", reward):
+                t0 = time.perf_counter()
+                try:
+                    old, previous = await self._switch_reward(reward, record=False)
+                    retire = (old, previous, reward, t0)
+                    self._failures.pop(("reward_model", reward), None)
+                except Exception as exc:
+                    self._failed("reward_model", reward, _message(exc))
+        if retire is not None:
+            result = await self._retire_reward(*retire)
+            logger.info(
+                "reconciled reward model -> %s (was %s, %.1fs)", reward, result.previous, result.seconds
+            )
+        return desired
 
     def state(self) -> dict[str, Any]:
         return {
@@ -279,7 +478,14 @@ class ModelManager:
             "reward_model": self.reward.name if self.reward else None,
             "engines": {name: e.status() for name, e in self.engines.items()},
             "registry": str(self.registry.root),
+            "started_from": self._start.source if self._start else None,
+            "startup_error": self.startup_error,
+            "reconcile": self.reconcile_status,
         }
+
+
+def _message(exc: Exception) -> str:
+    return exc.message if isinstance(exc, APIError) else f"{type(exc).__name__}: {exc}"
 
 
 def available_memory() -> int:

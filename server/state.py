@@ -32,4 +32,5 @@ class AppState:
 
     @property
     def ready(self) -> bool:
-        return not self.draining and all(e.ready for e in self.engines.values())
+        started = self.manager is None or self.manager.started  # start-up adapter and reconcile
+        return not self.draining and started and all(e.ready for e in self.engines.values())

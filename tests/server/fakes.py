@@ -183,3 +183,46 @@ class FakeRewardScorer:
         self.calls.append(request_id)
         await asyncio.sleep(self.delay_s)
         return [float(len(s)) for s in sequences]
+
+
+@dataclass
+class FakeLoRAAsyncLLM(FakeAsyncLLM):
+    """A fake policy engine with LoRA on: records the adapters added and removed."""
+
+    adapters: dict[int, str] = field(default_factory=dict)
+
+    async def add_lora(self, request: Any) -> bool:
+        self.adapters[request.lora_int_id] = request.lora_name
+        return True
+
+    async def remove_lora(self, lora_id: int) -> bool:
+        return self.adapters.pop(lora_id, None) is not None
+
+
+@dataclass
+class FakeEngineBuilder:
+    """Stands in for server.engine_config.EngineBuilder in ModelManager unit tests: every
+    engine it builds is a fake (policy: FakeLoRAAsyncLLM, reward: FakeRewardLLM), and each
+    build is logged in `built` as (role, path name, served name)."""
+
+    settings: Any
+    lora_override: tuple[int, int] | None = None
+    built: list[tuple[str, str, str]] = field(default_factory=list)
+
+    @property
+    def policy_options(self) -> Any:
+        import dataclasses
+
+        opts = self.settings.engine_options()
+        if self.lora_override is not None:
+            max_loras, max_lora_rank = self.lora_override
+            opts = dataclasses.replace(opts, max_loras=max_loras, max_lora_rank=max_lora_rank)
+        return opts
+
+    def policy(self, path: Any, name: str, metrics_name: str | None = None) -> Any:
+        self.built.append(("policy", path.name, name))
+        return FakeLoRAAsyncLLM
+
+    def reward(self, path: Any, name: str, metrics_name: str | None = None) -> Any:
+        self.built.append(("reward", path.name, name))
+        return FakeRewardLLM
