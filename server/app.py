@@ -24,9 +24,10 @@ from server.engines import ManagedEngine
 from server.errors import APIError
 from server.model_manager import ModelManager
 from server.models import ModelRouter, ServedModel
+from server.pages import install_pages
 from server.protocol import ParamError
 from server.reward import RewardScorer
-from server.routes import openai_router, ops_router
+from server.routes import openai_router, ops_router, vllm_router
 from server.startup import plan_policy, plan_reward, read_desired_state
 from server.state import AppState
 
@@ -199,11 +200,14 @@ def build_app(settings: Settings, state: AppState | None = None) -> FastAPI:
             await asyncio.gather(*starting, return_exceptions=True)
             await asyncio.gather(*(e.stop() for e in state.engines.values()))
 
-    app = FastAPI(title="bonserve", version=__version__, lifespan=lifespan)
+    # docs_url/redoc_url None: server/pages.py serves /docs and /redoc from local files
+    app = FastAPI(title="bonserve", version=__version__, lifespan=lifespan, docs_url=None, redoc_url=None)
     app.state.bonserve = state
     app.include_router(openai_router)
+    app.include_router(vllm_router)
     app.include_router(ops_router)
     app.include_router(admin_router)
+    install_pages(app)
     _install_error_handlers(app, settings)
     app.add_middleware(GuardMiddleware, settings=settings)
     app.add_middleware(AccessLogMiddleware)  # outermost: sees every response, 413s included

@@ -1,9 +1,11 @@
 """Who may call what, decided before a request body is read.
 
-    /v1/*      the API key (`--api-key`); unset: open, for a local server
+    /v1/*      the API key (`--api-key`); unset: open, for a local server; so are vLLM's
+               /tokenize and /detokenize, which read the served tokenizer
     /admin/*   the admin key (`--admin-key`); unset: the admin API is OFF (403), unless
                the operator passes `--open-admin` on a loopback bind (checked at start-up)
-    the rest   open: /health, /ready, /metrics, the API docs
+    the rest   open: /health, /ready, /metrics, the API docs, the playground page and its
+               static files (the page sends the key its user types; it holds no data)
 
 The admin API loads, unloads and promotes models: leaving it open because a key was not set
 is the failure this module exists to prevent, so it fails closed. Settings refuse empty keys
@@ -23,6 +25,7 @@ from server.config import Settings
 from server.errors import APIError
 
 API_PREFIX = "/v1"
+API_PATHS = ("/tokenize", "/detokenize")  # vLLM's paths, outside /v1
 ADMIN_PREFIX = "/admin"
 
 
@@ -64,7 +67,7 @@ def admin_disabled() -> APIError:
 
 def area_of(path: str) -> str | None:
     """'api', 'admin' or None (open) for a request path."""
-    if path == API_PREFIX or path.startswith(API_PREFIX + "/"):
+    if path == API_PREFIX or path.startswith(API_PREFIX + "/") or path in API_PATHS:
         return "api"
     if path == ADMIN_PREFIX or path.startswith(ADMIN_PREFIX + "/"):
         return "admin"

@@ -23,6 +23,9 @@ The phases, in the order a request runs them, one method of `BestOfN` each:
 4. `select` - the first `n` of that order, each with the reward that ranked it (penalty
    included), so a client can re-check the order from the rewards it gets.
 
+With `return_candidates`, `scored_candidates` reports every candidate in that order beside
+the choices (text, reward, finish reason, tokens, rank, the choice it became).
+
 Usage bills every decoded token of every candidate as completion_tokens (as OpenAI billed
 legacy best_of) and adds the tokens the reward model read as
 `usage.bonserve.reward_model_tokens` (server/serving.py, `BaseServing._account`).
@@ -42,6 +45,7 @@ from typing import TYPE_CHECKING, Any, Protocol
 
 from server import metrics
 from server.errors import APIError
+from server.protocol import ScoredCandidate
 
 if TYPE_CHECKING:  # serving.py runs Best-of-N, so it imports this module, not the reverse
     from server.serving import PreparedRequest
@@ -114,6 +118,25 @@ def select(outputs: Sequence[Any], ranked: Ranked | None, n: int) -> list[tuple[
     if ranked is None:
         return [(o, None) for o in outputs[:n]]
     return [(outputs[i], ranked.rewards[i]) for i in ranked.order[:n]]
+
+
+def scored_candidates(outputs: Sequence[Any], ranked: Ranked | None, n: int) -> list[ScoredCandidate]:
+    """Every candidate best first, with the value that ranked it and the choice it became
+    (`return_candidates`); empty without a ranking (best_of == n: nothing was scored)."""
+    if ranked is None:
+        return []
+    return [
+        ScoredCandidate(
+            index=i,
+            rank=rank,
+            text=outputs[i].text,
+            reward=ranked.rewards[i],
+            finish_reason=outputs[i].finish_reason or "stop",
+            completion_tokens=len(outputs[i].token_ids),
+            choice_index=rank if rank < n else None,
+        )
+        for rank, i in enumerate(ranked.order)
+    ]
 
 
 class BestOfN:

@@ -3,13 +3,11 @@ and streamed Best-of-N (the winner replayed as chunks once every candidate is sc
 
 from __future__ import annotations
 
-import asyncio
-import contextlib
 from collections.abc import AsyncIterator, Sequence
 from typing import Any
 
 from server.admission import Lease
-from server.bon import Ranked, select
+from server.bon import Ranked, scored_candidates, select
 from server.errors import bad_request
 from server.protocol import (
     ChatChoice,
@@ -28,7 +26,6 @@ from server.protocol import (
 )
 from server.serving import (
     SSE_DONE,
-    SSE_KEEPALIVE,
     BaseServing,
     PreparedRequest,
     Resolved,
@@ -115,40 +112,17 @@ class ChatServing(BaseServing):
         prep = self._prepare(req, resolved)
         if req.stream and prep.best_of == prep.n:
             return guarded_stream(held(self._stream(req, prep), prep.model))
-        if req.stream:
-            return guarded_stream(self._bon_stream(req, prep))
+        if req.stream:  # Best-of-N: keep-alives while candidates decode, then the winners
+
+            def replay(outputs: list[Any], ranked: Ranked | None, lease: Lease) -> AsyncIterator[str]:
+                return self._replay(req, prep, self._response(req, prep, outputs, ranked, lease))
+
+            return guarded_stream(self._bon_events(prep, replay))
         with prep.model.hold():
             outputs, ranked, lease = await self._generate_ranked(prep)
         response = self._response(req, prep, outputs, ranked, lease)
         self._first_token(prep)
         return response
-
-    async def _bon_stream(self, req: ChatCompletionRequest, prep: PreparedRequest) -> AsyncIterator[str]:
-        """Streamed Best-of-N: the 200 and its headers go out at once, then an SSE comment
-        every `sse_keepalive_s` while the candidates decode and are scored, then the winner
-        (replayed as chunks: it is only known once every candidate is scored). An error in
-        between arrives as the stream's error event (see `guarded_stream`); a client that
-        leaves cancels the work, which aborts the engine request."""
-
-        async def work() -> tuple[list[Any], Ranked | None, Lease]:
-            with prep.model.hold():
-                return await self._generate_ranked(prep)
-
-        task = asyncio.create_task(work())
-        try:
-            while not task.done():
-                done, _ = await asyncio.wait({task}, timeout=self.settings.sse_keepalive_s)
-                if not done:
-                    yield SSE_KEEPALIVE
-            outputs, ranked, lease = task.result()
-        finally:
-            if not task.done():
-                task.cancel()
-                with contextlib.suppress(asyncio.CancelledError):
-                    await task
-        response = self._response(req, prep, outputs, ranked, lease)
-        async for line in self._replay(req, prep, response):
-            yield line
 
     def _response(
         self,
@@ -176,6 +150,7 @@ class ChatServing(BaseServing):
             model=prep.model.name,
             choices=choices,
             usage=self._usage_of(prep, outputs, chosen, ranked, lease),
+            candidates=scored_candidates(outputs, ranked, prep.n) if req.return_candidates else None,
         )
 
     async def _replay(

@@ -1,11 +1,13 @@
-"""Legacy `/v1/completions`: raw prompts (text or token ids), echo, per-token logprobs."""
+"""Legacy `/v1/completions`: raw prompts (text or token ids), echo, per-token logprobs, streaming,
+and streamed Best-of-N (the winners replayed as chunks once every candidate is scored)."""
 
 from __future__ import annotations
 
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Sequence
 from typing import Any
 
-from server.bon import select
+from server.admission import Lease
+from server.bon import Ranked, scored_candidates, select
 from server.errors import bad_request
 from server.protocol import (
     CompletionChoice,
@@ -71,10 +73,6 @@ class CompletionServing(BaseServing):
             len(prompt_ids),
             model.engine.info.max_model_len,
         )
-        if req.stream and candidates > req.n:
-            raise bad_request(
-                "streaming with best_of > n is supported on /v1/chat/completions only", "stream"
-            )
         params = self._sampling_params(
             req,
             candidates=candidates,
@@ -92,11 +90,27 @@ class CompletionServing(BaseServing):
     ) -> CompletionResponse | AsyncIterator[str]:
         """`resolved` is `self.resolve(req)`, done once by the caller."""
         prep = self._prepare(req, resolved)
-        if req.stream:
+        if req.stream and prep.best_of == prep.n:
             return guarded_stream(held(self._stream(req, prep), prep.model))
+        if req.stream:  # Best-of-N: keep-alives while candidates decode, then the winners
+
+            def replay(outputs: list[Any], ranked: Ranked | None, lease: Lease) -> AsyncIterator[str]:
+                return self._replay(req, prep, self._response(req, prep, outputs, ranked, lease))
+
+            return guarded_stream(self._bon_events(prep, replay))
         with prep.model.hold():
             outputs, ranked, lease = await self._generate_ranked(prep)
         self._first_token(prep)
+        return self._response(req, prep, outputs, ranked, lease)
+
+    def _response(
+        self,
+        req: CompletionRequest,
+        prep: PreparedRequest,
+        outputs: Sequence[Any],
+        ranked: Ranked | None,
+        lease: Lease,
+    ) -> CompletionResponse:
         chosen = select(outputs, ranked, prep.n)
         prefix = prep.prompt_text if req.echo else ""
         choices = [
@@ -117,7 +131,20 @@ class CompletionServing(BaseServing):
             model=prep.model.name,
             choices=choices,
             usage=self._usage_of(prep, outputs, chosen, ranked, lease),
+            candidates=scored_candidates(outputs, ranked, prep.n) if req.return_candidates else None,
         )
+
+    async def _replay(
+        self, req: CompletionRequest, prep: PreparedRequest, response: CompletionResponse
+    ) -> AsyncIterator[str]:
+        """Stream a finished Best-of-N response: one chunk per selected choice (text, finish
+        reason, reward), then the usage chunk if asked for."""
+        self._first_token(prep)
+        for c in response.choices:
+            yield sse(response.model_copy(update={"choices": [c], "usage": None}))
+        if req.stream_options and req.stream_options.include_usage:
+            yield sse(response.model_copy(update={"choices": []}))
+        yield SSE_DONE
 
     async def _stream(self, req: CompletionRequest, prep: PreparedRequest) -> AsyncIterator[str]:
         created = now()

@@ -29,10 +29,19 @@ def get_settings(state: StateDep) -> Settings:
 SettingsDep = Annotated[Settings, Depends(get_settings)]
 
 
-# Declares the bearer scheme in OpenAPI (so /docs has an Authorize button); the decision
-# itself is server.auth.refusal, also applied by the middleware before the body is read.
-_bearer = HTTPBearer(auto_error=False, description="Authorization: Bearer <key>")
+# Declare the bearer schemes in OpenAPI (so /docs has an Authorize button with one field per
+# key); the decision itself is server.auth.refusal, also applied by the middleware before the
+# body is read.
+_bearer = HTTPBearer(
+    auto_error=False, scheme_name="ApiKey", description="Authorization: Bearer <API key> (--api-key)"
+)
+_admin_bearer = HTTPBearer(
+    auto_error=False,
+    scheme_name="AdminKey",
+    description="Authorization: Bearer <admin key> (--admin-key), for /admin/*",
+)
 BearerDep = Annotated[HTTPAuthorizationCredentials | None, Depends(_bearer)]
+AdminBearerDep = Annotated[HTTPAuthorizationCredentials | None, Depends(_admin_bearer)]
 
 
 def _check(request: Request, settings: Settings, area: str) -> None:
@@ -45,7 +54,7 @@ def require_api_key(request: Request, settings: SettingsDep, _: BearerDep) -> No
     _check(request, settings, "api")
 
 
-def require_admin_key(request: Request, settings: SettingsDep, _: BearerDep) -> None:
+def require_admin_key(request: Request, settings: SettingsDep, _: AdminBearerDep) -> None:
     _check(request, settings, "admin")
 
 

@@ -6,6 +6,10 @@ dropped `best_of`; their signatures also move between releases. Requests here fo
 fields (OpenAI answers "Unrecognized request argument" the same way), so nothing a client
 sends is silently dropped. Response models follow the OpenAI spec field for field; bonserve's
 extensions sit in marked blocks.
+
+vLLM's own sampling extras are accepted where bonserve honours them exactly as vLLM does (see
+the "vLLM sampling extras" block of `SamplingFields`), so vLLM clients and load generators
+(`vllm bench serve`, GuideLLM) run unchanged; the rest of vLLM's extras stay unrecognized.
 """
 
 from __future__ import annotations
@@ -120,6 +124,49 @@ class SamplingFields(_Strict):
     top_k: int | None = Field(None, ge=-1, description="vLLM top-k (-1 or 0: off).")
     min_p: float | None = Field(None, ge=0, le=1, description="vLLM min-p.")
     repetition_penalty: float | None = Field(None, gt=0, le=2, description="vLLM penalty.")
+    return_candidates: bool = Field(
+        False,
+        description="Also return every scored Best-of-N candidate in `candidates` (best first: "
+        "text, reward, finish_reason, completion_tokens, rank, and the choice it became), "
+        "to inspect what the reward model chose between. An empty list when nothing was "
+        "ranked (best_of == n). Not with `stream` (400).",
+    )
+
+    # ---- vLLM sampling extras ----------------------------------------------------------
+    # Accepted because bonserve passes each one to vllm.SamplingParams under the same name
+    # and meaning as vLLM's own server, for every candidate of a request alike (a reward
+    # model then ranks them as usual). Load generators depend on them: `vllm bench serve`
+    # sends `ignore_eos` to get fixed output lengths.
+    #
+    # Refused as unrecognized, on purpose: `use_beam_search` / `length_penalty` (beam search;
+    # this server's search is Best-of-N, and `length_penalty` is a server setting here),
+    # `chat_template`, `chat_template_kwargs`, `add_generation_prompt`,
+    # `continue_final_message`, `add_special_tokens` (the server owns the templates: the
+    # reward model scores the conversation the template renders), `truncate_prompt_tokens`
+    # (an over-long prompt is a 400, never silently cut), `prompt_logprobs`,
+    # `structured_outputs` (use `response_format`), `logits_processors`, `priority`,
+    # `request_id`, `cache_salt`, `kv_transfer_params`, `vllm_xargs`,
+    # `return_tokens_as_token_ids`.
+    ignore_eos: bool = Field(
+        False,
+        description="vLLM: decode past the end-of-sequence token until max_tokens (fixed output "
+        "lengths, for benchmarks). Under Best-of-N every candidate then ends by length.",
+    )
+    min_tokens: int = Field(
+        0, ge=0, description="vLLM: tokens to decode before EOS or `stop_token_ids` may end a candidate."
+    )
+    stop_token_ids: list[int] | None = Field(
+        None, max_length=64, description="vLLM: token ids that end a candidate, besides EOS."
+    )
+    skip_special_tokens: bool = Field(
+        True, description="vLLM: leave special tokens out of the returned (and scored) text."
+    )
+    spaces_between_special_tokens: bool = Field(
+        True, description="vLLM: put spaces between special tokens in the returned text."
+    )
+    include_stop_str_in_output: bool = Field(
+        False, description="vLLM: keep the matched `stop` string at the end of the returned text."
+    )
 
     @field_validator("stop")
     @classmethod
@@ -144,6 +191,12 @@ class SamplingFields(_Strict):
             raise ParamError("stream_options", "stream_options is only allowed when stream is true")
         if self.best_of is not None and self.best_of < self.n:
             raise ParamError("best_of", f"best_of ({self.best_of}) must be >= n ({self.n})")
+        if self.return_candidates and self.stream:
+            raise ParamError(
+                "return_candidates",
+                "return_candidates is not supported with stream: candidates are ranked only once "
+                "all of them are scored; send stream=false",
+            )
         return self
 
 
@@ -248,6 +301,33 @@ class ChatChoice(BaseModel):
     reward: float | None = None
 
 
+class ScoredCandidate(BaseModel):
+    """bonserve extension: one Best-of-N candidate, as sampled and scored (`return_candidates`)."""
+
+    index: int = Field(..., description="Sample order: the engine's index of this candidate.")
+    rank: int = Field(..., description="Position in reward order, 0 = best (choices are the first n).")
+    text: str = Field(..., description="The candidate's text as sampled (without an echoed prompt).")
+    reward: float = Field(
+        ...,
+        description="The value that ranked it: the reward model's score, minus the server's "
+        "length_penalty if max_tokens cut it.",
+    )
+    finish_reason: str
+    completion_tokens: int = Field(..., description="Tokens decoded for this candidate.")
+    choice_index: int | None = Field(
+        None, description="Index in `choices` this candidate was returned as; null if not returned."
+    )
+
+
+def _candidates_field() -> Any:
+    return Field(
+        None,
+        description="bonserve extension, with `return_candidates`: every scored candidate, best "
+        "first (empty when nothing was ranked). Absent otherwise.",
+        exclude_if=lambda v: v is None,
+    )
+
+
 class ChatCompletionResponse(BaseModel):
     id: str
     object: Literal["chat.completion"] = "chat.completion"
@@ -256,6 +336,8 @@ class ChatCompletionResponse(BaseModel):
     choices: list[ChatChoice]
     usage: Usage
     system_fingerprint: str | None = None
+    # ---- extension
+    candidates: list[ScoredCandidate] | None = _candidates_field()
 
 
 class DeltaMessage(BaseModel):
@@ -304,6 +386,8 @@ class CompletionResponse(BaseModel):
     choices: list[CompletionChoice]
     usage: Usage | None = None
     system_fingerprint: str | None = None
+    # ---- extension
+    candidates: list[ScoredCandidate] | None = _candidates_field()
 
 
 class ModelCard(BaseModel):
@@ -355,3 +439,56 @@ class RewardResponse(BaseModel):
     model: str
     data: list[RewardScore]
     usage: RewardUsage
+
+
+# --------------------------------------------------------------------------- tokenizer (vLLM's)
+
+
+class TokenizeRequest(_Strict):
+    """vLLM's `POST /tokenize` body (vllm.entrypoints.serve.tokenize.protocol), either kind:
+    a raw `prompt` (as /v1/completions sees it) or chat `messages` (through the model's chat
+    template, as /v1/chat/completions sees them). vLLM's request-side template overrides
+    (`chat_template`, `chat_template_kwargs`, `tools`, media) are refused: the server owns
+    the templates."""
+
+    model: str | None = Field(None, description="Served model or alias (default: the server's --model).")
+    prompt: str | None = None
+    messages: list[ChatMessage] | None = Field(None, min_length=1)
+    add_special_tokens: bool | None = Field(
+        None,
+        description="Add the tokenizer's special tokens (e.g. BOS). Default: true for `prompt`, "
+        "false for `messages` (the chat template adds its own), as vLLM.",
+    )
+    add_generation_prompt: bool = Field(True, description="Chat: end with the assistant turn's opening.")
+    continue_final_message: bool = Field(
+        False, description="Chat: leave the last message open (not with add_generation_prompt)."
+    )
+    return_token_strs: bool = Field(False, description="Also return each token's string.")
+
+    @model_validator(mode="after")
+    def _one_input(self) -> TokenizeRequest:
+        if (self.prompt is None) == (self.messages is None):
+            raise ParamError("prompt", "send exactly one of 'prompt' or 'messages'")
+        explicit = "add_generation_prompt" in self.model_fields_set
+        if self.continue_final_message and self.add_generation_prompt and explicit:
+            raise ParamError(
+                "continue_final_message",
+                "Cannot set both `continue_final_message` and `add_generation_prompt` to True.",
+            )
+        return self
+
+
+class TokenizeResponse(BaseModel):
+    count: int
+    max_model_len: int
+    tokens: list[int]
+    token_strs: list[str] | None = None
+
+
+class DetokenizeRequest(_Strict):
+    model: str | None = Field(None, description="Served model or alias (default: the server's --model).")
+    tokens: list[Annotated[int, Field(ge=0, le=2**63 - 1)]]
+
+
+class DetokenizeResponse(BaseModel):
+    prompt: str

@@ -14,7 +14,7 @@ from typing import Any, TypeVar
 from fastapi import APIRouter, Request
 from fastapi.responses import JSONResponse, Response, StreamingResponse
 
-from server import __version__
+from server import __version__, tokenization
 from server.deps import ApiKeyDep, StateDep
 from server.errors import APIError, documented_errors
 from server.protocol import (
@@ -22,6 +22,8 @@ from server.protocol import (
     ChatCompletionResponse,
     CompletionRequest,
     CompletionResponse,
+    DetokenizeRequest,
+    DetokenizeResponse,
     ModelCard,
     ModelList,
     RewardRequest,
@@ -29,6 +31,8 @@ from server.protocol import (
     RewardScore,
     RewardUsage,
     SamplingFields,
+    TokenizeRequest,
+    TokenizeResponse,
     new_id,
 )
 from server.serving import BaseServing, Resolved
@@ -37,6 +41,7 @@ from server.state import AppState
 T = TypeVar("T")
 
 openai_router = APIRouter(prefix="/v1", dependencies=[ApiKeyDep])
+vllm_router = APIRouter(dependencies=[ApiKeyDep])  # vLLM's own paths, outside /v1
 ops_router = APIRouter()
 
 
@@ -154,7 +159,7 @@ async def rewards(body: RewardRequest, state: StateDep) -> RewardResponse:
     inputs = [
         scorer.conversation_ids([m.as_dict() for m in item.messages], item.response) for item in body.items
     ]
-    async with state.admission.slot():
+    async with state.admission.slot(scorer.name, "rewards"):
         scores = await scorer.score(inputs, new_id("rwd"))
     tokens = sum(map(len, inputs))
     return RewardResponse(
@@ -183,6 +188,23 @@ async def list_models(state: StateDep) -> ModelList:
         m = state.router.resolve(alias)
         cards.append(ModelCard(id=alias, created=m.created, kind="alias", parent=target, format=m.format))
     return ModelList(data=cards)
+
+
+@vllm_router.post(
+    "/tokenize", response_model=TokenizeResponse, responses=documented_errors(400, 401, 404, 413, 503)
+)
+async def tokenize(body: TokenizeRequest, state: StateDep) -> TokenizeResponse:
+    """vLLM's tokenizer endpoint: the ids a `prompt` or chat `messages` become for a served
+    model (the same ids the generation routes feed the engine)."""
+    return tokenization.tokenize(state.router, body)
+
+
+@vllm_router.post(
+    "/detokenize", response_model=DetokenizeResponse, responses=documented_errors(400, 401, 404, 413, 503)
+)
+async def detokenize(body: DetokenizeRequest, state: StateDep) -> DetokenizeResponse:
+    """vLLM's detokenizer endpoint: the text of token ids."""
+    return tokenization.detokenize(state.router, body)
 
 
 @ops_router.get("/health")

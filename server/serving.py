@@ -13,7 +13,7 @@ import asyncio
 import contextlib
 import logging
 import time
-from collections.abc import AsyncIterator, Sequence
+from collections.abc import AsyncIterator, Callable, Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -172,7 +172,7 @@ class BaseServing:
 
     async def _generate_ranked(self, prep: PreparedRequest) -> tuple[list[Any], Ranked | None, Lease]:
         """Run the request; with best_of > n, rerank. Returns (all candidates, ranking, lease)."""
-        async with self.admission.slot(prep.model.name) as lease, self._deadline():
+        async with self.admission.slot(prep.model.name, prep.mode) as lease, self._deadline():
             if prep.best_of == prep.n:
                 final = await run_to_completion(prep)
                 return list(final.outputs), None, lease
@@ -180,10 +180,38 @@ class BaseServing:
             outputs, ranked = await self.bon.run(prep, stream_deltas(prep))
         return list(outputs), ranked, lease
 
+    async def _bon_events(
+        self, prep: PreparedRequest, replay: Callable[[list[Any], Ranked | None, Lease], AsyncIterator[str]]
+    ) -> AsyncIterator[str]:
+        """Streamed Best-of-N: the 200 and its headers go out at once, then an SSE comment
+        every `sse_keepalive_s` while the candidates decode and are scored, then `replay`'s
+        events (the winners as chunks: they are only known once every candidate is scored).
+        An error in between arrives as the stream's error event (see `guarded_stream`); a
+        client that leaves cancels the work, which aborts the engine request."""
+
+        async def work() -> tuple[list[Any], Ranked | None, Lease]:
+            with prep.model.hold():
+                return await self._generate_ranked(prep)
+
+        task = asyncio.create_task(work())
+        try:
+            while not task.done():
+                done, _ = await asyncio.wait({task}, timeout=self.settings.sse_keepalive_s)
+                if not done:
+                    yield SSE_KEEPALIVE
+            outputs, ranked, lease = task.result()
+        finally:
+            if not task.done():
+                task.cancel()
+                with contextlib.suppress(asyncio.CancelledError):
+                    await task
+        async for line in replay(outputs, ranked, lease):
+            yield line
+
     async def _increments(self, prep: PreparedRequest, tally: StreamTally) -> AsyncIterator[Any]:
         """A streamed request's increments that carry text or a finish reason, inside an
         admission slot and the deadline; counts tokens and times the first one."""
-        async with self.admission.slot(prep.model.name) as tally.lease, self._deadline():
+        async with self.admission.slot(prep.model.name, prep.mode) as tally.lease, self._deadline():
             async for out in stream_deltas(prep):
                 for o in out.outputs:
                     tally.tokens += len(o.token_ids)
@@ -244,6 +272,10 @@ class BaseServing:
             if bad:
                 raise bad_request(f"logit_bias has token ids outside the vocabulary: {bad}", "logit_bias")
         stop = [req.stop] if isinstance(req.stop, str) else req.stop
+        if req.min_tokens > max_tokens:
+            raise bad_request(f"min_tokens={req.min_tokens} exceeds max_tokens={max_tokens}", "min_tokens")
+        if req.stop_token_ids and any(not 0 <= t < vocab_size for t in req.stop_token_ids):
+            raise bad_request("stop_token_ids has token ids outside the vocabulary", "stop_token_ids")
         try:
             return SamplingParams(
                 n=candidates,
@@ -256,6 +288,12 @@ class BaseServing:
                 frequency_penalty=req.frequency_penalty,
                 max_tokens=max_tokens,
                 stop=stop,
+                stop_token_ids=req.stop_token_ids,
+                ignore_eos=req.ignore_eos,
+                min_tokens=req.min_tokens,
+                skip_special_tokens=req.skip_special_tokens,
+                spaces_between_special_tokens=req.spaces_between_special_tokens,
+                include_stop_str_in_output=req.include_stop_str_in_output,
                 seed=req.seed,
                 logprobs=logprobs,
                 logit_bias=logit_bias,
@@ -290,8 +328,7 @@ class BaseServing:
         metrics.DECODED_TOKENS.labels(name, mode).inc(decoded)
         metrics.DELIVERED_TOKENS.labels(name, mode).inc(delivered)
         metrics.CANDIDATES.labels(name).observe(prep.best_of)
-        metrics.ENGINE_SECONDS.labels(name, mode).inc(lease.engine_seconds)
-        metrics.COST.labels(name, mode).inc(cost)
+        # engine seconds and cost are counted by Admission.slot, failures included
         if ranked is not None:
             metrics.REWARD_TOKENS.labels(name).inc(reward_tokens)
             best = ranked.rewards[ranked.order[0]]

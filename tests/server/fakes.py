@@ -20,15 +20,20 @@ class FakeTokenizer:
     def __len__(self) -> int:
         return 1000
 
-    def apply_chat_template(self, messages: list[dict[str, str]], **_: Any) -> list[int]:
+    def apply_chat_template(
+        self, messages: list[dict[str, str]], tokenize: bool = True, **_: Any
+    ) -> list[int] | str:
         text = " ".join(m["content"] for m in messages)
-        return [1 + (ord(c) % 900) for c in text] or [1]
+        return ([1 + (ord(c) % 900) for c in text] or [1]) if tokenize else text
 
-    def encode(self, text: str) -> list[int]:
+    def encode(self, text: str, add_special_tokens: bool = True) -> list[int]:
         return [1 + (ord(c) % 900) for c in text]
 
     def decode(self, ids: list[int]) -> str:
         return "x" * len(ids)
+
+    def convert_ids_to_tokens(self, ids: list[int]) -> list[str]:
+        return [f"t{i}" for i in ids]
 
 
 @dataclass

@@ -166,3 +166,61 @@ async def test_streamed_best_of_sends_keepalives_while_candidates_decode(
     first_data = next(i for i, line in enumerate(lines) if line.startswith("data:"))
     assert first_data >= 2 and all(line == ": keep-alive" for line in lines[:first_data]), lines[:6]
     assert lines[-1] == "data: [DONE]" and any('"reward"' in line for line in lines)
+
+
+@pytest.mark.parametrize("path", ["/v1/chat/completions", "/v1/completions"])
+async def test_return_candidates_lists_every_scored_candidate(
+    bon_client: Callable[..., Any], path: str
+) -> None:
+    policy = FakeVaryingLLM(finish_reasons=("stop", "stop", "stop", "length"))
+    c = await bon_client(policy=policy, length_penalty=100)
+    prompt = {"messages": CHAT["messages"]} if path.endswith("chat/completions") else {"prompt": "hello"}
+    body = {"model": "fake", "max_tokens": 8, **prompt, "n": 2, "best_of": 4, "return_candidates": True}
+    r = (await c.post(path, json=body)).json()
+    candidates = r["candidates"]
+    assert [x["rank"] for x in candidates] == [0, 1, 2, 3]
+    assert [x["index"] for x in candidates] == [2, 1, 0, 3]  # longest wins; the cut one is penalised
+    assert [x["choice_index"] for x in candidates] == [0, 1, None, None]
+    assert [x["completion_tokens"] for x in candidates] == [3, 2, 1, 4]
+    assert candidates[-1]["finish_reason"] == "length"
+    rewards = [x["reward"] for x in candidates]
+    assert rewards == sorted(rewards, reverse=True)
+    choice_rewards = [ch["reward"] for ch in r["choices"]]
+    assert choice_rewards == rewards[:2]  # the value that ranked is the one returned
+    text_of = (lambda ch: ch["message"]["content"]) if "messages" in prompt else (lambda ch: ch["text"])
+    assert [text_of(ch) for ch in r["choices"]] == [x["text"] for x in candidates[:2]]
+
+
+async def test_return_candidates_is_opt_in_empty_without_ranking_and_refused_with_stream(
+    bon_client: Callable[..., Any],
+) -> None:
+    c = await bon_client()
+    assert "candidates" not in (await c.post("/v1/chat/completions", json={**CHAT, "best_of": 2})).json()
+    same = await c.post("/v1/chat/completions", json={**CHAT, "n": 2, "return_candidates": True})
+    assert same.json()["candidates"] == []  # best_of == n: nothing was scored
+    streamed = await c.post(
+        "/v1/chat/completions", json={**CHAT, "best_of": 2, "stream": True, "return_candidates": True}
+    )
+    assert streamed.status_code == 400
+    assert streamed.json()["error"]["param"] == "return_candidates"
+
+
+async def test_streamed_best_of_on_completions_replays_the_winners(bon_client: Callable[..., Any]) -> None:
+    """A server default best_of applies to streamed completions too (load generators stream)."""
+    import json
+
+    c = await bon_client(default_best_of="3")
+    body = {
+        "model": "fake",
+        "prompt": "hello",
+        "max_tokens": 8,
+        "stream": True,
+        "stream_options": {"include_usage": True},
+    }
+    async with c.stream("POST", "/v1/completions", json=body) as r:
+        assert r.status_code == 200
+        lines = [ln[6:] async for ln in r.aiter_lines() if ln.startswith("data: ")]
+    chunks = [json.loads(x) for x in lines[:-1]]
+    assert [ch["choices"][0]["text"] for ch in chunks if ch["choices"]] == ["w w w"]
+    assert chunks[0]["choices"][0]["finish_reason"] == "stop" and chunks[0]["choices"][0]["reward"]
+    assert chunks[-1]["usage"]["bonserve"]["candidates"] == 3 and lines[-1] == "[DONE]"
