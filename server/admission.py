@@ -28,8 +28,9 @@ class Admission:
     retryable errors instead of unbounded latency.
     """
 
-    def __init__(self, max_concurrent: int, max_waiting: int) -> None:
+    def __init__(self, max_concurrent: int, max_waiting: int, price_per_hour: float = 0.0) -> None:
         self._slots = asyncio.Semaphore(max_concurrent)
+        self.price_per_hour = price_per_hour
         self.max_waiting = max_waiting
         self.waiting = 0
         self.running = 0
@@ -47,7 +48,10 @@ class Admission:
             )
 
     @contextlib.asynccontextmanager
-    async def slot(self, model: str = "unknown") -> AsyncIterator[Lease]:
+    async def slot(self, model: str = "unknown", mode: str = "single") -> AsyncIterator[Lease]:
+        """Hold one engine slot. Whatever happens inside (success, an error, a timeout, a
+        client that leaves), the request's share of engine time is attributed on the way out:
+        `bonserve_engine_seconds_total` and the cost always add up to the engine's busy time."""
         self.check()
         lease = Lease()
         t0 = time.perf_counter()
@@ -67,6 +71,8 @@ class Admission:
             yield lease
         finally:
             lease.engine_seconds = self._clock.leave(start)
+            metrics.ENGINE_SECONDS.labels(model, mode).inc(lease.engine_seconds)
+            metrics.COST.labels(model, mode).inc(lease.engine_seconds * self.price_per_hour / 3600)
             self.running -= 1
             metrics.IN_FLIGHT.dec()
             self._slots.release()

@@ -169,7 +169,11 @@ def build_state(settings: Settings) -> AppState:
         settings=settings,
         router=router,
         engines=engines,
-        admission=Admission(settings.max_concurrent_requests, settings.max_waiting_requests),
+        admission=Admission(
+            settings.max_concurrent_requests,
+            settings.max_waiting_requests,
+            settings.accelerator_price_per_hour,
+        ),
         reward=reward,
         manager=manager,
     )

@@ -1,14 +1,15 @@
 """Prometheus metrics: bonserve's own series plus vLLM's `vllm:*` series of every engine.
 
 Naming follows Prometheus conventions (base units, `_seconds`, `_total`); labels are bounded:
-`model` is a served model name or "unknown", `mode` is "single" or "bon", `status` is an
-HTTP status code.
+`model` is a served model name or "unknown", `mode` is "single" or "bon" ("rewards" too for
+engine seconds and cost, from /v1/rewards), `status` is an HTTP status code.
 
 Cost model (estimated, documented in README "Metrics"): a replica costs
 `accelerator_price_per_hour`. Each request is attributed the replica-seconds
   engine_seconds = integral over its time in the engine of 1 / N(t)
 where N(t) is the number of requests in the engine at time t. The attributions of all
-requests add up exactly to the time the engine was busy; idle time is attributed to no
+requests add up exactly to the time the engine was busy, whether they succeed, fail, time
+out or are cancelled (server/admission.py counts them on the way out); idle time is attributed to no
 request (it shows as price/hour minus the rate of attributed cost). Limits: requests are
 weighted equally whatever their token counts, and the price is per replica, not per chip.
 """

@@ -25,7 +25,11 @@ def make_state(settings: Settings, factory: Callable[[], Any]) -> AppState:
         settings=settings,
         router=router,
         engines={"policy": engine},
-        admission=Admission(settings.max_concurrent_requests, settings.max_waiting_requests),
+        admission=Admission(
+            settings.max_concurrent_requests,
+            settings.max_waiting_requests,
+            price_per_hour=settings.accelerator_price_per_hour,
+        ),
     )
 
 

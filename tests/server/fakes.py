@@ -231,3 +231,27 @@ class FakeEngineBuilder:
     def reward(self, path: Any, name: str, metrics_name: str | None = None) -> Any:
         self.built.append(("reward", path.name, name))
         return FakeRewardLLM
+
+
+@dataclass
+class FakeTimedLLM(FakeAsyncLLM):
+    """Records the (start, end) of every generate call, however it ends: an independent
+    account of the time requests spent in the engine. max_tokens is the test's marker:
+    3 fails inside the engine after the delay, 5 takes 10x the delay (to meet a deadline)."""
+
+    intervals: list[tuple[float, float]] = field(default_factory=list)
+
+    async def generate(
+        self, prompt: Any, params: Any, request_id: str, lora_request: Any = None
+    ) -> AsyncIterator[Any]:
+        import time
+
+        start = time.monotonic()
+        try:
+            await asyncio.sleep(self.delay_s * (10 if params.max_tokens == 5 else 1))
+            if params.max_tokens == 3:  # the test's marker for "this request fails in the engine"
+                raise RuntimeError("fake engine failure")
+            async for out in super().generate(prompt, params, request_id, lora_request):
+                yield out
+        finally:
+            self.intervals.append((start, time.monotonic()))
