@@ -171,21 +171,26 @@ class ChatServing(BaseServing):
             )
 
         self._first_token(prep)
+        # continuous usage stats: decoding is over, so the usage so far is the final one
+        running = response.usage if req.stream_options and req.stream_options.continuous() else None
         for c in response.choices:
-            yield chunk([ChatChunkChoice(index=c.index, delta=DeltaMessage(role="assistant", content=""))])
+            role = ChatChunkChoice(index=c.index, delta=DeltaMessage(role="assistant", content=""))
+            yield chunk([role], running)
             yield chunk(
                 [
                     ChatChunkChoice(
                         index=c.index, delta=DeltaMessage(content=c.message.content), logprobs=c.logprobs
                     )
-                ]
+                ],
+                running,
             )
             yield chunk(
                 [
                     ChatChunkChoice(
                         index=c.index, delta=DeltaMessage(), finish_reason=c.finish_reason, reward=c.reward
                     )
-                ]
+                ],
+                running,
             )
         if req.stream_options and req.stream_options.include_usage:
             yield chunk([], usage=response.usage)
@@ -194,12 +199,17 @@ class ChatServing(BaseServing):
     async def _stream(self, req: ChatCompletionRequest, prep: PreparedRequest) -> AsyncIterator[str]:
         created = now()
         include_usage = bool(req.stream_options and req.stream_options.include_usage)
+        continuous = bool(req.stream_options and req.stream_options.continuous())
         tally = StreamTally()
 
         def chunk(choices: list[ChatChunkChoice]) -> str:
             return sse(
                 ChatCompletionChunk(
-                    id=prep.request_id, created=created, model=prep.model.name, choices=choices
+                    id=prep.request_id,
+                    created=created,
+                    model=prep.model.name,
+                    choices=choices,
+                    usage=self._usage_so_far(prep, tally) if continuous else None,
                 )
             )
 

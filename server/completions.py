@@ -140,8 +140,10 @@ class CompletionServing(BaseServing):
         """Stream a finished Best-of-N response: one chunk per selected choice (text, finish
         reason, reward), then the usage chunk if asked for."""
         self._first_token(prep)
+        # continuous usage stats: decoding is over, so the usage so far is the final one
+        running = response.usage if req.stream_options and req.stream_options.continuous() else None
         for c in response.choices:
-            yield sse(response.model_copy(update={"choices": [c], "usage": None}))
+            yield sse(response.model_copy(update={"choices": [c], "usage": running}))
         if req.stream_options and req.stream_options.include_usage:
             yield sse(response.model_copy(update={"choices": []}))
         yield SSE_DONE
@@ -149,6 +151,7 @@ class CompletionServing(BaseServing):
     async def _stream(self, req: CompletionRequest, prep: PreparedRequest) -> AsyncIterator[str]:
         created = now()
         include_usage = bool(req.stream_options and req.stream_options.include_usage)
+        continuous = bool(req.stream_options and req.stream_options.continuous())
         tally = StreamTally()
         async for o in self._increments(prep, tally):
             yield sse(
@@ -156,6 +159,7 @@ class CompletionServing(BaseServing):
                     id=prep.request_id,
                     created=created,
                     model=prep.model.name,
+                    usage=self._usage_so_far(prep, tally) if continuous else None,
                     choices=[
                         CompletionChoice(
                             index=o.index,

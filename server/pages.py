@@ -8,11 +8,14 @@
 
 The pages are open (server/auth.py): they hold no data, and every API call the playground
 makes carries the key its user typed. Swagger UI's and ReDoc's files come from the pinned
-`fastapi-offline` wheel (its `static/` folder; bonserve uses only those files).
+`fastapi-offline` wheel (its `static/` folder; bonserve uses only those files). ReDoc's
+bundle has one hard-wired request to the internet, its footer's logo: `redoc_js` serves the
+bundle with that image replaced by an empty inline one.
 """
 
 from __future__ import annotations
 
+from functools import cache
 from importlib.resources import files
 from pathlib import Path
 
@@ -28,6 +31,9 @@ DOCS_ASSETS = Path(str(files("fastapi_offline") / "static"))
 PLAYGROUND_CSP = (
     "default-src 'self'; img-src 'self' data:; object-src 'none'; base-uri 'none'; frame-ancestors 'none'"
 )
+
+REDOC_LOGO = b"https://cdn.redoc.ly/redoc/logo-mini.svg"
+EMPTY_SVG = b"data:image/svg+xml,%3Csvg xmlns='http://www.w3.org/2000/svg'/%3E"
 
 pages_router = APIRouter(include_in_schema=False)
 
@@ -64,13 +70,26 @@ async def swagger_ui(request: Request) -> HTMLResponse:
     )
 
 
+@cache
+def _offline_redoc() -> bytes:
+    bundle = (DOCS_ASSETS / "redoc.standalone.js").read_bytes()
+    if REDOC_LOGO not in bundle:  # a new fastapi-offline: check what it loads before pinning it
+        raise RuntimeError("redoc.standalone.js changed: its logo URL is gone")
+    return bundle.replace(REDOC_LOGO, EMPTY_SVG)
+
+
+@pages_router.get("/docs-assets/redoc.offline.js")
+async def redoc_js() -> Response:
+    return Response(_offline_redoc(), media_type="text/javascript")
+
+
 @pages_router.get("/redoc")
 async def redoc(request: Request) -> HTMLResponse:
     root = _root(request)
     return get_redoc_html(
         openapi_url=f"{root}{request.app.openapi_url}",
         title=f"{request.app.title} - ReDoc",
-        redoc_js_url=f"{root}/docs-assets/redoc.standalone.js",
+        redoc_js_url=f"{root}/docs-assets/redoc.offline.js",
         redoc_favicon_url=f"{root}/static/favicon.svg",
         with_google_fonts=False,
     )

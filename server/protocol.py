@@ -8,8 +8,9 @@ sends is silently dropped. Response models follow the OpenAI spec field for fiel
 extensions sit in marked blocks.
 
 vLLM's own sampling extras are accepted where bonserve honours them exactly as vLLM does (see
-the "vLLM sampling extras" block of `SamplingFields`), so vLLM clients and load generators
-(`vllm bench serve`, GuideLLM) run unchanged; the rest of vLLM's extras stay unrecognized.
+the "vLLM sampling extras" block of `SamplingFields`, and `StreamOptions`), so vLLM clients
+and load generators (`vllm bench serve`, GuideLLM) run unchanged; the rest of vLLM's extras
+stay unrecognized.
 """
 
 from __future__ import annotations
@@ -73,6 +74,13 @@ class ChatMessage(_Strict):
 
 class StreamOptions(_Strict):
     include_usage: bool = False
+    # ---- vLLM extension (GuideLLM sends it)
+    continuous_usage_stats: bool = Field(
+        False, description="vLLM: with include_usage, every chunk also carries the usage so far."
+    )
+
+    def continuous(self) -> bool:
+        return self.include_usage and self.continuous_usage_stats
 
 
 class JsonSchemaFormat(_Strict):

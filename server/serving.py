@@ -350,6 +350,12 @@ class BaseServing:
         )
 
     @staticmethod
+    def _usage_so_far(prep: PreparedRequest, tally: StreamTally) -> Usage:
+        """vLLM's continuous usage stats: the usage of a stream up to this chunk."""
+        prompt = len(prep.prompt_ids)
+        return Usage(prompt_tokens=prompt, completion_tokens=tally.tokens, total_tokens=prompt + tally.tokens)
+
+    @staticmethod
     def _first_token(prep: PreparedRequest) -> None:
         metrics.TTFT.labels(prep.model.name, prep.mode).observe(time.perf_counter() - prep.arrived)
 

@@ -186,6 +186,13 @@
     return el("div", { className: "stat", "data-stat": name }, el("div", { className: "k", text: label }), el("div", { className: "v", text: value }));
   }
 
+  function usd(cost) {
+    if (cost === null || cost === undefined) return "–";
+    const v = Number(cost);
+    if (v === 0) return "$0 (no price set)";
+    return `$${v < 0.01 ? v.toFixed(8) : v.toFixed(4)}`;
+  }
+
   function renderStats(response, latencyMs) {
     const usage = response.usage || {};
     const extra = usage.bonserve || {};
@@ -200,7 +207,7 @@
       stat("delivered tokens", extra.delivered_tokens ?? "–", "delivered_tokens"),
       stat("reward-model tokens", extra.reward_model_tokens ?? 0, "reward_model_tokens"),
       stat("engine seconds", fmt(extra.engine_seconds, 3), "engine_seconds"),
-      stat("est. cost", cost === null || cost === undefined ? "–" : `$${Number(cost).toPrecision(3)}`, "estimated_cost_usd"),
+      stat("est. cost", usd(cost), "estimated_cost_usd"),
     );
   }
 
@@ -218,7 +225,7 @@
         el("span", { text: `#${c.rank + 1}` }),
         el("span", { className: "reward", text: `reward ${fmt(c.reward, 4)}` }),
         el("span", { text: `finish ${c.finish_reason}` }),
-        el("span", { text: `${c.completion_tokens} tokens` }),
+        el("span", { text: `${c.completion_tokens} token${c.completion_tokens === 1 ? "" : "s"}` }),
         el("span", { text: `sample ${c.index}` }),
         picked ? el("span", { className: "badge", text: n > 1 ? `picked · choice ${c.choice_index}` : "picked" }) : null,
       ),

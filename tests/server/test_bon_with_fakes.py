@@ -224,3 +224,29 @@ async def test_streamed_best_of_on_completions_replays_the_winners(bon_client: C
     assert [ch["choices"][0]["text"] for ch in chunks if ch["choices"]] == ["w w w"]
     assert chunks[0]["choices"][0]["finish_reason"] == "stop" and chunks[0]["choices"][0]["reward"]
     assert chunks[-1]["usage"]["bonserve"]["candidates"] == 3 and lines[-1] == "[DONE]"
+
+
+@pytest.mark.parametrize("path", ["/v1/chat/completions", "/v1/completions"])
+async def test_streamed_best_of_continuous_usage_is_the_final_usage(
+    bon_client: Callable[..., Any], path: str
+) -> None:
+    """vLLM's continuous_usage_stats (GuideLLM sends it) under Best-of-N: decoding is over
+    when the winners replay, so every chunk carries the final usage."""
+    import json
+
+    c = await bon_client()
+    prompt = {"messages": CHAT["messages"]} if "chat" in path else {"prompt": "hello"}
+    options = {"include_usage": True, "continuous_usage_stats": True}
+    body = {
+        "model": "fake",
+        "max_tokens": 8,
+        **prompt,
+        "best_of": 3,
+        "stream": True,
+        "stream_options": options,
+    }
+    async with c.stream("POST", path, json=body) as r:
+        chunks = [json.loads(ln[6:]) async for ln in r.aiter_lines() if ln.startswith("data: {")]
+    usages = [ch["usage"] for ch in chunks]
+    assert len(usages) >= 2 and all(u == usages[-1] for u in usages)
+    assert usages[-1]["bonserve"]["candidates"] == 3

@@ -108,3 +108,25 @@ async def test_tokenizer_endpoints_need_the_api_key(client_for: Callable[..., An
         assert_envelope(await c.post(path, json=body), 401, "invalid_api_key")
         ok = await c.post(path, json=body, headers={"Authorization": "Bearer client-key"})
         assert ok.status_code == 200, ok.text
+
+
+async def test_guidellm_chat_body_streams_with_continuous_usage(client_for: Callable[..., Any]) -> None:
+    """GuideLLM's chat body (its openai_http backend), as it sends it: vLLM's
+    continuous_usage_stats puts the usage so far on every chunk."""
+    import json
+
+    c = await client_for()
+    body = {
+        "model": "fake",
+        "messages": [{"role": "user", "content": [{"type": "text", "text": "hello"}]}],
+        "stream": True,
+        "stream_options": {"include_usage": True, "continuous_usage_stats": True},
+        "max_completion_tokens": 8,
+        "stop": None,
+        "ignore_eos": True,
+    }
+    async with c.stream("POST", "/v1/chat/completions", json=body) as r:
+        assert r.status_code == 200
+        chunks = [json.loads(ln[6:]) async for ln in r.aiter_lines() if ln.startswith("data: {")]
+    assert chunks and all("usage" in ch and ch["usage"]["prompt_tokens"] > 0 for ch in chunks)
+    assert chunks[-1]["usage"]["completion_tokens"] == max(ch["usage"]["completion_tokens"] for ch in chunks)

@@ -53,6 +53,15 @@ async def test_docs_use_local_assets(client_for: Callable[..., Any], path: str) 
     assert "fonts.googleapis" not in html and "cdn." not in html
 
 
+async def test_redoc_bundle_loads_nothing_from_the_internet(client_for: Callable[..., Any]) -> None:
+    """ReDoc's footer logo is its one hard-wired fetch; the served bundle has it inline."""
+    from server.pages import REDOC_LOGO
+
+    c = await client_for()
+    js = (await c.get("/docs-assets/redoc.offline.js")).content
+    assert len(js) > 500_000 and REDOC_LOGO not in js and b"src:\"data:image/svg+xml" in js
+
+
 def test_docs_assets_come_from_the_pinned_wheel() -> None:
     assert {"swagger-ui-bundle.js", "swagger-ui.css", "redoc.standalone.js"} <= {
         p.name for p in DOCS_ASSETS.iterdir()
