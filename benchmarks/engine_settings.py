@@ -118,7 +118,11 @@ def run_one(name: str, spec: dict[str, Any], cache_root: Path, timeout: float) -
         env.pop("LD_PRELOAD", None)
     cmd = [sys.executable, __file__, "--child", json.dumps(spec)]
     t0 = time.perf_counter()
-    proc = subprocess.run(cmd, env=env, capture_output=True, text=True, timeout=timeout, check=False)
+    try:
+        proc = subprocess.run(cmd, env=env, capture_output=True, text=True, timeout=timeout, check=False)
+    except subprocess.TimeoutExpired:
+        wall = time.perf_counter() - t0
+        return {"config": name, "ok": False, "wall_s": wall, "error": f"timeout {timeout}s"}
     wall = time.perf_counter() - t0
     lines = [line for line in proc.stdout.splitlines() if line.startswith("RESULT ")]
     if proc.returncode != 0 or not lines:
