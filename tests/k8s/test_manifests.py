@@ -19,6 +19,7 @@ import yaml
 from pydantic import ValidationError
 
 from bonserve.cli import make_parser, settings_from_args
+from core.desired_state import state_path
 from core.registry import bonserve_home
 from server.config import Settings
 from server.routes import openai_router, ops_router
@@ -373,8 +374,9 @@ def test_writable_paths_are_on_volumes(rendered: Rendered) -> None:
 
 
 def test_registry_volume_is_read_only_for_the_server(rendered: Rendered) -> None:
-    """The server reads the registry; only its compile-cache subPath of the volume is writable
-    (created by an initContainer, as UID 10001, before the server's mount needs it)."""
+    """The server reads the registry; only its compile-cache subPath and the promotions record
+    (registry/_state, core/desired_state.py) are writable (created by an initContainer, as UID
+    10001, before the server's mounts need them)."""
     for name in OVERLAYS:
         spec = deployment_spec(rendered[name])
         (claim,) = [v["name"] for v in spec["volumes"] if "persistentVolumeClaim" in v]
@@ -385,13 +387,18 @@ def test_registry_volume_is_read_only_for_the_server(rendered: Rendered) -> None
             assert bool(data[0].get("readOnly")) == (c["name"] == "bonserve"), c["name"]
             others = [m for m in mounts if m["mountPath"] != "/data"]
             if c["name"] == "bonserve":
-                assert [(m["mountPath"], m.get("subPath"), bool(m.get("readOnly"))) for m in others] == [
-                    ("/cache", "cache", False)
+                writable = sorted((m["mountPath"], m.get("subPath"), bool(m.get("readOnly"))) for m in others)
+                assert writable == [
+                    ("/cache", "cache", False),
+                    ("/data/registry/_state", "registry/_state", False),
                 ]
             else:
                 assert others == [], c["name"]
         creates = " ".join(argv_of(spec["initContainers"][1])[2:])
-        assert "mkdir -p /data/cache" in creates
+        assert "mkdir -p /data/cache /data/registry/_state" in creates
+        # The writable directory is where the server records promotions.
+        env = literal_env(server_container(rendered[name]))
+        assert state_path(env["BONSERVE_REGISTRY"]).parent == Path("/data/registry/_state")
 
 
 def test_ephemeral_storage_limits_cover_empty_dirs(rendered: Rendered) -> None:
