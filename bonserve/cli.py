@@ -115,6 +115,18 @@ def cmd_registry_show(args: argparse.Namespace) -> int:
     return 0
 
 
+def cmd_registry_aliases(args: argparse.Namespace) -> int:
+    from core.desired_state import DesiredStateError, format_desired
+    from core.registry import Registry
+
+    try:
+        print(format_desired((Registry(args.registry) if args.registry else Registry()).root))
+    except DesiredStateError as exc:
+        print(f"error: {exc}", file=sys.stderr)
+        return 1
+    return 0
+
+
 def add_training_commands(sub: Any) -> None:
     """`train sft|rm|dpo|ppo|grpo|rloo`, `data prefs|sft`, `eval`, `registry list|show`: each is the
     `make_parser` / `main` of an entry point in training/scripts/, whose config dataclass
@@ -186,6 +198,11 @@ def add_training_commands(sub: Any) -> None:
     show.add_argument("--verify", action="store_true", help="Also re-hash every file.")
     show.add_argument("--registry", type=Path, default=None, help="Registry directory.")
     show.set_defaults(func=cmd_registry_show)
+    aliases = registry_sub.add_parser(
+        "aliases", help="The recorded promotions every server follows (alias -> entry, reward model)."
+    )
+    aliases.add_argument("--registry", type=Path, default=None, help="Registry directory.")
+    aliases.set_defaults(func=cmd_registry_aliases)
     merge = registry_sub.add_parser(
         "merge",
         help="Merge a LoRA entry into full weights (NAME-merged): the base's decode speed on CPU.",

@@ -321,3 +321,16 @@ async def test_reward_model_choice_is_recorded_and_followed(serve: Serve, regist
     assert await plain.manager.reconcile() and plain.reward is None
     c = await serve(reward_model="rm-1")
     assert ("reward", "rm-2", "rm-2") in built(c) and ("reward", "rm-1", "rm-1") not in built(c)
+
+
+def test_cli_shows_the_record(registry: Registry, capsys: pytest.CaptureFixture[str]) -> None:
+    from bonserve.cli import main
+
+    assert main(["registry", "aliases", "--registry", str(registry.root)]) == 0
+    assert "nothing promoted" in capsys.readouterr().out
+    set_alias(registry.root, "policy", "lora-a", by="ci")
+    assert main(["registry", "aliases", "--registry", str(registry.root)]) == 0
+    out = capsys.readouterr().out
+    assert "revision 1" in out and "policy" in out and "lora-a" in out and "(ci)" in out
+    state_path(registry.root).write_text("{broken")
+    assert main(["registry", "aliases", "--registry", str(registry.root)]) == 1
