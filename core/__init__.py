@@ -4,6 +4,8 @@ It imports nothing else of ours, so either side can depend on it without dependi
 other:
 
 - `registry`    the checkpoint registry and its manifest (atomic entries, checksums)
+- `desired_state` the fleet's promotions (alias -> entry, reward model) recorded atomically
+                in the registry (_state/aliases.json); servers reconcile to it
 - `lora`        the LoRA rules vLLM imposes: allowed ranks, the one servability check, and
                 the one resolver of a LoRA entry's full-weight base
 - `engine_args` vLLM engine keyword arguments (online `AsyncLLM` and offline `LLM`) built
