@@ -14,6 +14,7 @@ PYTEST_ARGS ?=
 # verifies the store and rebuilds it only if it is missing or damaged.
 setup: $(STAMP)
 	$(BIN)/bonserve models prepare
+	@test -x /usr/bin/chromium -a -x /usr/bin/chromedriver || if [ "$$(id -u)" = 0 ]; then apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq chromium chromium-driver >/dev/null; else echo "setup: no /usr/bin/chromium: the browser tests skip (CI=true: fail); as root, make setup installs it (apt)"; fi
 
 $(STAMP): pyproject.toml Makefile
 	test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)

@@ -91,3 +91,19 @@ def corrupt_manifest(registry: Registry, name: str) -> None:
     data = json.loads(path.read_text())
     data["kind"] = "no-such-kind"
     path.write_text(json.dumps(data))
+
+
+def end_of_turn_head(rm_dir: Path, base_dir: Path) -> None:
+    """Replace a reward model's random score head by the base's lm_head row of the
+    end-of-turn token: the reward is then how strongly the model expects the conversation to
+    end there (a finished answer scores above a cut-off one), not chance."""
+    import torch
+    from safetensors.torch import load_file, save_file
+    from transformers import AutoTokenizer
+
+    end = AutoTokenizer.from_pretrained(base_dir).convert_tokens_to_ids("<|im_end|>")
+    base = load_file(base_dir / "model.safetensors")
+    row = base.get("lm_head.weight", base["model.embed_tokens.weight"])[end]  # tied embeddings
+    weights = load_file(rm_dir / "model.safetensors")
+    weights["score.weight"] = row.reshape(1, -1).to(torch.float32).clone()
+    save_file(weights, rm_dir / "model.safetensors", metadata={"format": "pt"})

@@ -367,7 +367,9 @@
       );
     }
     $("registry").append(el("div", { className: "hint", text: `registry ${data.root} · ${entries.length} entries · reward model ${(state && state.reward_model) || "none"}` }), table);
-    for (const problem of data.problems || []) $("registry").append(el("div", { className: "warn-box", text: JSON.stringify(problem) }));
+    for (const [name, problem] of Object.entries(data.problems || {})) {
+      $("registry").append(el("div", { className: "warn-box", text: `${name}: ${problem}` }));
+    }
     const select = $("promote-model");
     select.replaceChildren();
     for (const e of entries.filter((x) => x.kind !== "rm")) select.append(el("option", { value: e.name, text: `${e.name} (${e.kind}, ${e.format})` }));

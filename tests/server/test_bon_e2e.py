@@ -22,6 +22,7 @@ import pytest
 
 from core.registry import Registry
 from loadtests.servers import ServerProcess, start_bonserve
+from tests.synthetic import end_of_turn_head
 from training.reward import init_reward_model
 
 pytestmark = [pytest.mark.engine, pytest.mark.timeout(900)]
@@ -31,20 +32,6 @@ RM2 = "rm-test-init-2"  # another score head: a different reward model to swap i
 MESSAGES = [{"role": "user", "content": "Suggest a name for a pet goldfish."}]
 
 
-def _end_of_turn_head(rm_dir: Path, base_dir: Path) -> None:
-    """Replace the random score head by the base's lm_head row of the end-of-turn token."""
-    import torch
-    from safetensors.torch import load_file, save_file
-    from transformers import AutoTokenizer
-
-    end = AutoTokenizer.from_pretrained(base_dir).convert_tokens_to_ids("<|im_end|>")
-    base = load_file(base_dir / "model.safetensors")
-    row = base.get("lm_head.weight", base["model.embed_tokens.weight"])[end]  # tied embeddings
-    weights = load_file(rm_dir / "model.safetensors")
-    weights["score.weight"] = row.reshape(1, -1).to(torch.float32).clone()
-    save_file(weights, rm_dir / "model.safetensors", metadata={"format": "pt"})
-
-
 @pytest.fixture(scope="module")
 def reward_registry(default_model: Path, tmp_path_factory: pytest.TempPathFactory) -> Registry:
     from core.registry import Manifest
@@ -52,7 +39,7 @@ def reward_registry(default_model: Path, tmp_path_factory: pytest.TempPathFactor
     staging = Registry(tmp_path_factory.mktemp("staging"))
     registry = Registry(tmp_path_factory.mktemp("registry"))
     init_reward_model(Registry(default_model.parent), default_model.name, RM, seed=0, out=staging)
-    _end_of_turn_head(staging.path_of(RM), default_model)
+    end_of_turn_head(staging.path_of(RM), default_model)
     manifest = Manifest(name=RM, kind="rm", base_model=default_model.name, parent=default_model.name)
     with registry.write(manifest) as out:  # re-registered: the manifest's checksums cover the new head
         for path in staging.path_of(RM).iterdir():
