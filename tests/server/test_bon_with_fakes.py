@@ -45,7 +45,7 @@ async def bon_client() -> AsyncIterator[Callable[..., Any]]:
             settings=settings,
             router=router,
             engines={"policy": p, "reward": r},
-            admission=Admission(8, 8),
+            admission=Admission(8, 8, price_per_hour=settings.accelerator_price_per_hour),
             reward=RewardScorer(r, "fake-rm"),
         )
         return httpx.AsyncClient(
