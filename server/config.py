@@ -178,8 +178,8 @@ class Settings(BaseSettings):
     sse_keepalive_s: float = Field(
         5.0,
         gt=0,
-        description="A streamed Best-of-N request sends its headers at once and an SSE comment this "
-        "often while its candidates decode, so proxies with an idle timeout do not cut it.",
+        description="A streamed Best-of-N request sends its headers at once and a keep-alive (a blank "
+        "line) this often while its candidates decode, so proxies with an idle timeout do not cut it.",
     )
 
     # --- cost model

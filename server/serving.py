@@ -183,7 +183,7 @@ class BaseServing:
     async def _bon_events(
         self, prep: PreparedRequest, replay: Callable[[list[Any], Ranked | None, Lease], AsyncIterator[str]]
     ) -> AsyncIterator[str]:
-        """Streamed Best-of-N: the 200 and its headers go out at once, then an SSE comment
+        """Streamed Best-of-N: the 200 and its headers go out at once, then a keep-alive
         every `sse_keepalive_s` while the candidates decode and are scored, then `replay`'s
         events (the winners as chunks: they are only known once every candidate is scored).
         An error in between arrives as the stream's error event (see `guarded_stream`); a
@@ -385,7 +385,12 @@ def sse(payload: Any) -> str:
 
 
 SSE_DONE = "data: [DONE]\n\n"
-SSE_KEEPALIVE = ": keep-alive\n\n"  # an SSE comment: clients ignore it, proxies see traffic
+# Keep-alive: a blank line. SSE parsers ignore a blank line with no event pending, and proxies
+# with an idle timeout see traffic. Not an SSE comment (': keep-alive'): `vllm bench serve`
+# strips every network read before it splits events, so a comment glued itself to the next
+# event and the bench dropped the whole stream ("Never received a valid chunk"); a read that
+# is only whitespace it skips.
+SSE_KEEPALIVE = "\n"
 
 
 def held(lines: AsyncIterator[str], model: ServedModel) -> AsyncIterator[str]:

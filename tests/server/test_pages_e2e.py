@@ -105,6 +105,8 @@ def page_server(page_registry: Registry, tmp_path_factory: pytest.TempPathFactor
         ADMIN_KEY,
         "--accelerator-price-per-hour",
         "2.5",
+        "--sse-keepalive-s",  # keep-alives in every streamed Best-of-N request vllm bench sends
+        "0.2",
         "--enforce-eager",
     )
     yield srv

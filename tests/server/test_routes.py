@@ -41,6 +41,8 @@ def test_error_envelope_schema_matches_openai(spec: dict[str, Any]) -> None:
         ("post", "/v1/completions", {"400", "401", "404", "413", "429", "500", "503", "504"}),
         ("post", "/v1/rewards", {"400", "401", "404", "413", "429", "503"}),
         ("get", "/v1/models", {"401"}),
+        ("post", "/tokenize", {"400", "401", "404", "413", "503"}),
+        ("post", "/detokenize", {"400", "401", "404", "413", "503"}),
         ("post", "/admin/models/load", {"400", "401", "403", "404", "409", "413", "422", "503"}),
         ("post", "/admin/aliases/promote", {"400", "401", "403", "404", "409", "413", "422", "503"}),
         ("post", "/admin/reward/promote", {"400", "401", "403", "404", "409", "413", "422", "503"}),
