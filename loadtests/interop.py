@@ -96,6 +96,8 @@ def bench_args(
         str(num_prompts),
         "--seed",
         "0",
+        "--percentile-metrics",
+        "ttft,tpot,itl,e2el",
         "--disable-tqdm",
         "--save-result",
         "--result-dir",
@@ -271,7 +273,7 @@ def main(argv: list[str] | None = None) -> int:
                 f"{name}: completed {run.completed}, failed {run.failed}, "
                 f"output throughput {run.result['output_throughput']:.1f} tok/s, "
                 f"median TTFT {run.result['median_ttft_ms']:.0f} ms, "
-                f"median E2E {run.result.get('median_e2el_ms', float('nan')):.0f} ms"
+                f"median E2E latency {run.result['median_e2el_ms']:.0f} ms"
             )
             print(f"[interop] {summary}", flush=True)
             lines += [f"## {name}", "", "```", shell_command(run.command), "```", "", summary, ""]

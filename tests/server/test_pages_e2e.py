@@ -307,12 +307,14 @@ def test_admin_registry_lineage_and_promotion(page_server: ServerProcess, browse
     assert browser.find_element("id", "promote-status").text.startswith(f"policy → {MODEL}")
     assert problems(browser, page_server.base_url) == []
 
-    if SCREENSHOT:
+    if SCREENSHOT:  # the whole page: a viewport as tall as the document
         height = browser.execute_script("return document.documentElement.scrollHeight")
-        browser.set_window_size(1320, height + 40)
+        metrics = {"width": 1320, "height": height, "deviceScaleFactor": 1, "mobile": False}
+        browser.execute_cdp_cmd("Emulation.setDeviceMetricsOverride", metrics)
         browser.execute_script("window.scrollTo(0, 0)")
         time.sleep(0.5)
         browser.save_screenshot(SCREENSHOT)
+        browser.execute_cdp_cmd("Emulation.clearDeviceMetricsOverride", {})
 
 
 def requests_by_mode(srv: ServerProcess) -> dict[str, float]:
