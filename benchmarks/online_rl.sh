@@ -4,7 +4,7 @@
 # (--max-time-s) and the same 32 completions per step of at most 32 tokens, then the same
 # held-out evaluation (300 additions, greedy accuracy, KL from the base).
 #
-# GRPO/RLOO use DESIGN.md section 5's recipe (LoRA r=16 on every linear layer, T=0.8, beta
+# GRPO/RLOO use the reference recipe (LoRA r=16 on every linear layer, T=0.8, beta
 # 0.04, lr 2e-4) but 4 prompts x 8 generations per step instead of 16 x 8: measured here, one
 # 16 x 8 step with HF generation took 241 s, so a 15-minute budget would allow ~4 steps.
 # PPO uses the recipe of training_pipeline.sh. Run nothing else meanwhile: the budget is wall

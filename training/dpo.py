@@ -1,6 +1,6 @@
 """Direct Preference Optimization: TRL's DPOTrainer on a registry start.
 
-The recipe of DESIGN.md section 5 is the default: LoRA r=16 on every linear layer, beta 0.1,
+The reference TRL recipe is the default: LoRA r=16 on every linear layer, beta 0.1,
 lr 2e-4, batch 8, 60 steps (~7 min on 2 cores; 27% -> 58% greedy on held-out additions).
 Metrics keep TRL's names: `loss`, `rewards/chosen`, `rewards/rejected`, `rewards/margins`,
 `rewards/accuracies`, `logps/chosen`, ...

@@ -8,7 +8,7 @@ What it measures (all on the same prompts; `--limit N` takes the first N):
   and BoN's analytic KL, log n - (n-1)/n (Gao et al. 2022; an upper bound per Beirami et
   al. 2024), plus the reward model's pairwise accuracy on pairs drawn from `--pairs-from`
   (default: this policy; pairs follow `data prefs`' rule: gold best vs worst, ties dropped).
-  A reward model trained on one policy's samples can fail on another's (DESIGN.md).
+  A reward model trained on one policy's samples can fail on another's.
 - KL of the policy from its base: the mean over prompts of sum_t [log pi(y_t) - log pi_ref(y_t)]
   on the policy's greedy completions, computed with transformers (for a LoRA entry the
   reference is the same model with the adapter disabled). It is a plug-in estimate on the

@@ -172,7 +172,7 @@ def generate(
     result = []
     for out in outputs:
         samples = [Sample(c.text, list(c.token_ids), c.finish_reason) for c in out.outputs]
-        if len(samples) != n:  # DESIGN.md: some output settings deliver only part of n
+        if len(samples) != n:  # measured: some output settings deliver only part of n
             raise RuntimeError(f"vLLM returned {len(samples)} of {n} completions for one prompt")
         result.append(samples)
     return result

@@ -1,6 +1,6 @@
 """Group Relative Policy Optimization: TRL's GRPOTrainer (online RL) on a registry start.
 
-The defaults are the recipe of DESIGN.md section 5 (71% greedy on held-out additions after
+The defaults are the reference recipe (71% greedy on held-out additions after
 60 steps, ~11 min on 2 cores): LoRA r=16 on every linear layer, 16 prompts x 8 generations per
 step, T=0.8, beta 0.04, lr 2e-4. `--batch-size` counts *prompts* per step here; each gets
 `--num-generations` completions, and the step's completions are split into

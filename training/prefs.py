@@ -3,7 +3,7 @@
 This is the "generate several responses, let a judge rank them" step. It works from any
 policy in the registry (LoRA entries are applied with vLLM's LoRARequest), so a reward model
 can be refreshed on the outputs of the tuned policy it will rerank: one trained on base
-samples was measured *below chance* on a DPO model's samples (DESIGN.md section 5).
+samples was measured *below chance* on a DPO model's samples (measured on this project's CPU box).
 
 Pair rule, per prompt: chosen = the best sample by the judge, rejected = the worst; prompts
 whose samples all score the same (ties) give no pair. Empty completions are not candidates

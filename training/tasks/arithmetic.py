@@ -1,6 +1,6 @@
 """Two-digit additions: "What is {a} + {b}? Reply with just the number."
 
-The task of DESIGN.md section 5 (base SmolLM2-135M-Instruct: 27% greedy on 300 held-out
+The reference task (base SmolLM2-135M-Instruct: 27% greedy on 300 held-out
 prompts). 300 held-out prompts and 2000 train prompts, a and b in 10..99.
 
 Answer parsing is the part that matters. The model often ignores "just the number" and

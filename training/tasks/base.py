@@ -53,7 +53,7 @@ class Task(ABC):
 
     def messages(self, example: Example) -> list[dict[str, str]]:
         """OpenAI-style chat messages for the example (user turn only, no system prompt:
-        the baselines in DESIGN.md were measured that way)."""
+        the reference baselines were measured that way)."""
         return [{"role": "user", "content": example.prompt}]
 
     def examples(self, split: str, n: int | None = None) -> list[Example]:
