@@ -132,10 +132,15 @@ def read_desired(registry_root: Path | str) -> DesiredState:
 
 
 def _write(path: Path, state: DesiredState) -> None:
+    write_json_atomic(path, state.to_dict())
+
+
+def write_json_atomic(path: Path, data: Any) -> None:
+    """Replace `path` whole (temp file, fsync, rename): readers see the old file or the new."""
     tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
     try:
         with open(tmp, "w") as f:
-            json.dump(state.to_dict(), f, indent=2, sort_keys=True)
+            json.dump(data, f, indent=2, sort_keys=True)
             f.write("\n")
             f.flush()
             os.fsync(f.fileno())
@@ -153,7 +158,8 @@ def _write(path: Path, state: DesiredState) -> None:
 
 
 @contextlib.contextmanager
-def _locked(directory: Path) -> Iterator[None]:
+def locked(directory: Path) -> Iterator[None]:
+    """Serialise read-modify-write of the files in `directory` (an flock'ed `.lock`)."""
     with open(directory / ".lock", "a") as lock:
         fcntl.flock(lock, fcntl.LOCK_EX)
         try:
@@ -174,7 +180,7 @@ def update_desired(
     path = state_path(registry_root)
     try:
         path.parent.mkdir(parents=True, exist_ok=True)
-        with _locked(path.parent):
+        with locked(path.parent):
             state = read_desired(registry_root)
             changes = change(state)
             if not changes:

@@ -29,7 +29,19 @@ class EvalConfig:
     )
     rm_backend: str = field(default="vllm", metadata={"help": "Score with 'vllm' or 'transformers'."})
     kl: bool = field(default=True, metadata={"help": "Estimate KL(policy || base) on greedy completions."})
-    out: str | None = field(default=None, metadata={"help": "Write the results as JSON here."})
+    out: str | None = field(
+        default=None,
+        metadata={
+            "help": "Write the results as JSON here (and every prompt's outcomes beside it, .prompts.jsonl)."
+        },
+    )
+    record: bool = field(
+        default=False,
+        metadata={
+            "help": "Store the reward model's measured effect on this policy (gap captured, pairwise "
+            "accuracy) in the registry, where the server's pairing gate reads it."
+        },
+    )
     registry: str | None = field(default=None, metadata={"help": "Registry directory."})
     seed: int = field(default=0, metadata={"help": "Engine seed."})
     enforce_eager: bool = field(default=False, metadata={"help": "Skip torch.compile in the engine."})
@@ -56,5 +68,7 @@ class EvalConfig:
             raise ConfigError(f"max_tokens={self.max_tokens!r}: must be >= 1")
         if self.rm_backend not in ("vllm", "transformers"):
             raise ConfigError(f"rm_backend={self.rm_backend!r}: use 'vllm' or 'transformers'")
+        if self.record and not (self.reward_model and self.n and self.n >= 2):
+            raise ConfigError("record needs --reward-model and --n >= 2")
         if self.pairs_from and not self.reward_model:
             raise ConfigError(f"pairs_from={self.pairs_from!r} needs --reward-model")

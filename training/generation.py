@@ -135,6 +135,13 @@ class Sample:
     text: str
     token_ids: list[int]
     finish_reason: str | None
+    cumulative_logprob: float | None = None  # of the sampled tokens, when asked (`logprobs`)
+
+    @property
+    def mean_logprob(self) -> float | None:
+        if self.cumulative_logprob is None or not self.token_ids:
+            return None
+        return self.cumulative_logprob / len(self.token_ids)
 
 
 def prompt_ids(tokenizer: Any, messages: Messages) -> list[int]:
@@ -152,8 +159,10 @@ def generate(
     temperature: float,
     max_tokens: int,
     top_p: float = 1.0,
+    logprobs: bool = False,
 ) -> list[list[Sample]]:
-    """n completions per conversation (temperature 0 = greedy, n must be 1), in input order."""
+    """n completions per conversation (temperature 0 = greedy, n must be 1), in input order.
+    With `logprobs`, each sample carries the summed log-probability of its own tokens."""
     from vllm import SamplingParams
     from vllm.sampling_params import RequestOutputKind
 
@@ -167,11 +176,15 @@ def generate(
         top_p=top_p,
         max_tokens=max_tokens,
         output_kind=RequestOutputKind.FINAL_ONLY,
+        logprobs=0 if logprobs else None,  # 0: only the sampled token's own log-probability
     )
     outputs = llm.generate(prompts, params, lora_request=policy.lora_request(), use_tqdm=True)
     result = []
     for out in outputs:
-        samples = [Sample(c.text, list(c.token_ids), c.finish_reason) for c in out.outputs]
+        samples = [
+            Sample(c.text, list(c.token_ids), c.finish_reason, c.cumulative_logprob if logprobs else None)
+            for c in out.outputs
+        ]
         if len(samples) != n:  # measured: some output settings deliver only part of n
             raise RuntimeError(f"vLLM returned {len(samples)} of {n} completions for one prompt")
         result.append(samples)
@@ -189,6 +202,8 @@ def sample_policy(
     enforce_eager: bool = False,
     kv_cache_gib: float = 1.0,
     seed: int = 0,
+    top_p: float = 1.0,
+    logprobs: bool = False,
 ) -> tuple[list[list[Sample]] | None, list[list[Sample]] | None]:
     """(greedy completions if asked, n samples at `temperature` if n > 0) with one engine."""
     kwargs = policy_llm_kwargs(policy, enforce_eager=enforce_eager, kv_cache_gib=kv_cache_gib, seed=seed)
@@ -199,7 +214,16 @@ def sample_policy(
             else None
         )
         sampled = (
-            generate(llm, policy, conversations, n=n, temperature=temperature, max_tokens=max_tokens)
+            generate(
+                llm,
+                policy,
+                conversations,
+                n=n,
+                temperature=temperature,
+                max_tokens=max_tokens,
+                top_p=top_p,
+                logprobs=logprobs,
+            )
             if n > 0
             else None
         )

@@ -5,11 +5,19 @@ policy in the registry (LoRA entries are applied with vLLM's LoRARequest), so a 
 can be refreshed on the outputs of the tuned policy it will rerank: one trained on base
 samples was measured *below chance* on a DPO model's samples (measured on this project's CPU box).
 
-Pair rule, per prompt: chosen = the best sample by the judge, rejected = the worst; prompts
-whose samples all score the same (ties) give no pair. Empty completions are not candidates
-(a pair needs two non-empty replies). Output rows are TRL's conversational format
+Pair rules, per prompt (`--pairs`):
+- `best-worst`: chosen = the best sample by the judge, rejected = the worst (one pair);
+- `all`: every (better, worse) combination of *distinct* replies, e.g. each correct answer
+  against each wrong one under the gold verifier. A reward model that reranks Best-of-N
+  candidates has to order all of them, not only the extremes, and one prompt gives up to
+  (k/2)^2 pairs instead of one. `--max-pairs-per-prompt` caps a prompt's share (seeded).
+Prompts whose samples all score the same (ties) give no pair. Empty completions are not
+candidates (a pair needs two non-empty replies). Output rows are TRL's conversational format
 (`prompt` / `chosen` / `rejected` as messages) plus `id`, `chosen_score`, `rejected_score`,
-`policy`, which TRL ignores. Statistics go to stdout and OUT.stats.json.
+`policy`, `temperature`, which TRL ignores: the reward trainer reads the last two to record
+which policy and sampling temperature the model was trained for. Every sample, with its
+judge score, also goes to OUT.samples.jsonl (so other pair rules or SFT data can be made
+without sampling again), and statistics to stdout and OUT.stats.json.
 
 Prompts: training/prompts.py; options: training/prefs_config.py; command line:
 training/scripts/prefs.py.
@@ -18,6 +26,7 @@ training/scripts/prefs.py.
 from __future__ import annotations
 
 import json
+import random
 from collections.abc import Sequence
 from dataclasses import asdict
 from pathlib import Path
@@ -42,6 +51,16 @@ def best_vs_worst(scores: Sequence[float]) -> tuple[int, int] | None:
     return best, worst
 
 
+def all_pairs(texts: Sequence[str], scores: Sequence[float]) -> list[tuple[int, int]]:
+    """Every (better, worse) index pair of distinct texts, the first index of each distinct
+    text standing for its copies; sorted, so the result is deterministic."""
+    first: dict[str, int] = {}
+    for i, t in enumerate(texts):
+        first.setdefault(t, i)
+    reps = sorted(first.values())
+    return [(i, j) for i in reps for j in reps if scores[i] > scores[j]]
+
+
 def agreement(pairs: Sequence[tuple[float, float]]) -> dict[str, Any]:
     """How often a second judge orders kept pairs like the first: (its chosen, its rejected)."""
     decided = [(c, r) for c, r in pairs if c != r]
@@ -59,33 +78,56 @@ def make_pairs(
     scores: Sequence[Sequence[float]],
     policy: str,
     other: Sequence[Sequence[float]] | None = None,
+    *,
+    rule: str = "best-worst",
+    max_per_prompt: int | None = None,
+    temperature: float | None = None,
+    seed: int = 0,
 ) -> tuple[list[dict[str, Any]], dict[str, Any]]:
     """Rows in TRL's conversational preference format, and counts."""
     rows, other_pairs = [], []
     ties = empty = 0
+    prompts_with_pairs = 0
+    rng = random.Random(seed)
     seconds = other if other is not None else [None] * len(prompts)
     for p, texts, judged, second in zip(prompts, samples, scores, seconds, strict=True):
         keep = [i for i, t in enumerate(texts) if t.strip()]
         empty += len(texts) - len(keep)
-        pick = best_vs_worst([judged[i] for i in keep])
-        if pick is None:
+        if rule == "all":
+            picks = all_pairs([texts[i] for i in keep], [judged[i] for i in keep])
+            if max_per_prompt is not None and len(picks) > max_per_prompt:
+                picks = sorted(rng.sample(picks, max_per_prompt))
+        else:
+            one = best_vs_worst([judged[i] for i in keep])
+            picks = [] if one is None else [one]
+        if not picks:
             ties += 1
             continue
-        c, r = keep[pick[0]], keep[pick[1]]
-        rows.append(
-            {
-                "prompt": p.messages,
-                "chosen": [{"role": "assistant", "content": texts[c]}],
-                "rejected": [{"role": "assistant", "content": texts[r]}],
-                "id": p.id,
-                "chosen_score": judged[c],
-                "rejected_score": judged[r],
-                "policy": policy,
-            }
-        )
-        if second is not None:
-            other_pairs.append((second[c], second[r]))
-    stats = {"prompts": len(prompts), "pairs": len(rows), "ties_dropped": ties, "empty_completions": empty}
+        prompts_with_pairs += 1
+        for a, b in picks:
+            c, r = keep[a], keep[b]
+            rows.append(
+                {
+                    "prompt": p.messages,
+                    "chosen": [{"role": "assistant", "content": texts[c]}],
+                    "rejected": [{"role": "assistant", "content": texts[r]}],
+                    "id": p.id,
+                    "chosen_score": judged[c],
+                    "rejected_score": judged[r],
+                    "policy": policy,
+                    "temperature": temperature,
+                }
+            )
+            if second is not None:
+                other_pairs.append((second[c], second[r]))
+    stats = {
+        "prompts": len(prompts),
+        "pairs": len(rows),
+        "pair_rule": rule,
+        "prompts_with_pairs": prompts_with_pairs,
+        "ties_dropped": ties,
+        "empty_completions": empty,
+    }
     if other is not None:
         stats["judge_agreement"] = agreement(other_pairs)
     return rows, stats
@@ -111,6 +153,7 @@ def run(config: PrefsConfig) -> dict[str, Any]:
         n=config.k,
         temperature=config.temperature,
         max_tokens=config.max_tokens,
+        top_p=config.top_p,
         enforce_eager=config.enforce_eager,
         kv_cache_gib=config.kv_cache_gib,
         seed=config.seed,
@@ -136,7 +179,17 @@ def run(config: PrefsConfig) -> dict[str, Any]:
 
     judged, other = (gold, rm_scores) if config.judge == "gold" else (rm_scores, gold)
     assert judged is not None
-    rows, stats = make_pairs(prompts, texts, judged, config.policy, other)
+    rows, stats = make_pairs(
+        prompts,
+        texts,
+        judged,
+        config.policy,
+        other,
+        rule=config.pairs,
+        max_per_prompt=config.max_pairs_per_prompt,
+        temperature=config.temperature,
+        seed=config.seed,
+    )
     n_samples = sum(len(t) for t in texts)
     stats.update(
         {
@@ -160,7 +213,22 @@ def run(config: PrefsConfig) -> dict[str, Any]:
         )
     out = Path(config.out)
     write_jsonl(out, rows)
+    write_jsonl(
+        out.with_name(out.name + ".samples.jsonl"),
+        (
+            {
+                "id": p.id,
+                "prompt": p.messages,
+                "samples": per,
+                "finish_reasons": [s.finish_reason for s in sp],
+                "gold": None if gold is None else gold[i],
+                "rm": None if rm_scores is None else rm_scores[i],
+            }
+            for i, (p, per, sp) in enumerate(zip(prompts, texts, sampled, strict=True))
+        ),
+    )
     stats["out"] = str(out)
+    stats["samples_out"] = str(out.with_name(out.name + ".samples.jsonl"))
     stats["config"] = asdict(config)
     out.with_name(out.name + ".stats.json").write_text(json.dumps(stats, indent=2, sort_keys=True))
     return stats

@@ -7,6 +7,7 @@ from dataclasses import dataclass, field
 from core.flags import ConfigError
 
 JUDGES = ("gold", "rm")
+PAIR_RULES = ("best-worst", "all")
 RM_BACKENDS = ("vllm", "transformers")
 
 
@@ -43,6 +44,17 @@ class PrefsConfig:
         default=None,
         metadata={"help": "Reward model entry: the judge with --judge rm; otherwise scored for agreement."},
     )
+    pairs: str = field(
+        default="best-worst",
+        metadata={
+            "help": "Pair rule per prompt: 'best-worst' (one pair) or 'all' (every (better, worse) "
+            "combination of distinct non-empty replies: what a reward model for Best-of-N learns from)."
+        },
+    )
+    max_pairs_per_prompt: int | None = field(
+        default=None,
+        metadata={"help": "With --pairs all: keep at most this many pairs per prompt (seeded choice)."},
+    )
     rm_backend: str = field(
         default="vllm", metadata={"help": "Score with vLLM's pooling runner or with transformers."}
     )
@@ -76,6 +88,10 @@ class PrefsConfig:
                 raise ConfigError(str(exc)) from None
         if self.split not in ("train", "heldout"):
             raise ConfigError(f"split={self.split!r}: use 'train' or 'heldout'")
+        if self.pairs not in PAIR_RULES:
+            raise ConfigError(f"pairs={self.pairs!r}: use one of {PAIR_RULES}")
+        if self.max_pairs_per_prompt is not None and self.max_pairs_per_prompt < 1:
+            raise ConfigError(f"max_pairs_per_prompt={self.max_pairs_per_prompt!r}: must be >= 1")
         if self.k < 2:
             raise ConfigError(f"k={self.k!r}: a pair needs at least 2 samples per prompt")
         if self.n_prompts is not None and self.n_prompts < 1:

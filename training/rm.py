@@ -12,6 +12,10 @@ Departures from TRL's `trl reward` script:
    as the in-memory model on a probe conversation (recorded as metrics `probe_reward`).
 3. `--eval-data` pairs (e.g. held-out samples of the policy this model will rerank) are
    evaluated at the end: `eval_accuracy` is the pairwise accuracy.
+4. The manifest records what the model is for, `extra.trained_for = {policy, temperature,
+   policies}`, from the pairs' `policy` / `temperature` fields (`data prefs` writes them) or
+   `--for-policy`: a reward model reranks well only the policy whose samples it learned
+   from, at the temperature Best-of-N samples them, and the server pairs them by this link.
 
 Options: training/rm_config.py; command line: training/scripts/rm.py.
 """
@@ -19,6 +23,7 @@ Options: training/rm_config.py; command line: training/scripts/rm.py.
 from __future__ import annotations
 
 from pathlib import Path
+from typing import Any
 
 from core.registry import Entry, RegistryError
 from training.common import (
@@ -39,6 +44,19 @@ from training.rm_config import RMConfig
 PROBE_MESSAGES = [{"role": "user", "content": "What is 12 + 35? Reply with just the number."}]
 PROBE_RESPONSE = "47"
 PROBE_TOLERANCE = 1e-4
+
+
+def trained_for(rows: list[dict], for_policy: str | None) -> dict[str, Any]:
+    """The policy (and sampling temperature) the pairs came from, for the manifest."""
+    policies = sorted({str(r["policy"]) for r in rows if r.get("policy")})
+    temps = sorted({float(r["temperature"]) for r in rows if r.get("temperature") is not None})
+    policy = for_policy or (policies[0] if len(policies) == 1 else None)
+    return {
+        "policy": policy,
+        "temperature": temps[0] if len(temps) == 1 else None,
+        "policies": policies,
+        "temperatures": temps,
+    }
 
 
 def load_seq_cls(start: Start, scratch: Path):
@@ -153,5 +171,6 @@ def run(config: RMConfig) -> Entry | None:
         extra={
             "probe": {"messages": PROBE_MESSAGES, "response": PROBE_RESPONSE},
             "trained_as": config.format,
+            "trained_for": trained_for(rows, config.for_policy),
         },
     )

@@ -16,6 +16,13 @@ class RMConfig(TrainConfig):
         default=None,
         metadata={"help": "Held-out preference pairs; their pairwise accuracy is measured after training."},
     )
+    for_policy: str | None = field(
+        default=None,
+        metadata={
+            "help": "The policy this model will rerank, recorded as manifest extra.trained_for (the "
+            "server pairs them by it). Default: the one `policy` named by every training pair."
+        },
+    )
     center_rewards_coefficient: float | None = field(
         default=None,
         metadata={"help": "Weight of the auxiliary loss pulling mean rewards to zero (TRL's option; off)."},

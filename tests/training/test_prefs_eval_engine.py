@@ -128,11 +128,12 @@ def test_eval_lora_policy_with_bon_and_reward_model(
             str(tmp_registry.root),
             "--out",
             str(out),
+            "--record",
         ]
     )
     captured = capsys.readouterr()
     assert rc == 0, captured.err[-3000:]
-    assert "greedy accuracy" in captured.out and "BoN-4 accuracy" in captured.out
+    assert "greedy accuracy" in captured.out and "BoN-4 by reward (rm-init)" in captured.out
     result = json.loads(out.read_text())
     assert result["prompts"] == 4
     s = result["sampling"]
@@ -140,6 +141,36 @@ def test_eval_lora_policy_with_bon_and_reward_model(
     r = result["reward_model"]
     assert 0 <= r["bon_4_accuracy"] <= s["pass_at_n"]  # a reranker cannot beat the oracle
     assert r["bon_analytic_kl"] == pytest.approx(math.log(4) - 3 / 4)
-    assert r["pairs_from"] == "lora-policy" and r["pairs"] <= 4
+    assert r["pairs_from"] == "lora-policy" and r["pairs"] <= 4 * 4  # (correct, wrong) combinations
+    # Every number again from the per-prompt file, computed here and not by the eval's helpers.
+    rows = [json.loads(line) for line in out.with_name("eval.prompts.jsonl").read_text().splitlines()]
+    assert len(rows) == 4 and all(len(row["gold"]) == len(row["rewards"]) == 4 for row in rows)
+    per_sample = sum(g == 1.0 for row in rows for g in row["gold"]) / 16
+    oracle = sum(max(row["gold"]) == 1.0 for row in rows) / 4
+    assert s["per_sample_accuracy"] == pytest.approx(per_sample) and s["pass_at_n"] == pytest.approx(oracle)
+    best = [max(range(4), key=lambda j, row=row: (row["rewards"][j], -j)) for row in rows]
+    assert [row["picks"]["reward"] for row in rows] == best
+    bon = sum(row["gold"][j] == 1.0 for row, j in zip(rows, best, strict=True)) / 4
+    assert r["bon_4_accuracy"] == pytest.approx(bon)
+    gap = s["selectors"]["reward"]["gap_captured"]
+    assert (
+        gap is None
+        if oracle == per_sample
+        else gap == pytest.approx((bon - per_sample) / (oracle - per_sample))
+    )
+    wins = []
+    for row in rows:
+        seen: dict[str, int] = {}
+        for j, text in enumerate(row["samples"]):
+            if text.strip():
+                seen.setdefault(text, j)
+        good = [j for j in seen.values() if row["gold"][j] == 1.0]
+        bad = [j for j in seen.values() if row["gold"][j] != 1.0]
+        wins += [row["rewards"][c] > row["rewards"][w] for c in good for w in bad]
+    assert r["pairs"] == len(wins)
+    assert r["pairwise_accuracy"] == (pytest.approx(sum(wins) / len(wins)) if wins else None)
+    assert set(s["selectors"]) == {"logprob", "majority", "reward", "reward+majority"}
+    recorded = json.loads((tmp_registry.root / "_state" / "rerank.json").read_text())
+    assert recorded["evaluations"]["rm-init"]["lora-policy"]["bon_accuracy"] == pytest.approx(bon)
     kl = result["kl_to_base"]
     assert kl["base"] == DEFAULT_MODEL_NAME and math.isfinite(kl["estimate"]) and kl["estimate"] != 0.0

@@ -213,6 +213,8 @@ def test_make_pairs_writes_trl_rows_that_load(tmp_path: Path) -> None:
     assert stats == {
         "prompts": 3,
         "pairs": 2,
+        "pair_rule": "best-worst",
+        "prompts_with_pairs": 2,
         "ties_dropped": 1,
         "empty_completions": 1,
         "judge_agreement": {"pairs": 2, "ties": 0, "agreement": 0.5},
@@ -246,12 +248,17 @@ def test_format_table_reads_results() -> None:
             "temperature": 0.8,
             "per_sample_accuracy": 0.1,
             "pass_at_n": 0.5,
-            "majority_accuracy": 0.25,
+            "selectors": {
+                "majority": {"accuracy": 0.25, "accuracy_ci95": 0.4, "gap_captured": 0.375},
+                "reward": {"accuracy": 0.5, "accuracy_ci95": 0.5, "gap_captured": None},
+            },
         },
         "reward_model": {
             "reward_model": "rm",
             "pairs_from": "m",
             "bon_4_accuracy": 0.5,
+            "bon_minus_greedy": 0.25,
+            "bon_minus_greedy_ci95": 0.3,
             "bon_analytic_kl": bon_analytic_kl(4),
             "pairwise_accuracy": None,
             "pairs": 0,
@@ -259,7 +266,17 @@ def test_format_table_reads_results() -> None:
         "kl_to_base": {"base": "b", "estimate": 1.5, "on": "greedy completions"},
     }
     table = format_table(result)
-    for text in ("greedy accuracy", "pass@4 (oracle)", "BoN-4 accuracy (rm)", "0.636", "n/a", "KL to b"):
+    for text in (
+        "greedy accuracy",
+        "pass@4 (oracle)",
+        "BoN-4 by reward (rm)",
+        "BoN-4 by majority",
+        "gap captured 0.38",
+        "+0.250",
+        "0.636",
+        "n/a",
+        "KL to b",
+    ):
         assert text in table
 
 

@@ -27,7 +27,10 @@ def print_stats(stats: dict[str, Any]) -> None:
         f"[data prefs] {stats['policy']} on {stats['task'] or 'prompts file'} "
         f"({stats['prompts']} prompts x k={stats['k']}, T={stats['temperature']}, judge {stats['judge']})"
     )
-    print(f"  pairs kept        {stats['pairs']}")
+    print(
+        f"  pairs kept        {stats['pairs']} "
+        f"({stats['pair_rule']}, from {stats['prompts_with_pairs']} prompts)"
+    )
     print(f"  ties dropped      {stats['ties_dropped']}")
     print(f"  empty completions {stats['empty_completions']}")
     if "gold_mean_reward" in stats:
@@ -37,7 +40,7 @@ def print_stats(stats: dict[str, Any]) -> None:
         other = "reward model" if stats["judge"] == "gold" else "gold verifier"
         value = "n/a" if a["agreement"] is None else f"{a['agreement']:.3f}"
         print(f"  {other} agrees on {value} of {a['pairs'] - a['ties']} decided pairs ({a['ties']} ties)")
-    print(f"  wrote {stats['out']}")
+    print(f"  wrote {stats['out']} and {stats['samples_out']}")
 
 
 def make_parser(parser: argparse.ArgumentParser | None = None) -> argparse.ArgumentParser:
