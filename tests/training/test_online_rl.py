@@ -290,30 +290,40 @@ ALGORITHMS = {"grpo": (GRPOConfig, run_grpo, 1.0), "rloo": (RLOOConfig, run_rloo
 
 
 @pytest.mark.slow
-@pytest.mark.timeout(300)
+@pytest.mark.timeout(480)
 @pytest.mark.usefixtures("one_thread")
 @pytest.mark.parametrize("kind", ["grpo", "rloo"])
 def test_reward_rises_and_the_entry_is_a_servable_lora(kind: str, tiny: Registry, tmp_path: Path) -> None:
+    """The learner against a control run at learning rate 1e-9 in the same test (the same
+    sampling noise without learning): the verdict is their margin over the last 3 steps, not
+    a fixed rise measured on another machine (tiny-model curves differ across CPU
+    instruction sets; a fixed threshold failed CI once for PPO)."""
     cls, run, gold_weight = ALGORITHMS[kind]
     steps = 12
-    run(
-        cls(
-            name=f"t-{kind}",
-            base="tiny",
-            registry=str(tiny.root),
-            output_dir=str(tmp_path / "run"),
-            max_steps=steps,
-            save_steps=steps,
-            gold_weight=gold_weight,
-            **TINY_RUN,
+
+    def curve(name: str, learning_rate: float) -> list[float]:
+        run_dir = tmp_path / name
+        run(
+            cls(
+                name=name,
+                base="tiny",
+                registry=str(tiny.root),
+                output_dir=str(run_dir),
+                max_steps=steps,
+                save_steps=steps,
+                gold_weight=gold_weight,
+                **{**TINY_RUN, "learning_rate": learning_rate},
+            )
         )
-    )
-    # Measured with these settings (mean of the first 3 steps -> mean of the last 3): GRPO
-    # 0.071 -> 0.205, RLOO 0.067 -> 0.191; the same runs at learning rate 1e-9 moved by +0.011
-    # and +0.025 (sampling noise), so a rise of 0.06 is learning.
-    curve = _reward_curve(tmp_path / "run", steps)
-    first, last = sum(curve[:3]) / 3, sum(curve[-3:]) / 3
-    assert last - first >= 0.06, f"reward did not rise: first 3 steps {first:.3f}, last 3 {last:.3f}: {curve}"
+        return _reward_curve(run_dir, steps)
+
+    learner = curve(f"t-{kind}", TINY_RUN["learning_rate"])
+    control = curve(f"t-{kind}-control", 1e-9)
+    print(f"learner {[round(c, 3) for c in learner]}\ncontrol {[round(c, 3) for c in control]}")
+    margin = sum(learner[-3:]) / 3 - sum(control[-3:]) / 3
+    # Measured on a 2-core AVX2 box (mean of the last 3 steps): GRPO learner 0.205 vs control
+    # 0.073, RLOO 0.191 vs 0.073; margins of 0.13 and 0.12 against the 0.05 asked for.
+    assert margin >= 0.05, f"no margin over the no-learning control: learner {learner}, control {control}"
 
     m = _servable_lora(tiny, f"t-{kind}", kind)
     assert m.metrics["step"] == steps and "kl" in m.metrics and "rewards/gold/mean" in m.metrics
