@@ -15,6 +15,7 @@ Options: training/sft_data_config.py; command line: training/scripts/sft_data.py
 
 from __future__ import annotations
 
+import json
 from typing import Any
 
 from training.data import DataError, DataFormat, Rows, common_prefix, row_location
@@ -22,9 +23,15 @@ from training.sft_data_config import SFTDataConfig
 
 
 def chosen_as_sft(rows: Rows, fmt: DataFormat, min_score: float | None = None) -> list[dict[str, Any]]:
-    """One SFT row per kept pair: the prompt and its chosen reply."""
+    """One SFT row per distinct (prompt, chosen reply): pairs made with `--pairs all` repeat a
+    chosen reply once per worse reply, and repeats would weight easy prompts several times."""
     out = []
+    seen: set[str] = set()
     for i, row in enumerate(rows):
+        key = json.dumps([row.get("prompt"), row["chosen"]], sort_keys=True)
+        if key in seen:
+            continue
+        seen.add(key)
         if min_score is not None:
             score = row.get("chosen_score")
             if not isinstance(score, int | float) or isinstance(score, bool):
@@ -55,10 +62,12 @@ def run(config: SFTDataConfig) -> dict[str, Any]:
         raise DataError(f"{config.from_prefs}: no row has chosen_score >= {config.min_score}")
     validate_sft_rows(sft_rows, config.out)
     write_jsonl(config.out, sft_rows)
+    kept = chosen_as_sft(rows, fmt)  # before the score filter, to split what was dropped why
     return {
         "pairs": len(rows),
         "rows": len(sft_rows),
-        "dropped_below_min_score": len(rows) - len(sft_rows),
+        "dropped_duplicates": len(rows) - len(kept),
+        "dropped_below_min_score": len(kept) - len(sft_rows),
         "format": str(fmt),
         "out": config.out,
     }

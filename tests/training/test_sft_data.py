@@ -106,3 +106,18 @@ def test_bad_preference_file_is_a_one_line_error(tmp_path: Path, capsys: pytest.
     code = data_sft(["--from-prefs", str(tmp_path / "bad.jsonl"), "--out", str(tmp_path / "o.jsonl")])
     assert code == 1
     assert "bad.jsonl:1: field 'chosen': expected a string, got int" in capsys.readouterr().err
+
+
+def test_repeated_chosen_replies_of_all_pairs_become_one_row() -> None:
+    msgs = [{"role": "user", "content": "1 + 2?"}]
+    pairs = [
+        {
+            "prompt": msgs,
+            "chosen": [{"role": "assistant", "content": "3"}],
+            "rejected": [{"role": "assistant", "content": w}],
+        }
+        for w in ("4", "5", "6")
+    ]
+    pairs.append({**pairs[0], "chosen": [{"role": "assistant", "content": "1 + 2 = 3"}]})
+    rows = sft_data.chosen_as_sft(pairs, DataFormat.CONVERSATIONAL)
+    assert [r["completion"][0]["content"] for r in rows] == ["3", "1 + 2 = 3"]
