@@ -1,5 +1,6 @@
-"""The fleet's desired serving state: which checkpoint each alias points at, and which reward
-model ranks Best-of-N candidates. One small JSON file in the shared registry,
+"""The fleet's desired serving state: which checkpoint each alias points at (and, when the
+promotion named one, which reward model reranks that alias's Best-of-N), and the default reward
+model. One small JSON file in the shared registry,
 
     <registry root>/_state/aliases.json
 
@@ -11,6 +12,11 @@ Atomicity: the file is replaced whole (a temp file in the same directory, fsync,
 so a reader sees the old state or the new one, never a mix; writers serialise their
 read-modify-write on an flock'ed lock file beside it. `_state` cannot be an entry name (names
 start with a letter or digit), so the registry never lists it.
+
+An alias and its reward model are one record, written together: `alias_reward_models` holds
+the pairing a promotion made (absent: the server's own rules pick the reward model). Files
+written before pairings existed read as having none, and readers that predate them ignore
+the key, so the schema version stays 1.
 """
 
 from __future__ import annotations
@@ -49,12 +55,23 @@ class Change:
     previous: str | None
     at: float
     by: str
+    reward_model: str | None = None  # the reward model paired with the alias by this promotion
+    forced: bool = False  # paired although the rerank gate refuses it (core/rerank.py)
+
+
+@dataclass
+class AliasRewardModel:
+    """The reward model a promotion paired with an alias."""
+
+    reward_model: str
+    forced: bool = False  # the gate refused the pairing and the promotion overrode it
 
 
 @dataclass
 class DesiredState:
     aliases: dict[str, str] = field(default_factory=dict)  # alias -> registry entry name
-    reward_model: str | None = None
+    reward_model: str | None = None  # the default reward model (servers with --reward-model)
+    alias_reward_models: dict[str, AliasRewardModel] = field(default_factory=dict)
     revision: int = 0  # +1 per write: lets readers tell a new state from the one they applied
     updated_at: float | None = None
     updated_by: str | None = None
@@ -81,11 +98,25 @@ class DesiredState:
             if not isinstance(reward, str):
                 raise DesiredStateError("desired state: 'reward_model' must be an entry name or null")
             check_target(reward)
+        pairings = data.get("alias_reward_models", {})
+        if not isinstance(pairings, dict):
+            raise DesiredStateError("desired state: 'alias_reward_models' must map aliases to pairings")
+        try:
+            paired = {a: AliasRewardModel(**p) for a, p in pairings.items()}
+        except TypeError as exc:
+            raise DesiredStateError(f"desired state: malformed 'alias_reward_models' ({exc})") from exc
+        for alias, pairing in paired.items():
+            if alias not in aliases:
+                raise DesiredStateError(f"desired state: reward model paired with unknown alias {alias!r}")
+            if not isinstance(pairing.reward_model, str) or not isinstance(pairing.forced, bool):
+                raise DesiredStateError(f"desired state: malformed reward-model pairing of {alias!r}")
+            check_target(pairing.reward_model)
         try:
             history = [Change(**c) for c in data.get("history", [])]
             return cls(
                 aliases=dict(aliases),
                 reward_model=reward,
+                alias_reward_models=paired,
                 revision=int(data.get("revision", 0)),
                 updated_at=data.get("updated_at"),
                 updated_by=data.get("updated_by"),
@@ -198,17 +229,33 @@ def update_desired(
         ) from exc
 
 
-def set_alias(registry_root: Path | str, alias: str, target: str, by: str | None = None) -> DesiredState:
-    """Record `alias` -> `target` (a registry entry name)."""
+def set_alias(
+    registry_root: Path | str,
+    alias: str,
+    target: str,
+    by: str | None = None,
+    *,
+    reward_model: str | None = None,
+    forced: bool = False,
+) -> DesiredState:
+    """Record `alias` -> `target` (a registry entry name) and, in the same write, the reward
+    model paired with it (None: no pairing, the servers' own rules choose)."""
     check_alias(alias)
     check_target(target)
+    if reward_model is not None:
+        check_target(reward_model)
+    pairing = AliasRewardModel(reward_model, forced) if reward_model is not None else None
 
     def change(state: DesiredState) -> list[Change]:
         previous = state.aliases.get(alias)
-        if previous == target:
+        if previous == target and state.alias_reward_models.get(alias) == pairing:
             return []
         state.aliases[alias] = target
-        return [Change(alias, target, previous, time.time(), by or default_writer())]
+        if pairing is None:
+            state.alias_reward_models.pop(alias, None)
+        else:
+            state.alias_reward_models[alias] = pairing
+        return [Change(alias, target, previous, time.time(), by or default_writer(), reward_model, forced)]
 
     return update_desired(registry_root, change, by)
 
@@ -235,11 +282,19 @@ def format_desired(registry_root: Path | str) -> str:
         return f"(nothing promoted yet: no {path})"
     lines = [f"{path} (revision {state.revision})"]
     width = max([len(a) for a in state.aliases] + [len("reward_model")])
-    lines += [f"  {alias.ljust(width)}  -> {target}" for alias, target in sorted(state.aliases.items())]
+    for alias, target in sorted(state.aliases.items()):
+        pairing = state.alias_reward_models.get(alias)
+        paired = (
+            f"  (reward model {pairing.reward_model}{', forced' if pairing.forced else ''})"
+            if pairing
+            else ""
+        )
+        lines.append(f"  {alias.ljust(width)}  -> {target}{paired}")
     lines.append(f"  {'reward_model'.ljust(width)}  -> {state.reward_model or '-'}")
     if state.history:
         lines.append("recent changes:")
         for c in state.history[-10:]:
             at = time.strftime("%Y-%m-%d %H:%M:%S", time.localtime(c.at))
-            lines.append(f"  {at}  {c.what}: {c.previous or '-'} -> {c.to}  ({c.by})")
+            paired = f" + {c.reward_model}{' (forced)' if c.forced else ''}" if c.reward_model else ""
+            lines.append(f"  {at}  {c.what}: {c.previous or '-'} -> {c.to}{paired}  ({c.by})")
     return "\n".join(lines)

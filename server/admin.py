@@ -30,6 +30,19 @@ class PromoteRequest(_Body):
     unload_previous: bool = Field(
         True, description="Free the previous target once drained (if nothing else uses it)."
     )
+    reward_model: str | None = Field(
+        None,
+        min_length=1,
+        max_length=128,
+        description="Reward model (registry entry) that reranks the alias's Best-of-N, recorded with "
+        "the alias in one write; its engine is started first. Unset: the server's rules choose "
+        "(--reward-models, the reward model trained for the policy, --reward-model).",
+    )
+    force: bool = Field(
+        False,
+        description="Pair even when the rerank gate refuses the pairing (its recorded held-out gap "
+        "captured is <= 0); the pairing is then flagged as forced everywhere.",
+    )
 
 
 def _manager(state: AppState) -> ModelManager:
@@ -62,7 +75,9 @@ async def admin_unload(body: ModelRef, state: StateDep) -> dict[str, Any]:
 
 @admin_router.post("/aliases/promote", responses=documented_errors(400, 401, 403, 404, 409, 413, 422, 503))
 async def admin_promote(body: PromoteRequest, state: StateDep) -> dict[str, Any]:
-    result = await _manager(state).promote(body.alias, body.model, body.unload_previous)
+    result = await _manager(state).promote(
+        body.alias, body.model, body.unload_previous, reward_model=body.reward_model, force=body.force
+    )
     return result.__dict__
 
 

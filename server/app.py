@@ -28,7 +28,7 @@ from server.pages import install_pages
 from server.protocol import ParamError
 from server.reward import RewardScorer
 from server.routes import openai_router, ops_router, vllm_router
-from server.startup import plan_policy, plan_reward, read_desired_state
+from server.startup import plan_policy, plan_rerankers, plan_reward, read_desired_state
 from server.state import AppState
 
 logger = logging.getLogger("bonserve.app")
@@ -147,8 +147,9 @@ def build_state(settings: Settings) -> AppState:
         )
     }
     reward = None
+    rerank = plan_rerankers(settings, desired, policy)
     reward_start = plan_reward(settings, desired)
-    if reward_start is not None:
+    if reward_start is not None:  # the default reward model; the others start with the manager
         rm_path, rm_name = reward_start
         engines["reward"] = ManagedEngine(
             "reward",
@@ -156,14 +157,23 @@ def build_state(settings: Settings) -> AppState:
             restart_backoff_s=settings.engine_restart_backoff_s,
         )
         reward = RewardScorer(engines["reward"], rm_name)
-    elif settings.default_best_of.strip() not in ("", "1"):
-        raise SystemExit("--default-best-of needs --reward-model to rerank candidates")
+        rerank.default, rerank.scorers[rm_name] = rm_name, reward
+    elif settings.default_best_of.strip() not in ("", "1") and not settings.reward_models:
+        raise SystemExit("--default-best-of needs --reward-model or --reward-models to rerank candidates")
     router = ModelRouter()
-    router.add(ServedModel(name=policy.served_name, engine=engines["policy"]))
+    router.add(ServedModel(name=policy.served_name, engine=engines["policy"], entry=policy.weights))
     if settings.alias and policy.lora is None:  # a start-up adapter gets it once added
         router.set_alias(settings.alias, policy.served_name)
+    rerank.export(router)  # the rerank gauges exist from the start
     manager = ModelManager(
-        settings, router, engines, builder, policy_base=policy.base, reward=reward, start=policy
+        settings,
+        router,
+        engines,
+        builder,
+        policy_base=policy.base,
+        reward=reward,
+        start=policy,
+        rerank=rerank,
     )
     return AppState(
         settings=settings,
@@ -174,7 +184,6 @@ def build_state(settings: Settings) -> AppState:
             settings.max_waiting_requests,
             settings.accelerator_price_per_hour,
         ),
-        reward=reward,
         manager=manager,
     )
 

@@ -17,9 +17,11 @@ The phases, in the order a request runs them, one method of `BestOfN` each:
    the last assistant turn, through the reward model's chat template (what TRL's
    RewardTrainer trains on). A /v1/completions prompt has no turns: it is scored as the one
    user turn of that conversation, so both endpoints give the reward model one input format.
-3. `rank` - order by reward, best first (`rank_candidates`): a candidate cut by max_tokens
+3. `rank` - order by the request's `bon_selector`, best first (server/selectors.py). The
+   default, `reward`, orders by reward (`rank_candidates`): a candidate cut by max_tokens
    (finish_reason "length") has `length_penalty` subtracted; ties go to the lower index, so
-   the order is deterministic.
+   the order is deterministic. `majority` and `logprob` need no reward model: their
+   candidates are assembled unscored (server/serving.py) and ranked here all the same.
 4. `select` - the first `n` of that order, each with the reward that ranked it (penalty
    included), so a client can re-check the order from the rewards it gets.
 
@@ -38,6 +40,7 @@ good enough ends sampling) would be checked as each `score` lands. Neither exist
 from __future__ import annotations
 
 import asyncio
+import math
 import time
 from collections.abc import AsyncIterable, Sequence
 from dataclasses import dataclass, field
@@ -46,6 +49,15 @@ from typing import TYPE_CHECKING, Any, Protocol
 from server import metrics
 from server.errors import APIError
 from server.protocol import ScoredCandidate
+from server.selectors import (
+    SELECTORS,
+    logprob_order,
+    majority_order,
+    mean_logprob,
+    needs_reward,
+    normalise_answer,
+    vote_shares,
+)
 
 if TYPE_CHECKING:  # serving.py runs Best-of-N, so it imports this module, not the reverse
     from server.serving import PreparedRequest
@@ -70,7 +82,11 @@ class Candidate:
     logprobs: list[Any] | None = None
     finish_reason: str | None = None
     reward: float | None = None  # raw reward-model logit
-    reward_tokens: int = 0  # tokens the reward model read to score it
+    reward_tokens: int = 0  # tokens the reward model read to score it (partial answers included)
+    outcome: str | None = None  # FINISHED, PRUNED or STOPPED once decided; None while decoding
+    partial_reward: float | None = None  # reward of its partial answer at the last checkpoint
+    partial_text: str = ""  # that partial answer
+    partial_tokens: int = 0  # its length in tokens
 
     @property
     def finished(self) -> bool:
@@ -87,11 +103,14 @@ class Candidate:
 
 @dataclass
 class Ranked:
-    """Candidates in reward order (best first), with what the ranking cost."""
+    """Candidates in the selector's order (best first), with what the ranking cost."""
 
     order: list[int]  # candidate indices, best first
-    rewards: list[float]  # per candidate index: the value that ranked it (length penalty applied)
+    rewards: list[float | None]  # per candidate index: its reward, length penalty applied (None: unscored)
     reward_tokens: int
+    selector: str = "reward"
+    scores: list[float] | None = None  # per candidate: the selector's value (None: the rewards ranked)
+    answers: list[str] | None = None  # per candidate: the normalised answer it voted for (majority)
 
 
 def penalised(
@@ -125,12 +144,15 @@ def scored_candidates(outputs: Sequence[Any], ranked: Ranked | None, n: int) -> 
     (`return_candidates`); empty without a ranking (best_of == n: nothing was scored)."""
     if ranked is None:
         return []
+    scores = ranked.scores if ranked.scores is not None else ranked.rewards
     return [
         ScoredCandidate(
             index=i,
             rank=rank,
             text=outputs[i].text,
             reward=ranked.rewards[i],
+            score=_finite(scores[i]),
+            answer=ranked.answers[i] if ranked.answers is not None else None,
             finish_reason=outputs[i].finish_reason or "stop",
             completion_tokens=len(outputs[i].token_ids),
             choice_index=rank if rank < n else None,
@@ -139,12 +161,35 @@ def scored_candidates(outputs: Sequence[Any], ranked: Ranked | None, n: int) -> 
     ]
 
 
+def _finite(value: float | None) -> float | None:
+    """JSON has no infinity (the mean logprob of an empty candidate): report it as null."""
+    return value if value is not None and math.isfinite(value) else None
+
+
+class NoRewardModel:
+    """The scorer of a request whose policy has no reward model. Never called: the selectors
+    that run without one rank candidates that serving assembles unscored."""
+
+    def conversation_ids(self, messages: list[dict[str, str]], response: str) -> list[int]:
+        raise RuntimeError("this request's policy has no reward model")
+
+    async def score(self, sequences: Sequence[list[int]], request_id: str) -> list[float]:
+        raise RuntimeError("this request's policy has no reward model")
+
+
 class BestOfN:
     """Runs phases 1-3 for one request; `select` (phase 4) is shared with the plain path."""
 
-    def __init__(self, reward: Scorer, length_penalty: float = 0.0) -> None:
-        self.reward = reward
+    def __init__(self, reward: Scorer | None, length_penalty: float = 0.0, selector: str = "reward") -> None:
+        """One per request: `reward` is its policy's reward model (None: it has none, and only
+        a selector that needs none may run), `selector` its `bon_selector`."""
+        if selector not in SELECTORS:
+            raise ValueError(f"unknown Best-of-N selector {selector!r}: one of {SELECTORS}")
+        if reward is None and needs_reward(selector):
+            raise ValueError(f"the {selector!r} selector needs a reward model")
+        self.reward: Scorer = reward if reward is not None else NoRewardModel()
         self.length_penalty = length_penalty
+        self.selector = selector
 
     async def run(self, prep: PreparedRequest, deltas: AsyncIterable[Any]) -> tuple[list[Candidate], Ranked]:
         """All candidates (by index) and their ranking. `deltas` is the engine's stream for
@@ -186,16 +231,23 @@ class BestOfN:
         candidate.reward_tokens = len(ids)
 
     def rank(self, candidates: Sequence[Candidate]) -> Ranked:
-        """Order scored candidates best first, under the length penalty."""
-        rewards: list[float] = []
-        for c in candidates:
-            if c.reward is None:
-                raise ValueError(f"candidate {c.index} is not scored")
-            rewards.append(c.reward)
+        """Order candidates best first by the selector. Rewards (length penalty applied) are
+        reported, and break majority ties, whenever every candidate was scored; the reward
+        selectors refuse unscored candidates."""
         finish = [c.finish_reason for c in candidates]
-        order = rank_candidates(rewards, finish, self.length_penalty)
-        return Ranked(
-            order=order,
-            rewards=penalised(rewards, finish, self.length_penalty),
-            reward_tokens=sum(c.reward_tokens for c in candidates),
-        )
+        raw = [c.reward for c in candidates]
+        unscored = [c.index for c, r in zip(candidates, raw, strict=True) if r is None]
+        if unscored and needs_reward(self.selector):
+            raise ValueError(f"candidate {unscored[0]} is not scored")
+        rewards = None if unscored else penalised([r or 0.0 for r in raw], finish, self.length_penalty)
+        reported: list[float | None] = list(rewards) if rewards is not None else [None] * len(candidates)
+        tokens = sum(c.reward_tokens for c in candidates)
+        if self.selector == "reward":
+            assert rewards is not None
+            return Ranked(rank_candidates(rewards, finish, 0.0), reported, tokens)
+        if self.selector == "logprob":
+            means = [mean_logprob(c.token_ids, c.logprobs) for c in candidates]
+            return Ranked(logprob_order(means), reported, tokens, "logprob", scores=means)
+        answers = [normalise_answer(c.text) for c in candidates]
+        order = majority_order(answers, rewards, by_reward=self.selector == "reward+majority")
+        return Ranked(order, reported, tokens, self.selector, scores=vote_shares(answers), answers=answers)

@@ -92,6 +92,8 @@ class ChatServing(BaseServing):
             req.requested_max_tokens, len(prompt_ids), model.engine.info.max_model_len
         )
         logprobs = (req.top_logprobs or 0) if req.logprobs else None
+        if logprobs is None and resolved.selector == "logprob" and candidates > req.n:
+            logprobs = 0  # the sampled tokens' own logprobs, for ranking (returned only if asked)
         params = self._sampling_params(
             req,
             candidates=candidates,
@@ -102,7 +104,16 @@ class ChatServing(BaseServing):
             structured=_structured_outputs(req),
         )
         return PreparedRequest(
-            model, engine, list(prompt_ids), params, req.n, new_id("chatcmpl"), messages=messages
+            model,
+            engine,
+            list(prompt_ids),
+            params,
+            req.n,
+            new_id("chatcmpl"),
+            messages=messages,
+            selector=resolved.selector,
+            pairing=resolved.pairing,
+            scorer=resolved.scorer,
         )
 
     async def create(

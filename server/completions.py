@@ -73,16 +73,28 @@ class CompletionServing(BaseServing):
             len(prompt_ids),
             model.engine.info.max_model_len,
         )
+        logprobs = req.logprobs
+        if logprobs is None and resolved.selector == "logprob" and candidates > req.n:
+            logprobs = 0  # the sampled tokens' own logprobs, for ranking (returned only if asked)
         params = self._sampling_params(
             req,
             candidates=candidates,
             max_tokens=max_tokens,
-            logprobs=req.logprobs,
+            logprobs=logprobs,
             delta=req.stream or candidates > req.n,
             vocab_size=len(tokenizer),
         )
         return PreparedRequest(
-            model, engine, prompt_ids, params, req.n, new_id("cmpl"), prompt_text=prompt_text
+            model,
+            engine,
+            prompt_ids,
+            params,
+            req.n,
+            new_id("cmpl"),
+            prompt_text=prompt_text,
+            selector=resolved.selector,
+            pairing=resolved.pairing,
+            scorer=resolved.scorer,
         )
 
     async def create(

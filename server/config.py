@@ -10,7 +10,7 @@ from pydantic_settings import BaseSettings, SettingsConfigDict
 
 from core.engine_args import EngineOptions, parse_engine_args
 from core.lora import VLLM_LORA_RANKS
-from core.registry import DEFAULT_MODEL_NAME, default_registry_root
+from core.registry import DEFAULT_MODEL_NAME, RegistryError, check_name, default_registry_root
 
 _ENGINE = EngineOptions()  # engine defaults, shared with the trainers' offline engines
 
@@ -62,7 +62,23 @@ class Settings(BaseSettings):
     )
     reward_model: str | None = Field(
         None,
-        description="Reward model for Best-of-N: registry entry name or checkpoint directory.",
+        description="Default reward model for Best-of-N, for every policy no other rule pairs: "
+        "registry entry name or checkpoint directory.",
+    )
+    reward_models: str = Field(
+        "",
+        description="Reward model per policy: 'POLICY=RM,...' (POLICY a served name, alias or "
+        "registry entry; RM a registry entry, or 'none' for no reranking). A policy neither a "
+        "promotion nor this names is reranked by the reward model whose manifest says it was "
+        "trained for it (extra.trained_for.policy), else by --reward-model. One engine per "
+        "distinct reward model, shared by the policies that map to it.",
+    )
+    allow_unhelpful_reward_model: bool = Field(
+        False,
+        description="Use a (policy, reward model) pairing even when its recorded held-out gap "
+        "captured is <= 0 (core/rerank.py: Best-of-N with it is no better than one sample). Off: "
+        "such a pairing does not rerank (best_of > n with the reward selector is refused); on: it "
+        "does, flagged as forced in /v1/models and bonserve_rerank_forced.",
     )
 
     # --- Best-of-N
@@ -234,6 +250,14 @@ class Settings(BaseSettings):
         parse_engine_args(value)
         return value
 
+    def reward_model_map(self) -> dict[str, str | None]:
+        """`reward_models` as POLICY -> reward model entry (None: 'none', no reranking)."""
+        mapping: dict[str, str | None] = {}
+        for part in filter(None, (p.strip() for p in self.reward_models.split(","))):
+            policy, _, rm = (x.strip() for x in part.partition("="))
+            mapping[policy] = None if rm == "none" else rm
+        return mapping
+
     def best_of_for(self, served_name: str) -> int:
         """The default candidate count for one served model (see `default_best_of`)."""
         default = 1
@@ -280,6 +304,18 @@ class Settings(BaseSettings):
             raise ValueError(
                 f"default_best_of={self.default_best_of!r}: values must lie in 1..{self.max_best_of}"
             )
+        for part in filter(None, (p.strip() for p in self.reward_models.split(","))):
+            policy, sep, rm = (x.strip() for x in part.partition("="))
+            try:
+                if not sep:
+                    raise RegistryError("no '='")
+                check_name(policy)
+                if rm != "none":
+                    check_name(rm)
+            except RegistryError as exc:
+                raise ValueError(
+                    f"reward_models={self.reward_models!r}: expected 'POLICY=RM,...' ({part!r}: {exc})"
+                ) from None
         if self.default_max_tokens > self.max_tokens_limit:
             raise ValueError(
                 f"default_max_tokens={self.default_max_tokens} exceeds "

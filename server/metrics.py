@@ -120,6 +120,25 @@ DESIRED_STATE_IN_SYNC = Gauge(
 RECONCILE_FAILURES = Counter(
     "bonserve_reconcile_failures_total", "Failed attempts to apply the registry's desired state."
 )
+# One series per (served name, reward model) pairing, set from start-up on and on every change
+# (server/rerankers.py): a pairing that makes Best-of-N no better than one sample shows here.
+RERANK_GAP_CAPTURED = Gauge(
+    "bonserve_rerank_gap_captured",
+    "Recorded held-out share of the oracle gap the reward model captures on the policy (NaN: "
+    "never evaluated). <= 0: Best-of-N with it is no better than one sample.",
+    ["policy", "reward_model"],
+)
+RERANK_ALLOWED = Gauge(
+    "bonserve_rerank_allowed",
+    "1 when the rerank gate allows the pairing (gap captured > 0, or never evaluated), else 0.",
+    ["policy", "reward_model"],
+)
+RERANK_FORCED = Gauge(
+    "bonserve_rerank_forced",
+    "1 when the pairing reranks although the gate refuses it (promotion force, or "
+    "--allow-unhelpful-reward-model).",
+    ["policy", "reward_model"],
+)
 IN_FLIGHT = Gauge("bonserve_requests_in_flight", "Requests holding an engine slot.")
 WAITING = Gauge("bonserve_requests_waiting", "Requests queued for an engine slot.")
 

@@ -6,7 +6,12 @@
 - A full entry gets its own engine, started and warmed before any alias points at it; after
   a promotion the previous target drains (requests in flight finish) and its engine is
   freed when nothing else uses it.
-- The reward model swaps the same way: new engine up first, then the scorer switches.
+- Reward models: each served policy is reranked by its own (server/rerankers.py says which);
+  every distinct reward model in use gets one engine, started (memory checked) before a
+  policy switches to it and freed when no policy uses it any more. A promotion may pair the
+  alias with a reward model; the pairing is refused (409) when the rerank gate says it makes
+  Best-of-N no better than one sample, unless forced. The default reward model (--reward-model)
+  swaps like a policy: new engine up first, then the switch.
 
 Every check runs before anything changes, so a bad entry leaves the server as it was.
 
@@ -28,15 +33,24 @@ from typing import Any
 
 import psutil
 
-from core.desired_state import DesiredState, DesiredStateError, read_desired, set_alias, set_reward_model
+from core.desired_state import (
+    AliasRewardModel,
+    DesiredState,
+    DesiredStateError,
+    read_desired,
+    set_alias,
+    set_reward_model,
+)
 from core.lora import AdapterError, check_servable_adapter
 from core.registry import Entry, Registry, RegistryError, RegistryNotFound
+from core.rerank import read_evaluations
 from server import metrics
 from server.config import Settings
 from server.engine_config import EngineBuilder
 from server.engines import EngineState, ManagedEngine
 from server.errors import APIError
 from server.models import ModelRouter, ServedModel
+from server.rerankers import Pairing, Rerankers, trained_for_links
 from server.reward import RewardScorer
 from server.startup import PolicyStart
 
@@ -50,6 +64,8 @@ class SwapResult:
     previous: str | None
     unloaded: str | None
     seconds: float
+    reward_model: str | None = None  # what reranks the alias now (policy promotions)
+    rerank: dict[str, Any] | None = None  # its source and the gate's verdict
 
 
 def _registry_error(exc: RegistryError) -> APIError:
@@ -69,13 +85,18 @@ class ModelManager:
         policy_base: str,
         reward: RewardScorer | None,
         start: PolicyStart | None = None,
+        rerank: Rerankers | None = None,
     ) -> None:
         self.settings = settings
         self.router = router
         self.engines = engines  # name -> engine, for /ready and /metrics
         self.builder = builder
         self.policy_base = policy_base  # base model name LoRA entries must be trained on
-        self.reward = reward
+        if rerank is None:
+            rerank = Rerankers.single(reward)
+            rerank.explicit = settings.reward_model_map()
+            rerank.allow_unhelpful = settings.allow_unhelpful_reward_model
+        self.rerank = rerank  # which reward model reranks each policy, and their scorers
         self.registry = Registry(settings.registry)
         self._start = start
         # The registry entry whose weights the start-up policy engine runs, and the entries
@@ -94,6 +115,11 @@ class ModelManager:
             "last_checked": None,
             "errors": {},
         }
+
+    @property
+    def reward(self) -> RewardScorer | None:
+        """The default reward model's scorer (--reward-model)."""
+        return self.rerank.default_scorer
 
     # ------------------------------------------------------------------ checks
 
@@ -143,7 +169,10 @@ class ModelManager:
 
     async def load(self, name: str) -> ServedModel:
         async with self._lock:
-            return await self._load(name)
+            await self._refresh_rerank_inputs(links=True)
+            served = await self._load(name)
+            await self._sync_rewards(strict=False)
+            return served
 
     def _served(self, name: str) -> str:
         """The served name of registry entry `name` (itself, unless served under another)."""
@@ -204,6 +233,7 @@ class ModelManager:
             parent=entry.manifest.parent,
             format="lora",
             lora=request,
+            entry=entry.name,
         )
         self.router.add(served)
         return served
@@ -226,6 +256,7 @@ class ModelManager:
     async def unload(self, name: str) -> None:
         async with self._lock:
             await self._unload(name)
+            await self._sync_rewards(strict=False)
 
     async def _unload(self, name: str) -> None:
         served = self.router.resolve(name)
@@ -251,23 +282,65 @@ class ModelManager:
             logger.warning("%s still had %d requests after draining", served.name, served.in_flight)
 
     async def promote(
-        self, alias: str, name: str, unload_previous: bool = True, *, record: bool = True
+        self,
+        alias: str,
+        name: str,
+        unload_previous: bool = True,
+        *,
+        record: bool = True,
+        reward_model: str | None = None,
+        force: bool = False,
     ) -> SwapResult:
-        """Point `alias` at checkpoint `name`: loaded and warm first, then (with `record`)
-        written to the desired state, then switched; the previous target drains and is freed."""
+        """Point `alias` at checkpoint `name` (reranked by `reward_model`, else by the rules of
+        server/rerankers.py): policy and reward model loaded and warm first, the pairing
+        checked by the rerank gate (409 unless `force`), then (with `record`) both written to
+        the desired state in one record, then switched; what is no longer used drains and is
+        freed."""
         async with self._lock:
-            return await self._promote(alias, name, unload_previous, record=record)
+            return await self._promote(
+                alias, name, unload_previous, record=record, reward_model=reward_model, force=force
+            )
 
-    async def _promote(self, alias: str, name: str, unload_previous: bool, *, record: bool) -> SwapResult:
+    async def _promote(
+        self,
+        alias: str,
+        name: str,
+        unload_previous: bool,
+        *,
+        record: bool,
+        reward_model: str | None = None,
+        force: bool = False,
+        gate: bool = True,
+    ) -> SwapResult:
         t0 = time.perf_counter()
         if any(m.name == alias for m in self.router.all()):
             raise APIError(
                 409, f"'{alias}' is a checkpoint name, not an alias", param="alias", code="name_conflict"
             )
+        if reward_model is not None:
+            self._reward_entry(reward_model)  # a missing or wrong entry fails before any loading
+        await self._refresh_rerank_inputs(links=True)  # reward models are chosen at promotion
         served = await self._load(name)
+        paired, pairing = self._pair(alias, served, reward_model, force, gate)
+        if pairing.reward_model is not None and pairing.usable:
+            await self._ensure_reward(pairing.reward_model)
         if record:
-            await self._record(set_alias, alias, self._entry_name(served.name))
+            await self._record(
+                lambda root, a, t: set_alias(
+                    root,
+                    a,
+                    t,
+                    reward_model=paired.reward_model if paired else None,
+                    forced=paired.forced if paired else False,
+                ),
+                alias,
+                self._entry_name(served.name),
+            )
         previous = self.router.set_alias(alias, served.name)
+        if paired is None:
+            self.rerank.paired.pop(alias, None)
+        else:
+            self.rerank.paired[alias] = paired
         unloaded = None
         if (
             unload_previous
@@ -280,10 +353,40 @@ class ModelManager:
                 unloaded = previous
             except APIError as exc:  # e.g. the startup policy: stays loaded
                 logger.info("kept %s after promotion: %s", previous, exc.message)
+        await self._sync_rewards(strict=False)
         seconds = time.perf_counter() - t0
         metrics.SWAPS.labels("policy").inc()
         metrics.SWAP_SECONDS.labels("policy").observe(seconds)
-        return SwapResult(alias, served.name, previous, unloaded, seconds)
+        card = pairing.card().model_dump()
+        return SwapResult(alias, served.name, previous, unloaded, seconds, pairing.reward_model, card)
+
+    def _pair(
+        self, alias: str, served: ServedModel, reward_model: str | None, force: bool, gate: bool
+    ) -> tuple[AliasRewardModel | None, Pairing]:
+        """The pairing `alias` -> `served` would have, and what to record for it; refuses
+        (409) one the rerank gate refuses unless forced. A forced pairing the rules chose is
+        recorded as the alias's own, so every replica applies it forced."""
+        paired = AliasRewardModel(reward_model, force) if reward_model is not None else None
+        pairing = self.rerank.resolve(alias, served, paired)
+        if not gate:  # reconciling: the pairing as recorded (it passed the gate, or was forced)
+            return paired, pairing
+        refused = pairing.verdict is not None and not pairing.verdict.allowed
+        if not refused:
+            return (AliasRewardModel(reward_model, False) if reward_model is not None else None), pairing
+        if not (force or self.settings.allow_unhelpful_reward_model):
+            assert pairing.verdict is not None
+            raise APIError(
+                409,
+                f"refusing to rerank '{alias}' -> '{served.name}' with reward model "
+                f"'{pairing.reward_model}' ({pairing.source}): {pairing.verdict.reason}. Promote with "
+                'another reward_model, send "force": true to pair it anyway (flagged in /v1/models and '
+                "bonserve_rerank_forced), or rank with bon_selector 'majority' or 'logprob'",
+                param="reward_model",
+                code="unhelpful_reward_model",
+            )
+        assert pairing.reward_model is not None
+        paired = AliasRewardModel(pairing.reward_model, True)
+        return paired, self.rerank.resolve(alias, served, paired)
 
     async def _record(self, write: Any, *args: str) -> DesiredState:
         try:
@@ -297,54 +400,119 @@ class ModelManager:
             ) from exc
 
     async def promote_reward(self, name: str, *, record: bool = True) -> SwapResult:
-        if self.reward is None:
+        """Make `name` the default reward model (--reward-model's): its engine up first (or the
+        one already scoring some policy), then recorded, then switched; the previous default's
+        engine is freed once no request and no policy uses it."""
+        if self.rerank.default is None:
             raise APIError(
-                409, "this server runs without a reward model (--reward-model)", code="no_reward_model"
+                409,
+                "this server runs without a default reward model (--reward-model)",
+                code="no_reward_model",
             )
         t0 = time.perf_counter()
         async with self._lock:
-            old, previous = await self._switch_reward(name, record=record)
-        return await self._retire_reward(old, previous, name, t0)
+            previous = await self._switch_reward(name, record=record)
+            await self._sync_rewards(strict=False)
+        seconds = time.perf_counter() - t0
+        metrics.SWAPS.labels("reward").inc()
+        metrics.SWAP_SECONDS.labels("reward").observe(seconds)
+        unloaded = previous if previous not in self.rerank.scorers else None
+        return SwapResult("reward", name, previous, unloaded, seconds)
 
-    async def _switch_reward(self, name: str, *, record: bool) -> tuple[ManagedEngine, str]:
-        """Start the new reward engine, record it, switch the scorer; returns the old engine."""
-        assert self.reward is not None
+    def _reward_entry(self, name: str) -> Entry:
         entry = self._entry(name)
         if entry.manifest.kind != "rm" or entry.manifest.format != "full":
             raise APIError(
                 422,
                 f"'{name}' is not a full reward-model checkpoint "
                 f"(kind={entry.manifest.kind}, format={entry.manifest.format})",
+                param="reward_model",
                 code="wrong_kind",
             )
-        self._check_memory(entry, self.settings.reward_engine_options().kv_cache_gib)
-        new = await self._start_engine(f"reward:{name}", self.builder.reward(entry.path, name))
+        return entry
+
+    async def _switch_reward(self, name: str, *, record: bool) -> str:
+        """Start (or reuse) the engine of `name`, record it, make it the default; returns the
+        previous default."""
+        previous = self.rerank.default
+        assert previous is not None
+        self._reward_entry(name)
+        started = name not in self.rerank.scorers
+        await self._ensure_reward(name)
         if record:
             try:
                 await self._record(set_reward_model, name)
             except APIError:
-                self.engines.pop(f"reward:{name}", None)
-                await new.stop()
+                if started:
+                    await self._retire_reward(name)
                 raise
-        old, previous = self.reward.engine, self.reward.name
-        self.reward.engine, self.reward.name = new, name
-        self.engines["reward"] = new
-        self.engines.pop(f"reward:{name}", None)
-        return old, previous
+        self.rerank.default = name
+        self._rekey_reward_engines()
+        return previous
 
-    async def _retire_reward(self, old: ManagedEngine, previous: str, name: str, t0: float) -> SwapResult:
-        # Scoring calls hold the engine for well under a second; give them the request
-        # timeout at most, then free the old engine.
+    async def _ensure_reward(self, name: str) -> RewardScorer:
+        """The scorer of reward model `name`, its engine started (memory checked) if none runs."""
+        scorer = self.rerank.scorers.get(name)
+        if scorer is not None:
+            return scorer
+        entry = self._reward_entry(name)
+        self._check_memory(entry, self.settings.reward_engine_options().kv_cache_gib)
+        key = self.rerank.engine_key(name)
+        engine = await self._start_engine(key, self.builder.reward(entry.path, name, key))
+        scorer = RewardScorer(engine, name)
+        self.rerank.scorers[name] = scorer
+        return scorer
+
+    def _rekey_reward_engines(self) -> None:
+        """Engine keys follow the default: 'reward' for it, 'reward:NAME' for the others."""
+        for key in [k for k in self.engines if k == "reward" or k.startswith("reward:")]:
+            del self.engines[key]
+        for name, scorer in self.rerank.scorers.items():
+            self.engines[self.rerank.engine_key(name)] = scorer.engine
+
+    async def _retire_reward(self, name: str) -> None:
+        """Stop reward model `name`'s engine once the requests using it are ranked (the request
+        timeout at most)."""
+        scorer = self.rerank.scorers.pop(name, None)
+        if scorer is None:
+            return
+        self._rekey_reward_engines()
         deadline = time.monotonic() + self.settings.request_timeout_s
-        while (  # noqa: ASYNC110 (polling the engine's own counter; no event to wait on)
-            old.ready and old.engine.get_num_unfinished_requests() and time.monotonic() < deadline
-        ):
+        while scorer.in_flight and time.monotonic() < deadline:  # noqa: ASYNC110 (a counter)
             await asyncio.sleep(0.1)
-        await old.stop()
-        seconds = time.perf_counter() - t0
-        metrics.SWAPS.labels("reward").inc()
-        metrics.SWAP_SECONDS.labels("reward").observe(seconds)
-        return SwapResult("reward", name, previous, previous, seconds)
+        await scorer.engine.stop()
+        logger.info("freed the engine of reward model %s", name)
+
+    async def _sync_rewards(self, *, strict: bool) -> None:
+        """Run exactly the reward engines the current pairings use (and the default): start
+        the missing ones (an error with `strict`, else logged and retried by reconcile) and
+        free the unused; then export the rerank gauges."""
+        needed = self.rerank.needed(self.router)
+        for name in sorted(needed - set(self.rerank.scorers)):
+            if not strict and not self._due("reward:" + name, name):
+                continue
+            try:
+                await self._ensure_reward(name)
+                self._failures.pop(("reward:" + name, name), None)
+                self.reconcile_status["errors"].pop("reward:" + name, None)
+            except Exception as exc:
+                if strict:
+                    raise
+                self._failed("reward:" + name, name, _message(exc))
+        for name in sorted(set(self.rerank.scorers) - needed - {self.rerank.default}):
+            await self._retire_reward(name)
+        self.rerank.export(self.router)
+
+    async def _refresh_rerank_inputs(self, *, links: bool) -> None:
+        """Re-read the recorded evaluations (the gate's input) and, with `links`, the reward
+        models' trained_for links (only on servers that rerank: --reward-model or
+        --reward-models). A damaged record keeps the previous one (logged)."""
+        try:
+            self.rerank.evaluations = await asyncio.to_thread(read_evaluations, self.registry.root)
+        except DesiredStateError as exc:
+            logger.warning("keeping the previous rerank evaluations: %s", exc)
+        if links and (self.settings.reward_model or self.settings.reward_models):
+            self.rerank.links = await asyncio.to_thread(trained_for_links, self.registry)
 
     # ------------------------------------------------------------------ desired state
 
@@ -363,6 +531,9 @@ class ModelManager:
                 self.startup_error = _message(exc)
                 logger.error("start-up adapter %s failed: %s", start.lora.name, self.startup_error)
                 return
+        async with self._lock:  # the reward models of the start-up policies (mapped, linked)
+            await self._refresh_rerank_inputs(links=True)
+            await self._sync_rewards(strict=False)
         try:
             await self.reconcile()
         except Exception:
@@ -379,11 +550,17 @@ class ModelManager:
                 logger.exception("reconcile pass failed")
 
     def _pending(self, desired: DesiredState) -> tuple[dict[str, str], str | None]:
-        """What differs between `desired` and what this server serves."""
+        """What differs between `desired` and what this server serves: aliases whose target
+        or reward-model pairing differs, and the default reward model."""
         current = self.router.aliases()
-        aliases = {a: t for a, t in desired.aliases.items() if current.get(a) != self._served(t)}
+        paired = desired.alias_reward_models
+        aliases = {
+            a: t
+            for a, t in desired.aliases.items()
+            if current.get(a) != self._served(t) or paired.get(a) != self.rerank.paired.get(a)
+        }
         reward = desired.reward_model
-        if self.reward is None or reward is None or reward == self.reward.name:
+        if self.rerank.default is None or reward is None or reward == self.rerank.default:
             reward = None
         return aliases, reward
 
@@ -419,17 +596,29 @@ class ModelManager:
         self.reconcile_status["errors"].pop("state", None)
         if any(self._pending(desired)):
             desired = await self._apply(desired)
+        evaluations = self.rerank.evaluations
+        await self._refresh_rerank_inputs(links=False)  # a new evaluation changes the gate at once
+        missing = self.rerank.needed(self.router) - set(self.rerank.scorers)
+        if missing or self.rerank.evaluations != evaluations:
+            async with self._lock:
+                await self._sync_rewards(strict=False)
+            missing = self.rerank.needed(self.router) - set(self.rerank.scorers)
         aliases, reward = self._pending(desired)
         in_sync = not aliases and reward is None
         errors = self.reconcile_status["errors"]
-        for what in [w for w in errors if w not in aliases and not (w == "reward_model" and reward)]:
+        for what in [
+            w
+            for w in errors
+            if w not in aliases
+            and not (w == "reward_model" and reward)
+            and not (w.startswith("reward:") and w[len("reward:") :] in missing)
+        ]:
             del errors[what]  # fixed since, or no longer wanted
         self.reconcile_status.update(revision=desired.revision, in_sync=in_sync, last_checked=time.time())
         metrics.DESIRED_STATE_IN_SYNC.set(1 if in_sync else 0)
         return in_sync
 
     async def _apply(self, desired: DesiredState) -> DesiredState:
-        retire = None
         async with self._lock:
             # Read again under the lock: an admin promotion on this server may have recorded
             # a newer state while the first read waited, and must not be undone.
@@ -439,8 +628,17 @@ class ModelManager:
             for alias, target in aliases.items():
                 if not self._due(alias, target):
                     continue
+                pairing = desired.alias_reward_models.get(alias)
                 try:
-                    result = await self._promote(alias, target, True, record=False)
+                    result = await self._promote(
+                        alias,
+                        target,
+                        True,
+                        record=False,
+                        reward_model=pairing.reward_model if pairing else None,
+                        force=pairing.forced if pairing else False,
+                        gate=False,
+                    )
                     self._failures.pop((alias, target), None)
                     logger.info(
                         "reconciled %s -> %s (was %s, %.1fs)", alias, target, result.previous, result.seconds
@@ -450,16 +648,15 @@ class ModelManager:
             if reward is not None and self._due("reward_model", reward):
                 t0 = time.perf_counter()
                 try:
-                    old, previous = await self._switch_reward(reward, record=False)
-                    retire = (old, previous, reward, t0)
+                    previous = await self._switch_reward(reward, record=False)
+                    await self._sync_rewards(strict=False)  # frees the previous default if unused
                     self._failures.pop(("reward_model", reward), None)
+                    seconds = time.perf_counter() - t0
+                    metrics.SWAPS.labels("reward").inc()
+                    metrics.SWAP_SECONDS.labels("reward").observe(seconds)
+                    logger.info("reconciled reward model -> %s (was %s, %.1fs)", reward, previous, seconds)
                 except Exception as exc:
                     self._failed("reward_model", reward, _message(exc))
-        if retire is not None:
-            result = await self._retire_reward(*retire)
-            logger.info(
-                "reconciled reward model -> %s (was %s, %.1fs)", reward, result.previous, result.seconds
-            )
         return desired
 
     def state(self) -> dict[str, Any]:
@@ -475,7 +672,9 @@ class ModelManager:
                 for m in self.router.all()
             ],
             "aliases": self.router.aliases(),
-            "reward_model": self.reward.name if self.reward else None,
+            "reward_model": self.rerank.default,  # the default (--reward-model)
+            "reward_models": sorted(self.rerank.scorers),  # every reward engine running
+            "rerank": {name: p.card().model_dump() for name, p in self.rerank.pairings(self.router).items()},
             "engines": {name: e.status() for name, e in self.engines.items()},
             "registry": str(self.registry.root),
             "started_from": self._start.source if self._start else None,

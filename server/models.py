@@ -29,8 +29,14 @@ class ServedModel:
     parent: str | None = None
     format: str = "full"
     lora: Any = None  # vllm.lora.request.LoRARequest for LoRA checkpoints
+    entry: str | None = None  # its registry entry, when served under another name (--served-model-name)
     created: int = field(default_factory=now)
     in_flight: int = 0  # requests resolved to this checkpoint and not yet finished
+
+    @property
+    def entry_name(self) -> str:
+        """The registry entry (or checkpoint directory) name: what evaluations are keyed by."""
+        return self.entry or self.name
 
     @contextlib.contextmanager
     def hold(self) -> Iterator[None]:

@@ -139,6 +139,15 @@ class SamplingFields(_Strict):
         "to inspect what the reward model chose between. An empty list when nothing was "
         "ranked (best_of == n). Not with `stream` (400).",
     )
+    bon_selector: Literal["reward", "majority", "logprob", "reward+majority"] | None = Field(
+        None,
+        description="How Best-of-N picks among the candidates (server/selectors.py): 'reward' "
+        "(default: the highest reward of the model's reward model), 'majority' (self-consistency: "
+        "the most frequent final answer, the last number in the text or else the normalised text), "
+        "'logprob' (the highest mean token log-probability), 'reward+majority' (majority, the "
+        "reward breaking ties and picking the representative). 'majority' and 'logprob' need no "
+        "reward model.",
+    )
 
     # ---- vLLM sampling extras ----------------------------------------------------------
     # Accepted because bonserve passes each one to vllm.SamplingParams under the same name
@@ -266,6 +275,13 @@ class UsageBreakdown(BaseModel):
     delivered_tokens: int
     decoded_tokens: int
     reward_model_tokens: int = 0
+    selector: str | None = Field(None, description="The Best-of-N selector that ranked (null: none did).")
+    reward_model: str | None = Field(None, description="The reward model that scored the candidates.")
+    rerank_allowed: bool | None = Field(
+        None,
+        description="False when that reward model is paired with this policy against the gate "
+        "(its recorded held-out gap captured is <= 0, forced by the operator): see /v1/models.",
+    )
     engine_seconds: float | None = Field(
         None, description="Replica-seconds attributed to this request (cost model)."
     )
@@ -315,11 +331,18 @@ class ScoredCandidate(BaseModel):
     index: int = Field(..., description="Sample order: the engine's index of this candidate.")
     rank: int = Field(..., description="Position in reward order, 0 = best (choices are the first n).")
     text: str = Field(..., description="The candidate's text as sampled (without an echoed prompt).")
-    reward: float = Field(
+    reward: float | None = Field(
         ...,
-        description="The value that ranked it: the reward model's score, minus the server's "
-        "length_penalty if max_tokens cut it.",
+        description="The reward model's score, minus the server's length_penalty if max_tokens "
+        "cut it (the value the default selector ranks by); null when nothing scored it "
+        "(bon_selector 'majority' or 'logprob').",
     )
+    score: float | None = Field(
+        None,
+        description="The value the request's bon_selector ranked by: the reward, its answer's "
+        "share of the votes (majority selectors), or its mean token logprob.",
+    )
+    answer: str | None = Field(None, description="The normalised answer it voted for (majority selectors).")
     finish_reason: str
     completion_tokens: int = Field(..., description="Tokens decoded for this candidate.")
     choice_index: int | None = Field(
@@ -398,6 +421,38 @@ class CompletionResponse(BaseModel):
     candidates: list[ScoredCandidate] | None = _candidates_field()
 
 
+class RerankVerdict(BaseModel):
+    """The gate's view of one (policy, reward model) pairing (core/rerank.py)."""
+
+    evaluated: bool = Field(..., description="A held-out evaluation of the pairing is recorded.")
+    gap_captured: float | None = Field(
+        None, description="Share of the oracle (pass@n) gain over one sample the reward model realises."
+    )
+    pairwise_accuracy: float | None = Field(
+        None, description="Held-out (correct, wrong) pairs ordered right."
+    )
+    allowed: bool = Field(..., description="False when gap_captured <= 0: Best-of-N with it is no better.")
+    forced: bool = Field(
+        False, description="Used although not allowed (promotion `force`, or start-up setting)."
+    )
+    reason: str
+
+
+class ModelRerank(BaseModel):
+    """bonserve extension on a model card: what reranks its Best-of-N candidates."""
+
+    reward_model: str | None = Field(
+        None, description="Null: best_of > n needs bon_selector majority/logprob."
+    )
+    source: str = Field(
+        ...,
+        description="Why this reward model: 'promotion' (paired with the alias), '--reward-models', "
+        "'trained_for' (the reward model's manifest names this policy), '--reward-model' (the "
+        "default), or 'none'.",
+    )
+    rerank: RerankVerdict | None = None
+
+
 class ModelCard(BaseModel):
     id: str
     object: Literal["model"] = "model"
@@ -410,6 +465,9 @@ class ModelCard(BaseModel):
         None, description="Checkpoint this one derives from (for an alias: its current target)."
     )
     format: str | None = Field(None, description="'full' weights or a 'lora' adapter.")
+    bonserve: ModelRerank | None = Field(
+        None, description="bonserve extension: which reward model reranks this model's Best-of-N."
+    )
 
 
 class ModelList(BaseModel):

@@ -4,7 +4,8 @@ server/bon.py, and answers /v1/rewards)."""
 from __future__ import annotations
 
 import asyncio
-from collections.abc import Sequence
+import contextlib
+from collections.abc import Iterator, Sequence
 from typing import Any
 
 from core.chat import reward_ids
@@ -18,6 +19,16 @@ class RewardScorer:
     def __init__(self, engine: ManagedEngine, name: str) -> None:
         self.engine = engine
         self.name = name
+        self.in_flight = 0  # Best-of-N requests that will score with it (what retiring waits for)
+
+    @contextlib.contextmanager
+    def hold(self) -> Iterator[None]:
+        """Count a request as using this reward model until it is ranked."""
+        self.in_flight += 1
+        try:
+            yield
+        finally:
+            self.in_flight -= 1
 
     def _require(self) -> Any:
         try:

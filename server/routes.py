@@ -16,7 +16,7 @@ from fastapi.responses import JSONResponse, Response, StreamingResponse
 
 from server import __version__, tokenization
 from server.deps import ApiKeyDep, StateDep
-from server.errors import APIError, documented_errors
+from server.errors import APIError, bad_request, documented_errors
 from server.protocol import (
     ChatCompletionRequest,
     ChatCompletionResponse,
@@ -110,6 +110,10 @@ def _resolve(request: Request, body: SamplingFields, state: AppState, serving: B
     )
     resolved = serving.resolve(body)
     fields["mode"] = resolved.mode
+    if resolved.mode == "bon":
+        fields["bon_selector"] = resolved.selector
+        if resolved.scorer is not None:
+            fields["reward_model"] = resolved.scorer.name
     return resolved
 
 
@@ -139,20 +143,28 @@ async def completions(body: CompletionRequest, request: Request, state: StateDep
     "/rewards", response_model=RewardResponse, responses=documented_errors(400, 401, 404, 413, 429, 503)
 )
 async def rewards(body: RewardRequest, state: StateDep) -> RewardResponse:
-    """Score conversations with the reward model (bonserve extension, for evaluation and
-    debugging BoN): the same inputs and engine that rerank candidates."""
-    scorer = state.reward
-    if scorer is None:
+    """Score conversations with a reward model (bonserve extension, for evaluation and
+    debugging BoN): the same inputs and engine that rerank candidates. `model` names one of the
+    server's reward models; without it, the default (--reward-model), else the only one."""
+    rerank = state.rerank
+    served = ", ".join(sorted(rerank.scorers)) or "none"
+    if not rerank.scorers:
         raise APIError(
             404,
-            "this server has no reward model (start it with --reward-model)",
+            "this server has no reward model (start it with --reward-model or --reward-models)",
             param="model",
             code="model_not_found",
         )
-    if body.model is not None and body.model != scorer.name:
+    if body.model is not None:
+        scorer = rerank.scorer(body.model)
+    elif rerank.default_scorer is not None or len(rerank.scorers) == 1:
+        scorer = rerank.default_scorer or next(iter(rerank.scorers.values()))
+    else:
+        raise bad_request(f"this server has several reward models: name one as 'model' ({served})", "model")
+    if scorer is None:
         raise APIError(
             404,
-            f"The reward model '{body.model}' does not exist. Served: {scorer.name}",
+            f"The reward model '{body.model}' does not exist. Served: {served}",
             param="model",
             code="model_not_found",
         )
@@ -171,7 +183,10 @@ async def rewards(body: RewardRequest, state: StateDep) -> RewardResponse:
 
 @openai_router.get("/models", response_model=ModelList, responses=documented_errors(401))
 async def list_models(state: StateDep) -> ModelList:
+    """OpenAI's model list; each card's `bonserve` field says which reward model reranks that
+    model's Best-of-N and what the rerank gate says of the pairing."""
     cards = []
+    pairings = state.rerank.pairings(state.router)
     for m in state.router.all():
         info = m.engine.info
         cards.append(
@@ -182,11 +197,21 @@ async def list_models(state: StateDep) -> ModelList:
                 parent=m.parent,
                 format=m.format,
                 max_model_len=info.max_model_len if info else None,
+                bonserve=pairings[m.name].card(),
             )
         )
     for alias, target in state.router.aliases().items():
         m = state.router.resolve(alias)
-        cards.append(ModelCard(id=alias, created=m.created, kind="alias", parent=target, format=m.format))
+        cards.append(
+            ModelCard(
+                id=alias,
+                created=m.created,
+                kind="alias",
+                parent=target,
+                format=m.format,
+                bonserve=pairings[alias].card(),
+            )
+        )
     return ModelList(data=cards)
 
 

@@ -19,13 +19,15 @@ from typing import Any
 
 from server import metrics
 from server.admission import Admission, Lease
-from server.bon import BestOfN, Ranked
+from server.bon import BestOfN, Candidate, Ranked
 from server.config import Settings
 from server.engines import EngineUnavailable
 from server.errors import APIError, bad_request, unavailable
 from server.models import ModelRouter, ServedModel
 from server.protocol import SamplingFields, Usage, UsageBreakdown
+from server.rerankers import Pairing, Rerankers
 from server.reward import RewardScorer
+from server.selectors import needs_reward
 
 logger = logging.getLogger("bonserve.serving")
 
@@ -44,12 +46,16 @@ class StreamTally:
 
 @dataclass(frozen=True)
 class Resolved:
-    """A request's served model and candidate count, decided once when it arrives (an
-    alias switched later does not move it) and used by the access log and the engine."""
+    """A request's served model, candidate count, selector and reward model, decided once
+    when it arrives (an alias switched or re-paired later does not move it) and used by the
+    access log and the engine."""
 
     model: ServedModel
     n: int  # choices returned
     best_of: int  # candidates sampled
+    selector: str = "reward"  # bon_selector
+    pairing: Pairing | None = None  # what reranks this model (server/rerankers.py)
+    scorer: RewardScorer | None = None  # set when the candidates are scored
 
     @property
     def mode(self) -> str:
@@ -70,6 +76,9 @@ class PreparedRequest:
     messages: list[dict[str, str]] | None = None  # chat: what the reward model sees
     prompt_text: str = ""
     arrived: float = field(default_factory=time.perf_counter)
+    selector: str = "reward"
+    pairing: Pairing | None = None
+    scorer: RewardScorer | None = None  # the policy's reward model, when the selector scores
 
     @property
     def best_of(self) -> int:
@@ -131,13 +140,12 @@ class BaseServing:
         settings: Settings,
         router: ModelRouter,
         admission: Admission,
-        reward: RewardScorer | None = None,
+        rerank: Rerankers | None = None,
     ) -> None:
         self.settings = settings
         self.router = router
         self.admission = admission
-        self.reward = reward
-        self.bon = BestOfN(reward, settings.length_penalty) if reward is not None else None
+        self.rerank = rerank or Rerankers()
 
     def _engine_for(self, model: ServedModel) -> Any:
         try:
@@ -146,28 +154,36 @@ class BaseServing:
             raise unavailable(str(exc)) from exc
 
     def resolve(self, req: SamplingFields) -> Resolved:
-        """The served model and candidate count of `req`, or the APIError that refuses it."""
+        """The served model, candidate count, selector and reward model of `req`, or the
+        APIError that refuses it."""
         model = self.router.resolve(req.model)
-        return Resolved(model, req.n, self._candidates(req, model))
+        pairing = self.rerank.lookup(req.model, model, alias=req.model != model.name)
+        selector = req.bon_selector or "reward"
+        best_of = self._candidates(req, model, pairing, selector)
+        scorer = None
+        if best_of > req.n and needs_reward(selector):
+            scorer = self.rerank.scorer(pairing.reward_model)
+            if scorer is None:
+                raise unavailable(f"the reward model '{pairing.reward_model}' of '{req.model}' is not loaded")
+        return Resolved(model, req.n, best_of, selector, pairing, scorer)
 
-    def _candidates(self, req: SamplingFields, model: ServedModel) -> int:
-        """How many candidates to sample: the request's best_of, else the model's default."""
+    def _candidates(self, req: SamplingFields, model: ServedModel, pairing: Pairing, selector: str) -> int:
+        """How many candidates to sample: the request's best_of, else the model's default
+        (which applies only where the selector can rank: a usable reward model, or a selector
+        that needs none)."""
         if req.n > self.settings.max_n:
             raise bad_request(f"n={req.n} exceeds this server's limit of {self.settings.max_n}", "n")
+        can_rank = pairing.usable or not needs_reward(selector)
         if req.best_of is not None:
             if req.best_of > self.settings.max_best_of:
                 raise bad_request(
                     f"best_of={req.best_of} exceeds this server's limit of {self.settings.max_best_of}",
                     "best_of",
                 )
-            if req.best_of > req.n and self.reward is None:
-                raise bad_request(
-                    "best_of > n needs a reward model to rerank candidates; this server has none "
-                    "(start it with --reward-model)",
-                    "best_of",
-                )
+            if req.best_of > req.n and not can_rank:
+                raise _cannot_rank(req.model, pairing, selector)
             return req.best_of
-        default = self.settings.best_of_for(model.name) if self.reward is not None else 1
+        default = self.settings.best_of_for(model.name) if can_rank else 1
         return max(req.n, default)
 
     async def _generate_ranked(self, prep: PreparedRequest) -> tuple[list[Any], Ranked | None, Lease]:
@@ -176,8 +192,14 @@ class BaseServing:
             if prep.best_of == prep.n:
                 final = await run_to_completion(prep)
                 return list(final.outputs), None, lease
-            assert self.bon is not None  # `_candidates` refuses best_of > n without a reward model
-            outputs, ranked = await self.bon.run(prep, stream_deltas(prep))
+            # `resolve` gave a scorer to every request whose selector needs one
+            bon = BestOfN(prep.scorer, self.settings.length_penalty, prep.selector)
+            if prep.scorer is not None:
+                with prep.scorer.hold():  # a reward-model swap waits for it before freeing the engine
+                    outputs, ranked = await bon.run(prep, stream_deltas(prep))
+            else:  # nothing to score: assemble the candidates, then rank them
+                outputs = await assemble(prep, stream_deltas(prep))
+                ranked = bon.rank(outputs)
         return list(outputs), ranked, lease
 
     async def _bon_events(
@@ -323,17 +345,20 @@ class BaseServing:
         every decoded candidate (as OpenAI billed legacy best_of)."""
         name, mode = prep.model.name, prep.mode
         reward_tokens = ranked.reward_tokens if ranked else 0
+        scored = ranked is not None and prep.scorer is not None
+        verdict = prep.pairing.verdict if scored and prep.pairing is not None else None
         cost = lease.engine_seconds * self.settings.accelerator_price_per_hour / 3600
         metrics.PROMPT_TOKENS.labels(name, mode).inc(len(prep.prompt_ids))
         metrics.DECODED_TOKENS.labels(name, mode).inc(decoded)
         metrics.DELIVERED_TOKENS.labels(name, mode).inc(delivered)
         metrics.CANDIDATES.labels(name).observe(prep.best_of)
         # engine seconds and cost are counted by Admission.slot, failures included
-        if ranked is not None:
+        rewards = [r for r in ranked.rewards if r is not None] if ranked is not None else []
+        if ranked is not None and len(rewards) == len(ranked.rewards):
             metrics.REWARD_TOKENS.labels(name).inc(reward_tokens)
-            best = ranked.rewards[ranked.order[0]]
+            best = rewards[ranked.order[0]]
             metrics.CHOSEN_REWARD.labels(name).observe(best)
-            metrics.REWARD_GAP.labels(name).observe(best - sum(ranked.rewards) / len(ranked.rewards))
+            metrics.REWARD_GAP.labels(name).observe(best - sum(rewards) / len(rewards))
         prompt_len = len(prep.prompt_ids)
         return Usage(
             prompt_tokens=prompt_len,
@@ -344,6 +369,9 @@ class BaseServing:
                 delivered_tokens=delivered,
                 decoded_tokens=decoded,
                 reward_model_tokens=reward_tokens,
+                selector=ranked.selector if ranked is not None else None,
+                reward_model=prep.scorer.name if scored and prep.scorer is not None else None,
+                rerank_allowed=verdict.allowed if verdict is not None else None,
                 engine_seconds=lease.engine_seconds,
                 estimated_cost_usd=cost,
             ),
@@ -374,6 +402,42 @@ class BaseServing:
             ranked,
             lease,
         )
+
+
+def _cannot_rank(name: str, pairing: Pairing, selector: str) -> APIError:
+    """Why best_of > n cannot be ranked with `selector` for `name` (a 400, param best_of)."""
+    other = "or send bon_selector 'majority' or 'logprob', which need none"
+    if pairing.reward_model is None:
+        return bad_request(
+            f"best_of > n with bon_selector '{selector}' needs a reward model to rerank candidates; "
+            f"'{name}' has none (start the server with --reward-model or --reward-models, or promote "
+            f"it with a reward_model), {other}",
+            "best_of",
+        )
+    reason = pairing.verdict.reason if pairing.verdict is not None else ""
+    return bad_request(
+        f"'{name}' is paired with reward model '{pairing.reward_model}', which the rerank gate "
+        f"refuses: {reason}. Pair another (promotion reward_model), {other}",
+        "best_of",
+        "unhelpful_reward_model",
+    )
+
+
+async def assemble(prep: PreparedRequest, deltas: AsyncIterator[Any]) -> list[Candidate]:
+    """All candidates of `prep` from the engine's increments, unscored (selectors that need
+    no reward model)."""
+    candidates = [Candidate(i) for i in range(prep.best_of)]
+    async for out in deltas:
+        for delta in out.outputs:
+            candidates[delta.index].extend(delta)
+    unfinished = [c.index for c in candidates if not c.finished]
+    if unfinished:
+        raise APIError(
+            500,
+            f"engine finished {prep.best_of - len(unfinished)} of {prep.best_of} candidates",
+            type="server_error",
+        )
+    return candidates
 
 
 def sse(payload: Any) -> str:

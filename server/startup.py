@@ -16,7 +16,9 @@ from pathlib import Path
 from core.desired_state import DesiredState, DesiredStateError, read_desired
 from core.lora import check_servable_adapter, full_weights_of, smallest_servable_rank
 from core.registry import Entry, Registry, RegistryError
+from core.rerank import read_evaluations
 from server.config import Settings
+from server.rerankers import Rerankers, trained_for_links
 
 logger = logging.getLogger("bonserve.startup")
 
@@ -141,3 +143,37 @@ def plan_reward(settings: Settings, desired: DesiredState) -> tuple[Path, str] |
             logger.error("desired reward model %s: %s: using --reward-model", target, exc)
     path, name, _ = resolve_checkpoint(settings, settings.reward_model, "--reward-model")
     return path, name
+
+
+def plan_rerankers(settings: Settings, desired: DesiredState, policy: PolicyStart) -> Rerankers:
+    """The pairing rules' inputs at start-up (server/rerankers.py): --reward-models (every
+    reward model it names must be a full reward-model entry), the start-up alias's recorded
+    pairing when the alias starts on its desired target, the recorded evaluations, and the
+    trained_for links on servers that rerank. Scorers come later (the default in build_state,
+    the rest when the manager starts)."""
+    registry = Registry(settings.registry)
+    rerank = Rerankers(
+        explicit=settings.reward_model_map(), allow_unhelpful=settings.allow_unhelpful_reward_model
+    )
+    for policy_name, rm in rerank.explicit.items():
+        if rm is None:
+            continue
+        try:
+            entry = registry.load(rm)
+        except RegistryError as exc:
+            raise SystemExit(f"--reward-models {policy_name}={rm}: {exc}") from exc
+        if entry.manifest.kind != "rm" or entry.manifest.format != "full":
+            raise SystemExit(f"--reward-models {policy_name}={rm}: not a full reward-model entry")
+    alias = settings.alias
+    pairing = desired.alias_reward_models.get(alias) if alias else None
+    if alias and pairing is not None:
+        started_on = {policy.weights, policy.lora.name if policy.lora else policy.weights}
+        if desired.aliases.get(alias) in started_on:
+            rerank.paired[alias] = pairing
+    try:
+        rerank.evaluations = read_evaluations(settings.registry)
+    except DesiredStateError as exc:
+        logger.error("ignoring the rerank evaluations at start-up: %s", exc)
+    if settings.reward_model or settings.reward_models:
+        rerank.links = trained_for_links(registry)
+    return rerank

@@ -11,6 +11,7 @@ from server.config import Settings
 from server.engines import ManagedEngine
 from server.model_manager import ModelManager
 from server.models import ModelRouter
+from server.rerankers import Rerankers
 from server.reward import RewardScorer
 
 
@@ -20,15 +21,22 @@ class AppState:
     router: ModelRouter
     engines: dict[str, ManagedEngine]
     admission: Admission
-    reward: RewardScorer | None = None
     manager: ModelManager | None = None
+    rerank: Rerankers = field(default_factory=Rerankers)  # which reward model reranks each policy
     chat: ChatServing = field(init=False)
     completions: CompletionServing = field(init=False)
     draining: bool = False
 
     def __post_init__(self) -> None:
-        self.chat = ChatServing(self.settings, self.router, self.admission, self.reward)
-        self.completions = CompletionServing(self.settings, self.router, self.admission, self.reward)
+        if self.manager is not None:  # one set of pairings, which promotions change
+            self.rerank = self.manager.rerank
+        self.chat = ChatServing(self.settings, self.router, self.admission, self.rerank)
+        self.completions = CompletionServing(self.settings, self.router, self.admission, self.rerank)
+
+    @property
+    def reward(self) -> RewardScorer | None:
+        """The default reward model's scorer (--reward-model)."""
+        return self.rerank.default_scorer
 
     @property
     def ready(self) -> bool:

@@ -15,6 +15,7 @@ from server.app import build_app
 from server.config import Settings
 from server.engines import ManagedEngine
 from server.models import ModelRouter, ServedModel
+from server.rerankers import Rerankers
 from server.reward import RewardScorer
 from server.state import AppState
 from tests.server.fakes import (
@@ -46,7 +47,7 @@ async def bon_client() -> AsyncIterator[Callable[..., Any]]:
             router=router,
             engines={"policy": p, "reward": r},
             admission=Admission(8, 8, price_per_hour=settings.accelerator_price_per_hour),
-            reward=RewardScorer(r, "fake-rm"),
+            rerank=Rerankers.single(RewardScorer(r, "fake-rm")),
         )
         return httpx.AsyncClient(
             transport=httpx.ASGITransport(app=build_app(settings, state)), base_url="http://t"
