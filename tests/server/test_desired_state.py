@@ -16,6 +16,7 @@ import httpx
 import pytest
 
 from core.desired_state import (
+    AliasRewardModel,
     DesiredState,
     DesiredStateError,
     format_desired,
@@ -174,6 +175,61 @@ def test_malformed_files_are_refused(registry: Registry, content: str) -> None:
     with pytest.raises(DesiredStateError):  # and never overwritten by a writer that cannot read it
         set_alias(registry.root, "policy", "lora-a")
     assert path.read_text() == content
+
+
+def test_files_from_before_pairings_still_read_and_new_files_stay_readable(registry: Registry) -> None:
+    """A file an older bonserve wrote (no pairings, history without reward models) reads as
+    unpaired; a pairing is written with the alias in one revision, in a key older readers
+    skip, under the same schema version."""
+    path = state_path(registry.root)
+    path.parent.mkdir(parents=True)
+    old = {
+        "version": 1,
+        "aliases": {"policy": "lora-a"},
+        "reward_model": "rm-1",
+        "revision": 4,
+        "updated_at": 1.0,
+        "updated_by": "old:1",
+        "history": [{"what": "policy", "to": "lora-a", "previous": None, "at": 1.0, "by": "old:1"}],
+    }
+    path.write_text(json.dumps(old))
+    state = read_desired(registry.root)
+    assert (state.aliases, state.alias_reward_models, state.revision) == ({"policy": "lora-a"}, {}, 4)
+    assert state.history[0].reward_model is None
+
+    state = set_alias(registry.root, "policy", "lora-b", reward_model="rm-2", forced=True)
+    assert state.revision == 5 and state.alias_reward_models == {"policy": AliasRewardModel("rm-2", True)}
+    assert (state.history[-1].to, state.history[-1].reward_model, state.history[-1].forced) == (
+        "lora-b",
+        "rm-2",
+        True,
+    )
+    on_disk = json.loads(path.read_text())
+    assert on_disk["version"] == 1 and on_disk["aliases"] == {"policy": "lora-b"}
+    assert on_disk["alias_reward_models"] == {"policy": {"reward_model": "rm-2", "forced": True}}
+    assert "rm-2, forced" in format_desired(registry.root)
+    assert set_alias(registry.root, "policy", "lora-b", reward_model="rm-2", forced=True).revision == 5
+    state = set_alias(registry.root, "policy", "lora-b")  # same target, pairing dropped: a change
+    assert state.revision == 6 and state.alias_reward_models == {}
+
+
+@pytest.mark.parametrize(
+    "pairings",
+    [
+        [],
+        {"other": {"reward_model": "rm-1"}},
+        {"policy": {"reward_model": "../x"}},
+        {"policy": {"reward_model": 3}},
+        {"policy": {"reward_model": "rm-1", "forced": "yes"}},
+        {"policy": {"model": "rm-1"}},
+    ],
+)
+def test_malformed_pairings_are_refused(registry: Registry, pairings: Any) -> None:
+    path = state_path(registry.root)
+    path.parent.mkdir(parents=True)
+    path.write_text(json.dumps({"aliases": {"policy": "lora-a"}, "alias_reward_models": pairings}))
+    with pytest.raises(DesiredStateError):
+        read_desired(registry.root)
 
 
 def test_names_are_checked_before_writing(registry: Registry) -> None:
