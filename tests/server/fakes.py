@@ -256,29 +256,3 @@ class FakeTimedLLM(FakeAsyncLLM):
         finally:
             self.intervals.append((start, time.monotonic()))
 
-
-@dataclass
-class FakeScriptedLLM(FakeAsyncLLM):
-    """Candidate i answers `texts[i]`, one token per word (ids 1..k); when the request asks
-    for logprobs, token j of candidate i has log-probability `logprobs[i][j]`, given as vLLM
-    does: per position, a mapping token id -> Logprob (the sampled token only, `logprobs=0`)."""
-
-    texts: tuple[str, ...] = ()
-    logprobs: tuple[tuple[float, ...], ...] = ()
-
-    async def generate(
-        self, prompt: Any, params: Any, request_id: str, lora_request: Any = None
-    ) -> AsyncIterator[Any]:
-        self.requests.append(params)
-        outs = []
-        for i in range(params.n):
-            text = self.texts[i]
-            ids = list(range(1, len(text.split()) + 1))
-            positions = None
-            if params.logprobs is not None:
-                positions = [
-                    {t: SimpleNamespace(logprob=lp, rank=1, decoded_token=f"w{t}")}
-                    for t, lp in zip(ids, self.logprobs[i], strict=True)
-                ]
-            outs.append(FakeCompletion(i, text, ids, "stop", positions))
-        yield SimpleNamespace(outputs=outs, finished=True)
