@@ -11,7 +11,9 @@ are recomputed independently with transformers, from the model's own chat templa
 from __future__ import annotations
 
 import json
+import re
 import time
+from collections import Counter
 from collections.abc import Iterator
 from pathlib import Path
 
@@ -30,6 +32,7 @@ pytestmark = [pytest.mark.engine, pytest.mark.timeout(900)]
 RM = "rm-test-init"
 RM2 = "rm-test-init-2"  # another score head: a different reward model to swap in
 MESSAGES = [{"role": "user", "content": "Suggest a name for a pet goldfish."}]
+RM_POLICY = "smollm2-135m-instruct"  # the served name of the policy
 
 
 @pytest.fixture(scope="module")
@@ -172,6 +175,50 @@ def test_streaming_best_of_streams_the_winner(bon_server: ServerProcess) -> None
     text = "".join(ch.choices[0].delta.content or "" for ch in chunks if ch.choices)
     assert text == full.choices[0].message.content
     assert chunks[-1].usage.model_extra["bonserve"]["candidates"] == 3
+
+
+def test_selectors_without_the_reward_model_on_the_real_engine(bon_server: ServerProcess) -> None:
+    """The same seeded candidates, all returned (n = best_of) with their token logprobs, are
+    the reference: `logprob` must return the one with the highest mean token logprob, and
+    `majority` the first of the most frequent answers; neither reads the reward model. The
+    model card says what reranks the policy."""
+    c = client(bon_server)
+    common = {
+        "model": bon_server.model,
+        "messages": MESSAGES,
+        "max_tokens": 8,
+        "temperature": 1.0,
+        "seed": 31,
+    }
+    every = c.chat.completions.create(n=4, logprobs=True, extra_body={"best_of": 4}, **common)
+    means = [sum(t.logprob for t in ch.logprobs.content) / len(ch.logprobs.content) for ch in every.choices]
+    texts = [ch.message.content for ch in every.choices]
+    best = max(range(4), key=lambda i: (means[i], -i))
+    by_logprob = c.chat.completions.create(
+        n=1, extra_body={"best_of": 4, "bon_selector": "logprob"}, **common
+    )
+    assert by_logprob.choices[0].message.content == texts[best]
+    assert by_logprob.choices[0].logprobs is None  # asked of the engine for ranking, not returned
+    usage = by_logprob.usage.model_extra["bonserve"]
+    assert (usage["selector"], usage["reward_model_tokens"]) == ("logprob", 0)
+
+    def vote(text: str) -> str:  # the last number, else the text without case or spacing
+        numbers = re.findall(r"-?\d+(?:\.\d+)?", text.replace(",", ""))
+        return f"{float(numbers[-1]):g}" if numbers else " ".join(text.lower().split())
+
+    votes = Counter(vote(t) for t in texts)
+    winner = next(t for t in texts if votes[vote(t)] == max(votes.values()))
+    by_vote = c.chat.completions.create(
+        n=1, extra_body={"best_of": 4, "bon_selector": "majority", "return_candidates": True}, **common
+    )
+    assert by_vote.choices[0].message.content == winner
+    assert by_vote.model_extra["candidates"][0]["score"] == max(votes.values()) / 4
+
+    card = next(
+        m for m in httpx.get(bon_server.v1 + "/models", timeout=30).json()["data"] if m["id"] == RM_POLICY
+    )
+    assert card["bonserve"]["reward_model"] == RM and card["bonserve"]["source"] == "--reward-model"
+    assert card["bonserve"]["rerank"]["allowed"] and not card["bonserve"]["rerank"]["evaluated"]
 
 
 @pytest.mark.parametrize(
