@@ -255,4 +255,3 @@ class FakeTimedLLM(FakeAsyncLLM):
                 yield out
         finally:
             self.intervals.append((start, time.monotonic()))
-
