@@ -45,6 +45,15 @@ class PromoteRequest(_Body):
     )
 
 
+class PromoteRewardRequest(ModelRef):
+    force: bool = Field(
+        False,
+        description="Make it the default even when the rerank gate refuses it for a policy it would "
+        "rerank (recorded held-out gap captured <= 0); those pairings then do not rerank "
+        "(unless --allow-unhelpful-reward-model) and show allowed: false in /v1/models.",
+    )
+
+
 def _manager(state: AppState) -> ModelManager:
     if state.manager is None:
         raise APIError(503, "model management is not available on this server", type="service_unavailable")
@@ -82,6 +91,6 @@ async def admin_promote(body: PromoteRequest, state: StateDep) -> dict[str, Any]
 
 
 @admin_router.post("/reward/promote", responses=documented_errors(400, 401, 403, 404, 409, 413, 422, 503))
-async def admin_promote_reward(body: ModelRef, state: StateDep) -> dict[str, Any]:
-    result = await _manager(state).promote_reward(body.model)
+async def admin_promote_reward(body: PromoteRewardRequest, state: StateDep) -> dict[str, Any]:
+    result = await _manager(state).promote_reward(body.model, force=body.force)
     return result.__dict__

@@ -28,7 +28,7 @@ import asyncio
 import contextlib
 import logging
 import time
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from typing import Any
 
 import psutil
@@ -399,10 +399,12 @@ class ModelManager:
                 code="state_not_recorded",
             ) from exc
 
-    async def promote_reward(self, name: str, *, record: bool = True) -> SwapResult:
+    async def promote_reward(self, name: str, *, record: bool = True, force: bool = False) -> SwapResult:
         """Make `name` the default reward model (--reward-model's): its engine up first (or the
         one already scoring some policy), then recorded, then switched; the previous default's
-        engine is freed once no request and no policy uses it."""
+        engine is freed once no request and no policy uses it. Refused (409) when the rerank
+        gate refuses `name` for a served policy it would rerank, unless `force` (those
+        pairings then do not rerank, unless --allow-unhelpful-reward-model)."""
         if self.rerank.default is None:
             raise APIError(
                 409,
@@ -411,6 +413,9 @@ class ModelManager:
             )
         t0 = time.perf_counter()
         async with self._lock:
+            self._reward_entry(name)
+            await self._refresh_rerank_inputs(links=False)  # the gate reads the latest evaluations
+            self._gate_default(name, force)
             previous = await self._switch_reward(name, record=record)
             await self._sync_rewards(strict=False)
         seconds = time.perf_counter() - t0
@@ -418,6 +423,29 @@ class ModelManager:
         metrics.SWAP_SECONDS.labels("reward").observe(seconds)
         unloaded = previous if previous not in self.rerank.scorers else None
         return SwapResult("reward", name, previous, unloaded, seconds)
+
+    def _gate_default(self, name: str, force: bool) -> None:
+        """Refuse (409) making `name` the default reward model when the rerank gate refuses it
+        for a served name the default would rerank, unless `force` or the start-up setting."""
+        if force or self.settings.allow_unhelpful_reward_model:
+            return
+        would = replace(self.rerank, default=name, scorers={}, _exported=set())
+        refused = [
+            p
+            for p in would.pairings(self.router).values()
+            if p.source == "--reward-model" and p.verdict is not None and not p.verdict.allowed
+        ]
+        if refused:
+            reasons = "; ".join(f"'{p.name}': {p.verdict.reason}" for p in refused if p.verdict)
+            raise APIError(
+                409,
+                f"refusing to make '{name}' the default reward model: the rerank gate refuses it for "
+                f"{reasons}. Pair those policies with another reward model (promotion reward_model "
+                'or --reward-models), or send "force": true (they then do not rerank with it, '
+                "unless the server runs with --allow-unhelpful-reward-model)",
+                param="model",
+                code="unhelpful_reward_model",
+            )
 
     def _reward_entry(self, name: str) -> Entry:
         entry = self._entry(name)
