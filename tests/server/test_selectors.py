@@ -5,6 +5,7 @@ over HTTP with named fakes. `majority` and `logprob` must rank without a reward 
 
 from __future__ import annotations
 
+import json
 import math
 import random
 from collections import Counter
@@ -271,3 +272,21 @@ async def test_invalid_selectors_are_400_in_the_envelope(serve: Callable[..., An
         return
     err = assert_envelope(r, 400)
     assert err["param"] == "bon_selector"
+
+
+async def test_majority_streams_and_returns_the_next_answers_for_n_above_1(
+    serve: Callable[..., Any],
+) -> None:
+    c = await serve(FakeAnswersLLM(answers=("7", "8", "7", "9", "8", "7")))
+    body = {**CHAT, "n": 2, "best_of": 6, "bon_selector": "majority"}
+    out = (await c.post("/v1/chat/completions", json=body)).json()
+    # order: 7 (indices 0, 2, 5), then 8 (1, 4), then 9: the first two are both 7s
+    assert [ch["message"]["content"] for ch in out["choices"]] == ["it is 7", "it is 7"]
+    text = ""
+    async with c.stream("POST", "/v1/chat/completions", json={**body, "n": 1, "stream": True}) as r:
+        assert r.status_code == 200
+        async for line in r.aiter_lines():
+            if line.startswith("data: {"):
+                for ch in json.loads(line[len("data: ") :])["choices"]:
+                    text += ch["delta"].get("content") or ""
+    assert text == "it is 7"
