@@ -329,7 +329,7 @@ class ScoredCandidate(BaseModel):
     """bonserve extension: one Best-of-N candidate, as sampled and scored (`return_candidates`)."""
 
     index: int = Field(..., description="Sample order: the engine's index of this candidate.")
-    rank: int = Field(..., description="Position in reward order, 0 = best (choices are the first n).")
+    rank: int = Field(..., description="Position in bon_selector order, 0 = best (choices are the first n).")
     text: str = Field(..., description="The candidate's text as sampled (without an echoed prompt).")
     reward: float | None = Field(
         ...,
