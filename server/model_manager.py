@@ -292,10 +292,10 @@ class ModelManager:
         force: bool = False,
     ) -> SwapResult:
         """Point `alias` at checkpoint `name` (reranked by `reward_model`, else by the rules of
-        server/rerankers.py): policy and reward model loaded and warm first, the pairing
-        checked by the rerank gate (409 unless `force`), then (with `record`) both written to
-        the desired state in one record, then switched; what is no longer used drains and is
-        freed."""
+        server/rerankers.py): the policy loaded and warm, the pairing checked by the rerank
+        gate (409 unless `force`), its reward model's engine warm, then (with `record`) both
+        written to the desired state in one record, then switched; what is no longer used
+        drains and is freed."""
         async with self._lock:
             return await self._promote(
                 alias, name, unload_previous, record=record, reward_model=reward_model, force=force
