@@ -90,6 +90,10 @@ def test_prefs_gold_judge_writes_loadable_pairs(
     assert stats["prompts"] == 6 and stats["samples"] == 24
     assert stats["pairs"] + stats["ties_dropped"] == 6 and stats["pairs"] >= 1
     assert stats["judge_agreement"]["pairs"] == stats["pairs"]
+    samples = [json.loads(line) for line in (tmp_path / "prefs.jsonl.samples.jsonl").read_text().splitlines()]
+    assert len(samples) == 6 and all(
+        len(s["samples"]) == len(s["gold"]) == len(s["rm"]) == 4 for s in samples
+    )
 
     rows, fmt = load_preference_data(out)
     assert str(fmt) == "conversational" and len(rows) == stats["pairs"]
