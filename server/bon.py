@@ -42,7 +42,7 @@ from __future__ import annotations
 import asyncio
 import math
 import time
-from collections.abc import AsyncIterable, Sequence
+from collections.abc import AsyncIterable, AsyncIterator, Callable, Sequence
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any, Protocol
 
@@ -228,7 +228,7 @@ class BestOfN:
             messages = [{"role": "user", "content": prep.prompt_text}]
         ids = self.reward.conversation_ids(messages, candidate.text)
         (candidate.reward,) = await self.reward.score([ids], f"{prep.request_id}-c{candidate.index}")
-        candidate.reward_tokens = len(ids)
+        candidate.reward_tokens += len(ids)  # after any partial scoring
 
     def rank(self, candidates: Sequence[Candidate]) -> Ranked:
         """Order candidates best first by the selector. Rewards (length penalty applied) are
@@ -251,3 +251,145 @@ class BestOfN:
         answers = [normalise_answer(c.text) for c in candidates]
         order = majority_order(answers, rewards, by_reward=self.selector == "reward+majority")
         return Ranked(order, reported, tokens, self.selector, scores=vote_shares(answers), answers=answers)
+
+
+# --------------------------------------------------------------------------- pruning and early stop
+
+FINISHED, PRUNED, STOPPED = "finished", "pruned", "stopped"
+
+
+@dataclass(frozen=True)
+class Pruning:
+    """A request's pruning schedule and early stop (off when both are empty)."""
+
+    prune_at: tuple[int, ...] = ()  # decoded-token checkpoints, ascending
+    fraction: float = 0.5  # share of the still-running candidates aborted at each checkpoint
+    reward_threshold: float | None = None  # stop once n finished candidates reach it
+
+    @property
+    def active(self) -> bool:
+        return bool(self.prune_at) or self.reward_threshold is not None
+
+
+def candidate_seed(seed: int | None, index: int) -> int | None:
+    """Candidate `index`'s seed when each candidate is its own engine request: the seed vLLM
+    gives child `index` of an n>1 request (parallel_sampling.py), so both paths sample alike."""
+    return None if seed is None else seed + index
+
+
+def prune_count(running: int, finished: int, n: int, fraction: float) -> int:
+    """How many of `running` candidates a checkpoint aborts: floor(fraction * running), never
+    leaving fewer than `n` survivors (finished plus still running)."""
+    return max(0, min(math.floor(fraction * running), finished + running - n))
+
+
+def to_prune(running: Sequence[Candidate], finished: int, n: int, fraction: float) -> list[Candidate]:
+    """The running candidates a checkpoint aborts: the lowest partial rewards (ties: the higher
+    index goes first, so the order is deterministic)."""
+    k = prune_count(len(running), finished, n, fraction)
+    order = sorted(running, key=lambda c: (c.partial_reward or 0.0, -c.index))
+    return order[:k]
+
+
+def threshold_met(candidates: Sequence[Candidate], n: int, threshold: float) -> bool:
+    """Whether `n` finished, scored candidates reach `threshold`."""
+    good = [c for c in candidates if c.outcome == FINISHED and c.reward is not None and c.reward >= threshold]
+    return len(good) >= n
+
+
+def survivors(candidates: Sequence[Candidate]) -> list[Candidate]:
+    """The candidates that may become choices: finished and scored (never pruned or stopped)."""
+    return [c for c in candidates if c.outcome == FINISHED]
+
+
+async def sample_pruned(
+    bon: BestOfN,
+    prep: PreparedRequest,
+    start: Callable[[int], AsyncIterator[Any]],
+    pruning: Pruning,
+) -> list[Candidate]:
+    """Phase 1 with pruning: candidate i decodes as its own engine request (`start(i)`, n=1), so
+    one can be aborted in the engine by cancelling its stream (vLLM aborts a request whose
+    generator is closed). At each checkpoint of `pruning.prune_at`, once every running candidate
+    has decoded that many tokens, their partial answers are scored through the finished-answer
+    template and the lowest `fraction` aborted (outcome PRUNED). With `reward_threshold`, once
+    `n` finished candidates reach it the rest are aborted (STOPPED). Returns every candidate;
+    the finished ones are scored."""
+    candidates = [Candidate(i) for i in range(prep.best_of)]
+    wake = asyncio.Event()
+    scoring: dict[int, asyncio.Task[None]] = {}
+
+    async def decode(c: Candidate) -> None:
+        try:
+            async for out in start(c.index):
+                for delta in out.outputs:
+                    c.extend(delta)
+                wake.set()
+            if not c.finished:
+                raise APIError(500, f"engine did not finish candidate {c.index}", type="server_error")
+            c.outcome = FINISHED
+            task = asyncio.create_task(bon.score(prep, c))
+            task.add_done_callback(lambda _: wake.set())
+            scoring[c.index] = task
+        finally:
+            wake.set()
+
+    decoding = {c.index: asyncio.create_task(decode(c)) for c in candidates}
+    checkpoints = sorted(set(pruning.prune_at))
+
+    def abort(c: Candidate, outcome: str) -> None:
+        c.outcome = outcome
+        decoding[c.index].cancel()
+
+    try:
+        while True:
+            wake.clear()
+            for task in [*decoding.values(), *scoring.values()]:
+                if task.done() and not task.cancelled() and task.exception() is not None:
+                    raise task.exception()  # type: ignore[misc]
+            running = [c for c in candidates if c.outcome is None]
+            if pruning.reward_threshold is not None and threshold_met(
+                candidates, prep.n, pruning.reward_threshold
+            ):
+                for c in running:
+                    abort(c, STOPPED)
+                break
+            if not running and all(t.done() for t in scoring.values()):
+                break
+            if checkpoints and running and all(len(c.token_ids) >= checkpoints[0] for c in running):
+                checkpoints.pop(0)
+                await _checkpoint(bon, prep, running, candidates, pruning.fraction, abort)
+                continue
+            await wake.wait()
+        decoded = time.perf_counter()
+        await asyncio.gather(*(t for t in decoding.values() if not t.done()), return_exceptions=True)
+        await asyncio.gather(*scoring.values())
+        metrics.REWARD_SCORING.labels(prep.model.name).observe(time.perf_counter() - decoded)
+    finally:
+        for task in [*decoding.values(), *scoring.values()]:  # a failure anywhere aborts the rest
+            task.cancel()
+    return candidates
+
+
+async def _checkpoint(
+    bon: BestOfN,
+    prep: PreparedRequest,
+    running: list[Candidate],
+    candidates: list[Candidate],
+    fraction: float,
+    abort: Callable[[Candidate, str], None],
+) -> None:
+    """Score the running candidates' partial answers (one reward-model call), then abort the
+    lowest `fraction` of those still running."""
+    messages = prep.messages or [{"role": "user", "content": prep.prompt_text}]
+    for c in running:
+        c.partial_text, c.partial_tokens = c.text, len(c.token_ids)
+    ids = [bon.reward.conversation_ids(messages, c.partial_text) for c in running]
+    rewards = await bon.reward.score(ids, f"{prep.request_id}-p{running[0].partial_tokens}")
+    for c, r, seq in zip(running, rewards, ids, strict=True):
+        c.partial_reward = r
+        c.reward_tokens += len(seq)
+    still = [c for c in running if c.outcome is None]  # some finish while the scoring runs
+    finished = sum(1 for c in candidates if c.outcome == FINISHED)
+    for c in to_prune(still, finished, prep.n, fraction):
+        abort(c, PRUNED)
