@@ -30,6 +30,7 @@ from server.serving import (
     PreparedRequest,
     Resolved,
     StreamTally,
+    dropped_candidates,
     guarded_stream,
     held,
     sse,
@@ -114,6 +115,7 @@ class ChatServing(BaseServing):
             selector=resolved.selector,
             pairing=resolved.pairing,
             scorer=resolved.scorer,
+            pruning=resolved.pruning,
         )
 
     async def create(
@@ -161,7 +163,11 @@ class ChatServing(BaseServing):
             model=prep.model.name,
             choices=choices,
             usage=self._usage_of(prep, outputs, chosen, ranked, lease),
-            candidates=scored_candidates(outputs, ranked, prep.n) if req.return_candidates else None,
+            candidates=(
+                scored_candidates(outputs, ranked, prep.n) + dropped_candidates(prep)
+                if req.return_candidates
+                else None
+            ),
         )
 
     async def _replay(

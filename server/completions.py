@@ -23,6 +23,7 @@ from server.serving import (
     PreparedRequest,
     Resolved,
     StreamTally,
+    dropped_candidates,
     guarded_stream,
     held,
     sse,
@@ -95,6 +96,7 @@ class CompletionServing(BaseServing):
             selector=resolved.selector,
             pairing=resolved.pairing,
             scorer=resolved.scorer,
+            pruning=resolved.pruning,
         )
 
     async def create(
@@ -143,7 +145,11 @@ class CompletionServing(BaseServing):
             model=prep.model.name,
             choices=choices,
             usage=self._usage_of(prep, outputs, chosen, ranked, lease),
-            candidates=scored_candidates(outputs, ranked, prep.n) if req.return_candidates else None,
+            candidates=(
+                scored_candidates(outputs, ranked, prep.n) + dropped_candidates(prep)
+                if req.return_candidates
+                else None
+            ),
         )
 
     async def _replay(

@@ -90,6 +90,23 @@ class Settings(BaseSettings):
         ),
     )
     max_best_of: int = Field(16, ge=1, description="Largest best_of a request may ask for.")
+    default_bon_prune: str = Field(
+        "",
+        description=(
+            "Pruned Best-of-N when a request sets no bon_prune_at: 'AT+AT@FRACTION' for every "
+            "model ('4+8@0.5': after 4 and after 8 decoded tokens, abort the lowest-scoring half "
+            "of the candidates still running), 'NAME=AT+AT@FRACTION,...' per served model, or "
+            "both. Off ('') by default."
+        ),
+    )
+    default_bon_reward_threshold: str = Field(
+        "",
+        description=(
+            "Adaptive N when a request sets no bon_reward_threshold: stop sampling once n "
+            "finished candidates reach this reward. 'T' for every model, 'NAME=T,...' per "
+            "served model, or both. Off ('') by default."
+        ),
+    )
     length_penalty: float = Field(
         0.0,
         ge=0,
@@ -269,6 +286,31 @@ class Settings(BaseSettings):
                 return int(value)
         return default
 
+    def bon_prune_for(self, served_name: str) -> tuple[tuple[int, ...], float] | None:
+        """The default pruning schedule (checkpoints, fraction) of one served model, or None
+        (see `default_bon_prune`)."""
+        spec = _per_model(self.default_bon_prune, served_name)
+        return None if spec is None else parse_prune(spec)
+
+    def bon_reward_threshold_for(self, served_name: str) -> float | None:
+        """The default early-stop reward of one served model (see `default_bon_reward_threshold`)."""
+        spec = _per_model(self.default_bon_reward_threshold, served_name)
+        return None if spec is None else float(spec)
+
+    @model_validator(mode="after")
+    def _check_bon_defaults(self) -> Settings:
+        for part in filter(None, (p.strip() for p in self.default_bon_prune.split(","))):
+            parse_prune(part.rpartition("=")[2])
+        for part in filter(None, (p.strip() for p in self.default_bon_reward_threshold.split(","))):
+            try:
+                float(part.rpartition("=")[2])
+            except ValueError:
+                raise ValueError(
+                    f"default_bon_reward_threshold={self.default_bon_reward_threshold!r}: "
+                    "expected 'T' or 'NAME=T,...'"
+                ) from None
+        return self
+
     @model_validator(mode="after")
     def _check_keys(self) -> Settings:
         """Security settings fail closed: refuse what would leave the admin API open by
@@ -322,3 +364,31 @@ class Settings(BaseSettings):
                 f"max_tokens_limit={self.max_tokens_limit}"
             )
         return self
+
+
+def _per_model(spec: str, served_name: str) -> str | None:
+    """The value for `served_name` in a 'V' / 'NAME=V,...' setting (its own entry, else the
+    bare default, else None)."""
+    default = None
+    for part in filter(None, (p.strip() for p in spec.split(","))):
+        name, sep, value = part.rpartition("=")
+        if not sep:
+            default = value
+        elif name == served_name:
+            return value
+    return default
+
+
+def parse_prune(spec: str) -> tuple[tuple[int, ...], float]:
+    """'AT+AT@FRACTION' -> ((AT, AT), FRACTION); checkpoints >= 1 ascending, 0 < FRACTION < 1."""
+    at, _, fraction = spec.partition("@")
+    try:
+        checkpoints = tuple(int(a) for a in at.split("+"))
+        share = float(fraction) if fraction else 0.5
+    except ValueError:
+        raise ValueError(f"bon prune {spec!r}: expected 'AT+AT@FRACTION', e.g. '4+8@0.5'") from None
+    if any(a < 1 for a in checkpoints) or list(checkpoints) != sorted(set(checkpoints)):
+        raise ValueError(f"bon prune {spec!r}: checkpoints must be ascending token counts >= 1")
+    if not 0 < share < 1:
+        raise ValueError(f"bon prune {spec!r}: the fraction must lie strictly between 0 and 1")
+    return checkpoints, share

@@ -67,6 +67,11 @@ QUEUE = Histogram(
 CANDIDATES = Histogram(
     "bonserve_candidates_per_request", "Candidates sampled per request.", ["model"], buckets=CANDIDATE_BUCKETS
 )
+CANDIDATE_OUTCOMES = Counter(
+    "bonserve_bon_candidates_total",
+    "Best-of-N candidates under pruning / adaptive N, by outcome (finished, pruned, stopped).",
+    ["model", "outcome"],
+)
 REWARD_SCORING = Histogram(
     "bonserve_reward_scoring_seconds",
     "Scoring all candidates of a request with the reward model.",

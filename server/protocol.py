@@ -148,6 +148,23 @@ class SamplingFields(_Strict):
         "reward breaking ties and picking the representative). 'majority' and 'logprob' need no "
         "reward model.",
     )
+    bon_prune_at: list[int] | None = Field(
+        None,
+        max_length=8,
+        description="Pruned Best-of-N: after each of these decoded-token counts (ascending, >= 1), "
+        "score every unfinished candidate's partial answer with the reward model and abort the "
+        "lowest-scoring `bon_prune_fraction` of them in the engine (never fewer than `n` "
+        "survivors). Pruned candidates never become choices. Default: the server's "
+        "--default-bon-prune for the model (off unless set); [] turns it off.",
+    )
+    bon_prune_fraction: float | None = Field(
+        None, gt=0, lt=1, description="Share of the running candidates each checkpoint aborts (default 0.5)."
+    )
+    bon_reward_threshold: float | None = Field(
+        None,
+        description="Adaptive N: once `n` finished candidates reach this reward, abort the rest "
+        "in the engine and return. Default: the server's --default-bon-reward-threshold (off).",
+    )
 
     # ---- vLLM sampling extras ----------------------------------------------------------
     # Accepted because bonserve passes each one to vllm.SamplingParams under the same name
@@ -190,6 +207,13 @@ class SamplingFields(_Strict):
     def _stop_limits(cls, value: str | list[str] | None) -> str | list[str] | None:
         if isinstance(value, list) and len(value) > 4:
             raise ValueError("at most 4 stop sequences are allowed")
+        return value
+
+    @field_validator("bon_prune_at")
+    @classmethod
+    def _prune_at_ascending(cls, value: list[int] | None) -> list[int] | None:
+        if value and (any(v < 1 for v in value) or value != sorted(set(value))):
+            raise ValueError(f"bon_prune_at must be ascending token counts >= 1, got {value}")
         return value
 
     @field_validator("logit_bias")
@@ -275,6 +299,13 @@ class UsageBreakdown(BaseModel):
     delivered_tokens: int
     decoded_tokens: int
     reward_model_tokens: int = 0
+    candidates_finished: int | None = Field(
+        None, description="Pruned Best-of-N / adaptive N: candidates decoded to the end (null: neither on)."
+    )
+    candidates_pruned: int | None = Field(None, description="Candidates aborted at a checkpoint.")
+    candidates_stopped: int | None = Field(
+        None, description="Candidates aborted once n finished ones reached bon_reward_threshold."
+    )
     selector: str | None = Field(None, description="The Best-of-N selector that ranked (null: none did).")
     reward_model: str | None = Field(None, description="The reward model that scored the candidates.")
     rerank_allowed: bool | None = Field(
@@ -343,6 +374,12 @@ class ScoredCandidate(BaseModel):
         "share of the votes (majority selectors), or its mean token logprob.",
     )
     answer: str | None = Field(None, description="The normalised answer it voted for (majority selectors).")
+    outcome: str | None = Field(
+        None, description="Under pruning / adaptive N: 'finished', 'pruned' or 'stopped' (never a choice)."
+    )
+    partial_reward: float | None = Field(
+        None, description="Reward of its partial answer at the last pruning checkpoint it reached."
+    )
     finish_reason: str
     completion_tokens: int = Field(..., description="Tokens decoded for this candidate.")
     choice_index: int | None = Field(

@@ -19,12 +19,12 @@ from typing import Any
 
 from server import metrics
 from server.admission import Admission, Lease
-from server.bon import BestOfN, Candidate, Ranked
+from server.bon import FINISHED, BestOfN, Candidate, Pruning, Ranked, candidate_seed, sample_pruned, survivors
 from server.config import Settings
 from server.engines import EngineUnavailable
 from server.errors import APIError, bad_request, unavailable
 from server.models import ModelRouter, ServedModel
-from server.protocol import SamplingFields, Usage, UsageBreakdown
+from server.protocol import SamplingFields, ScoredCandidate, Usage, UsageBreakdown
 from server.rerankers import Pairing, Rerankers
 from server.reward import RewardScorer
 from server.selectors import needs_reward
@@ -56,6 +56,7 @@ class Resolved:
     selector: str = "reward"  # bon_selector
     pairing: Pairing | None = None  # what reranks this model (server/rerankers.py)
     scorer: RewardScorer | None = None  # set when the candidates are scored
+    pruning: Pruning = field(default_factory=Pruning)  # bon_prune_at / bon_reward_threshold (off: empty)
 
     @property
     def mode(self) -> str:
@@ -79,6 +80,8 @@ class PreparedRequest:
     selector: str = "reward"
     pairing: Pairing | None = None
     scorer: RewardScorer | None = None  # the policy's reward model, when the selector scores
+    pruning: Pruning = field(default_factory=Pruning)
+    dropped: list[Candidate] = field(default_factory=list)  # pruned or stopped: decoded, never choices
 
     @property
     def best_of(self) -> int:
@@ -165,7 +168,18 @@ class BaseServing:
             scorer = self.rerank.scorer(pairing.reward_model)
             if scorer is None:
                 raise unavailable(f"the reward model '{pairing.reward_model}' of '{req.model}' is not loaded")
-        return Resolved(model, req.n, best_of, selector, pairing, scorer)
+        pruning = self._pruning(req, model) if scorer is not None else Pruning()
+        return Resolved(model, req.n, best_of, selector, pairing, scorer, pruning)
+
+    def _pruning(self, req: SamplingFields, model: ServedModel) -> Pruning:
+        """The request's pruning schedule and early stop, else the model's server defaults."""
+        default = self.settings.bon_prune_for(model.name)
+        at = req.bon_prune_at if req.bon_prune_at is not None else (default[0] if default else ())
+        fraction = req.bon_prune_fraction or (default[1] if default else 0.5)
+        threshold = req.bon_reward_threshold
+        if threshold is None:
+            threshold = self.settings.bon_reward_threshold_for(model.name)
+        return Pruning(tuple(at), fraction, threshold)
 
     def _candidates(self, req: SamplingFields, model: ServedModel, pairing: Pairing, selector: str) -> int:
         """How many candidates to sample: the request's best_of, else the model's default
@@ -194,7 +208,14 @@ class BaseServing:
                 return list(final.outputs), None, lease
             # `resolve` gave a scorer to every request whose selector needs one
             bon = BestOfN(prep.scorer, self.settings.length_penalty, prep.selector)
-            if prep.scorer is not None:
+            if prep.scorer is not None and prep.pruning.active:
+                with prep.scorer.hold():
+                    start = lambda i: stream_deltas(_one(prep, i))  # noqa: E731
+                    everyone = await sample_pruned(bon, prep, start, prep.pruning)
+                outputs = survivors(everyone)
+                prep.dropped = [c for c in everyone if c.outcome != FINISHED]
+                ranked = bon.rank(outputs)
+            elif prep.scorer is not None:
                 with prep.scorer.hold():  # a reward-model swap waits for it before freeing the engine
                     outputs, ranked = await bon.run(prep, stream_deltas(prep))
             else:  # nothing to score: assemble the candidates, then rank them
@@ -344,7 +365,7 @@ class BaseServing:
         """Usage for the response and the same numbers as metrics. completion_tokens counts
         every decoded candidate (as OpenAI billed legacy best_of)."""
         name, mode = prep.model.name, prep.mode
-        reward_tokens = ranked.reward_tokens if ranked else 0
+        reward_tokens = (ranked.reward_tokens if ranked else 0) + sum(c.reward_tokens for c in prep.dropped)
         scored = ranked is not None and prep.scorer is not None
         verdict = prep.pairing.verdict if scored and prep.pairing is not None else None
         cost = lease.engine_seconds * self.settings.accelerator_price_per_hour / 3600
@@ -352,6 +373,9 @@ class BaseServing:
         metrics.DECODED_TOKENS.labels(name, mode).inc(decoded)
         metrics.DELIVERED_TOKENS.labels(name, mode).inc(delivered)
         metrics.CANDIDATES.labels(name).observe(prep.best_of)
+        outcomes = _outcomes(prep, ranked)
+        for outcome, count in (outcomes or {}).items():
+            metrics.CANDIDATE_OUTCOMES.labels(name, outcome).inc(count)
         # engine seconds and cost are counted by Admission.slot, failures included
         rewards = [r for r in ranked.rewards if r is not None] if ranked is not None else []
         if ranked is not None and len(rewards) == len(ranked.rewards):
@@ -366,6 +390,9 @@ class BaseServing:
             total_tokens=prompt_len + decoded,
             bonserve=UsageBreakdown(
                 candidates=prep.best_of,
+                candidates_finished=outcomes["finished"] if outcomes else None,
+                candidates_pruned=outcomes["pruned"] if outcomes else None,
+                candidates_stopped=outcomes["stopped"] if outcomes else None,
                 delivered_tokens=delivered,
                 decoded_tokens=decoded,
                 reward_model_tokens=reward_tokens,
@@ -397,7 +424,7 @@ class BaseServing:
     ) -> Usage:
         return self._account(
             prep,
-            sum(len(o.token_ids) for o in outputs),
+            sum(len(o.token_ids) for o in [*outputs, *prep.dropped]),
             sum(len(o.token_ids) for o, _ in chosen),
             ranked,
             lease,
@@ -421,6 +448,48 @@ def _cannot_rank(name: str, pairing: Pairing, selector: str) -> APIError:
         "best_of",
         "unhelpful_reward_model",
     )
+
+
+def _one(prep: PreparedRequest, index: int) -> PreparedRequest:
+    """Candidate `index` of a pruned Best-of-N request as its own engine request (n=1, the seed
+    vLLM would give that child), so it can be aborted alone; prefix caching shares the prompt."""
+    from copy import copy
+    from dataclasses import replace
+
+    params = copy(prep.params)
+    params.n, params.seed = 1, candidate_seed(prep.params.seed, index)
+    return replace(prep, params=params, request_id=f"{prep.request_id}-{index}", dropped=[])
+
+
+def _outcomes(prep: PreparedRequest, ranked: Ranked | None) -> dict[str, int] | None:
+    """Candidates by outcome under pruning / early stop (None when neither was on)."""
+    if ranked is None or not prep.pruning.active:
+        return None
+    counts = {"finished": len(ranked.order), "pruned": 0, "stopped": 0}
+    for c in prep.dropped:
+        counts[c.outcome or "stopped"] += 1
+    return counts
+
+
+def dropped_candidates(prep: PreparedRequest) -> list[ScoredCandidate]:
+    """`return_candidates` entries of the pruned and stopped candidates: never choices, ranked
+    after every survivor, with their partial reward and outcome."""
+    rank = prep.best_of - len(prep.dropped)
+    return [
+        ScoredCandidate(
+            index=c.index,
+            rank=rank + k,
+            text=c.text,
+            reward=None,
+            score=None,
+            finish_reason=c.finish_reason or "abort",
+            completion_tokens=len(c.token_ids),
+            choice_index=None,
+            outcome=c.outcome,
+            partial_reward=c.partial_reward,
+        )
+        for k, c in enumerate(prep.dropped)
+    ]
 
 
 async def assemble(prep: PreparedRequest, deltas: AsyncIterator[Any]) -> list[Candidate]:

@@ -255,3 +255,28 @@ class FakeTimedLLM(FakeAsyncLLM):
                 yield out
         finally:
             self.intervals.append((start, time.monotonic()))
+
+
+@dataclass
+class FakeSeededStepLLM(FakeAsyncLLM):
+    """Decodes `steps` tokens, one per delta; candidate i's tokens are `(seed + i) % 10 + 1`
+    characters wide (so the length reward prefers higher seeds, and a pruned request's n=1
+    candidate i, seeded seed + i, samples what child i of the n>1 request does); counts the
+    requests aborted before they finished."""
+
+    steps: int = 10
+
+    async def generate(
+        self, prompt: Any, params: Any, request_id: str, lora_request: Any = None
+    ) -> AsyncIterator[Any]:
+        self.requests.append(params)
+        seed = params.seed or 0
+        try:
+            for step in range(self.steps):
+                await asyncio.sleep(0)
+                reason = "stop" if step == self.steps - 1 else None
+                outs = [FakeCompletion(i, "w" * ((seed + i) % 10 + 1), [5], reason) for i in range(params.n)]
+                yield SimpleNamespace(outputs=outs, finished=bool(reason))
+        except (asyncio.CancelledError, GeneratorExit):
+            self.aborted += 1
+            raise

@@ -5,7 +5,7 @@ named fakes: per-candidate engine streams (`FakeCandidateStreams`) and the lengt
 from __future__ import annotations
 
 import asyncio
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Callable
 from types import SimpleNamespace
 from typing import Any
 
@@ -25,8 +25,10 @@ from server.bon import (
     threshold_met,
     to_prune,
 )
-from tests.server.fakes import FakeCompletion, FakeRewardScorer
+from server.config import Settings
+from tests.server.fakes import FakeCompletion, FakeRewardScorer, FakeSeededStepLLM
 from tests.server.test_bon import prepared
+from tests.server.test_bon_with_fakes import CHAT, bon_client  # noqa: F401 (the fixture)
 
 MESSAGES = [{"role": "user", "content": "q"}]
 
@@ -140,3 +142,81 @@ async def test_threshold_stops_the_rest_once_n_finished_reach_it() -> None:
     assert cands[0].outcome == FINISHED and cands[0].reward == 11.0
     assert [c.outcome for c in cands[1:]] == [STOPPED] * 3
     assert streams.aborted == {1, 2, 3} and max(streams.decoded[1:]) < 50
+
+
+# --------------------------------------------------------------------------- over HTTP
+
+
+@pytest.mark.timeout(30)
+async def test_pruned_request_over_http_bills_pruned_prefixes(bon_client: Callable[..., Any]) -> None:  # noqa: F811
+    engine = FakeSeededStepLLM(steps=10)
+    c = await bon_client(policy=engine)
+    extras = {
+        "best_of": 4,
+        "seed": 0,
+        "bon_prune_at": [4],
+        "bon_prune_fraction": 0.5,
+        "return_candidates": True,
+    }
+    body = (await c.post("/v1/chat/completions", json={**CHAT, **extras})).json()
+    assert [p.n for p in engine.requests] == [1] * 4 and [p.seed for p in engine.requests] == [0, 1, 2, 3]
+    assert engine.aborted == 2
+    bs = body["usage"]["bonserve"]
+    assert (bs["candidates"], bs["candidates_finished"], bs["candidates_pruned"]) == (4, 2, 2)
+    assert 2 * 10 + 2 * 4 <= body["usage"]["completion_tokens"] < 4 * 10  # pruned prefixes billed
+    assert body["choices"][0]["message"]["content"] == "wwww" * 10
+    cands = body["candidates"]
+    assert [(x["index"], x["outcome"]) for x in cands[2:]] == [(0, "pruned"), (1, "pruned")]
+    assert all(x["partial_reward"] is not None and x["choice_index"] is None for x in cands[2:])
+    metrics = (await c.get("/metrics")).text
+    assert 'bonserve_bon_candidates_total{model="fake",outcome="pruned"} 2.0' in metrics
+
+
+@pytest.mark.timeout(30)
+async def test_threshold_over_http_and_server_defaults(bon_client: Callable[..., Any]) -> None:  # noqa: F811
+    engine = FakeSeededStepLLM(steps=6)
+    c = await bon_client(policy=engine, default_bon_prune="fake=2@0.5")
+    body = (await c.post("/v1/chat/completions", json={**CHAT, "best_of": 4, "seed": 0})).json()
+    assert body["usage"]["bonserve"]["candidates_pruned"] == 2  # the model's default schedule
+    off = {**CHAT, "best_of": 4, "seed": 0, "bon_prune_at": []}
+    body = (await c.post("/v1/chat/completions", json=off)).json()
+    assert body["usage"]["bonserve"]["candidates_pruned"] is None  # [] turns the default off
+    assert engine.requests[-1].n == 4 and body["usage"]["completion_tokens"] == 4 * 6
+    stop = {"best_of": 4, "seed": 0, "bon_prune_at": [], "bon_reward_threshold": 0.0}
+    body = (await c.post("/v1/chat/completions", json={**CHAT, **stop})).json()
+    assert body["usage"]["bonserve"]["candidates_finished"] >= 1
+    assert (
+        body["usage"]["bonserve"]["candidates_stopped"]
+        == 4 - body["usage"]["bonserve"]["candidates_finished"]
+    )
+
+
+@pytest.mark.timeout(30)
+@pytest.mark.parametrize(
+    ("extra", "param"),
+    [
+        ({"bon_prune_at": [8, 4]}, "bon_prune_at"),
+        ({"bon_prune_at": [0]}, "bon_prune_at"),
+        ({"bon_prune_fraction": 1.0}, "bon_prune_fraction"),
+        ({"bon_prune_at": "4"}, "bon_prune_at"),
+    ],
+)
+async def test_invalid_pruning_fields_are_400(
+    bon_client: Callable[..., Any],  # noqa: F811
+    extra: dict[str, Any],
+    param: str,
+) -> None:
+    c = await bon_client(policy=FakeSeededStepLLM())
+    r = await c.post("/v1/chat/completions", json={**CHAT, "best_of": 4, **extra})
+    assert r.status_code == 400
+    assert r.json()["error"]["type"] == "invalid_request_error" and param in r.json()["error"]["message"]
+
+
+def test_invalid_server_defaults_are_refused() -> None:
+    for bad in (
+        {"default_bon_prune": "8+4"},
+        {"default_bon_prune": "4@1.5"},
+        {"default_bon_reward_threshold": "x"},
+    ):
+        with pytest.raises(ValueError, match=r"default_bon|bon prune"):
+            Settings(**bad)
