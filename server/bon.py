@@ -32,9 +32,18 @@ Usage bills every decoded token of every candidate as completion_tokens (as Open
 legacy best_of) and adds the tokens the reward model read as
 `usage.bonserve.reward_model_tokens` (server/serving.py, `BaseServing._account`).
 
-Room left for later: pruning unfinished candidates would be a step inside
-`sample_and_score`'s loop (score partial text, abort the worst), and an early stop (a reward
-good enough ends sampling) would be checked as each `score` lands. Neither exists yet.
+Pruning and adaptive N (`sample_pruned`, off by default; request fields `bon_prune_at`,
+`bon_prune_fraction`, `bon_reward_threshold`, else the model's server defaults): each
+candidate decodes as its own engine request (n=1, seeded `seed + i`, the seed vLLM gives child
+i of an n>1 request, so with nothing cut the candidates are the same), because vLLM v1 cannot
+abort one child of an n>1 request alone (the children have internal ids, and the parent's
+stream waits for every child). Once every running candidate has decoded a checkpoint's token
+count, their partial answers are scored through the same template as a finished one, in one
+reward-model call, and the lowest `fraction` of those still running are aborted by cancelling
+their streams (vLLM aborts a request whose generator closes), never leaving fewer than `n`
+survivors (PRUNED). With a threshold, once `n` finished candidates reach it the rest are
+aborted (STOPPED). Only finished survivors are ranked; usage still bills every decoded token
+and every token the reward model read.
 """
 
 from __future__ import annotations
