@@ -7,7 +7,7 @@ from collections.abc import AsyncIterator, Sequence
 from typing import Any
 
 from server.admission import Lease
-from server.bon import Ranked, scored_candidates, select
+from server.bon import Ranked, select
 from server.errors import bad_request
 from server.protocol import (
     CompletionChoice,
@@ -23,9 +23,9 @@ from server.serving import (
     PreparedRequest,
     Resolved,
     StreamTally,
-    dropped_candidates,
     guarded_stream,
     held,
+    listed_candidates,
     sse,
 )
 
@@ -145,11 +145,7 @@ class CompletionServing(BaseServing):
             model=prep.model.name,
             choices=choices,
             usage=self._usage_of(prep, outputs, chosen, ranked, lease),
-            candidates=(
-                scored_candidates(outputs, ranked, prep.n) + dropped_candidates(prep)
-                if req.return_candidates
-                else None
-            ),
+            candidates=(listed_candidates(prep, outputs, ranked) if req.return_candidates else None),
         )
 
     async def _replay(

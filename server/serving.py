@@ -19,7 +19,17 @@ from typing import Any
 
 from server import metrics
 from server.admission import Admission, Lease
-from server.bon import FINISHED, BestOfN, Candidate, Pruning, Ranked, candidate_seed, sample_pruned, survivors
+from server.bon import (
+    FINISHED,
+    BestOfN,
+    Candidate,
+    Pruning,
+    Ranked,
+    candidate_seed,
+    sample_pruned,
+    scored_candidates,
+    survivors,
+)
 from server.config import Settings
 from server.engines import EngineUnavailable
 from server.errors import APIError, bad_request, unavailable
@@ -469,6 +479,20 @@ def _outcomes(prep: PreparedRequest, ranked: Ranked | None) -> dict[str, int] | 
     for c in prep.dropped:
         counts[c.outcome or "stopped"] += 1
     return counts
+
+
+def listed_candidates(
+    prep: PreparedRequest, outputs: Sequence[Any], ranked: Ranked | None
+) -> list[ScoredCandidate]:
+    """`return_candidates`: the ranked candidates, then (under pruning / adaptive N) the pruned
+    and stopped ones; each with its engine index (the ranking indexes only the survivors)."""
+    listed = scored_candidates(outputs, ranked, prep.n)
+    if prep.pruning.active and ranked is not None:
+        for entry in listed:
+            entry.outcome = FINISHED
+            entry.index = outputs[entry.index].index
+        listed += dropped_candidates(prep)
+    return listed
 
 
 def dropped_candidates(prep: PreparedRequest) -> list[ScoredCandidate]:

@@ -166,7 +166,12 @@ async def test_pruned_request_over_http_bills_pruned_prefixes(bon_client: Callab
     assert 2 * 10 + 2 * 4 <= body["usage"]["completion_tokens"] < 4 * 10  # pruned prefixes billed
     assert body["choices"][0]["message"]["content"] == "wwww" * 10
     cands = body["candidates"]
-    assert [(x["index"], x["outcome"]) for x in cands[2:]] == [(0, "pruned"), (1, "pruned")]
+    assert [(x["index"], x["outcome"]) for x in cands] == [
+        (3, "finished"),
+        (2, "finished"),
+        (0, "pruned"),
+        (1, "pruned"),
+    ]
     assert all(x["partial_reward"] is not None and x["choice_index"] is None for x in cands[2:])
     metrics = (await c.get("/metrics")).text
     assert 'bonserve_bon_candidates_total{model="fake",outcome="pruned"} 2.0' in metrics
