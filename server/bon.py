@@ -292,10 +292,15 @@ def prune_count(running: int, finished: int, n: int, fraction: float) -> int:
     return max(0, min(math.floor(fraction * running), finished + running - n))
 
 
-def to_prune(running: Sequence[Candidate], finished: int, n: int, fraction: float) -> list[Candidate]:
+def to_prune(
+    running: Sequence[Candidate], finished: int, n: int, fraction: float, at_checkpoint: int | None = None
+) -> list[Candidate]:
     """The running candidates a checkpoint aborts: the lowest partial rewards (ties: the higher
-    index goes first, so the order is deterministic)."""
-    k = prune_count(len(running), finished, n, fraction)
+    index goes first, so the order is deterministic). `at_checkpoint`: how many were running
+    when the checkpoint was reached (the fraction is of those: on a real engine some finish
+    while their partial answers are scored)."""
+    k = prune_count(at_checkpoint if at_checkpoint is not None else len(running), finished, n, fraction)
+    k = max(0, min(k, len(running), finished + len(running) - n))
     order = sorted(running, key=lambda c: (c.partial_reward or 0.0, -c.index))
     return order[:k]
 
@@ -400,5 +405,5 @@ async def _checkpoint(
         c.reward_tokens += len(seq)
     still = [c for c in running if c.outcome is None]  # some finish while the scoring runs
     finished = sum(1 for c in candidates if c.outcome == FINISHED)
-    for c in to_prune(still, finished, prep.n, fraction):
+    for c in to_prune(still, finished, prep.n, fraction, at_checkpoint=len(running)):
         abort(c, PRUNED)

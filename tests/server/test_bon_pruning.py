@@ -75,6 +75,12 @@ def test_to_prune_takes_the_lowest_partial_rewards_ties_to_the_higher_index() ->
     assert [c.index for c in to_prune(running, 0, 1, 0.5)] == [2, 1]
 
 
+def test_the_fraction_is_of_those_running_at_the_checkpoint() -> None:
+    still = [Candidate(i, partial_reward=float(i)) for i in range(2)]  # two finished while scoring
+    assert [c.index for c in to_prune(still, 2, 1, 0.5, at_checkpoint=4)] == [0, 1]
+    assert [c.index for c in to_prune(still, 0, 1, 0.5, at_checkpoint=4)] == [0]  # keeps n
+
+
 def test_threshold_counts_finished_scored_candidates() -> None:
     cands = [done(0, 2.0), done(1, 0.5), Candidate(2, partial_reward=9.0)]
     assert threshold_met(cands, 1, 1.0)
