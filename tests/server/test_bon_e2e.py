@@ -237,6 +237,29 @@ def test_bad_best_of(bon_server: ServerProcess, extra: dict, status: int) -> Non
     assert json.loads(r.text)["error"]["param"] in ("best_of", "n")
 
 
+def test_pruned_best_of_on_the_real_engine(bon_server: ServerProcess) -> None:
+    """Pruning aborts candidates in the engine: fewer decoded tokens than full Best-of-N on the
+    same seed, the pruned ones reported; when every candidate ends before the checkpoint the
+    choice and rewards are full Best-of-N's (candidate i is seeded as vLLM seeds child i)."""
+    url = bon_server.v1 + "/chat/completions"
+    body = {"model": bon_server.model, "messages": MESSAGES, "best_of": 4, "max_tokens": 24, "seed": 7}
+    body |= {"temperature": 1.0, "return_candidates": True}
+    prune = {"bon_prune_at": [4], "bon_prune_fraction": 0.5}
+    full = httpx.post(url, json=body, timeout=120).json()
+    pruned = httpx.post(url, json={**body, **prune}, timeout=120).json()
+    assert pruned["usage"]["bonserve"]["candidates_pruned"] == 2, pruned["usage"]
+    assert pruned["usage"]["completion_tokens"] < full["usage"]["completion_tokens"]
+    outcomes = [c["outcome"] for c in pruned["candidates"]]
+    assert outcomes.count("pruned") == 2 and all(c["choice_index"] is None for c in pruned["candidates"][2:])
+
+    short = {**body, "max_tokens": 3}  # every candidate ends (by length) before token 4
+    a = httpx.post(url, json=short, timeout=120).json()
+    b = httpx.post(url, json={**short, **prune}, timeout=120).json()
+    assert b["usage"]["bonserve"]["candidates_pruned"] == 0
+    assert [c["message"]["content"] for c in b["choices"]] == [c["message"]["content"] for c in a["choices"]]
+    assert [c["reward"] for c in b["choices"]] == pytest.approx([c["reward"] for c in a["choices"]], abs=1e-3)
+
+
 def test_reward_engine_death_is_503_then_recovers(bon_server: ServerProcess) -> None:
     cores = [
         p for p in psutil.Process(bon_server.process.pid).children(recursive=True) if "EngineCore" in p.name()
