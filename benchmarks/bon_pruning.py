@@ -148,6 +148,9 @@ def main() -> int:
     parser.add_argument("--max-tokens", type=int, default=96)
     parser.add_argument("--concurrency", type=int, default=4)
     parser.add_argument("--max-time-s", type=float, default=1800, help="Per row: no new requests after.")
+    parser.add_argument(
+        "--price-per-hour", type=float, default=1.0, help="Replica price the server's cost model bills."
+    )
     parser.add_argument("--registry", type=Path, default=None)
     parser.add_argument(
         "--out", type=Path, default=None, help="Folder for results.json, requests.jsonl, report.md."
@@ -157,6 +160,7 @@ def main() -> int:
     examples = get_task("arithmetic").examples("heldout", args.prompts)
     work = Path(tempfile.mkdtemp(prefix="bench-bon-pruning-"))
     flags = ["--model", args.policy, "--reward-model", args.reward_model, "--enforce-eager"]
+    flags += ["--accelerator-price-per-hour", str(args.price_per_hour)]
     if args.registry is not None:
         flags += ["--registry", str(args.registry)]
     server = start_bonserve(work, *flags)
