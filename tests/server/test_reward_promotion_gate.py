@@ -6,27 +6,20 @@ Engines are the named fakes of tests/server/fakes.py."""
 
 from __future__ import annotations
 
-import asyncio
-from collections.abc import AsyncIterator, Awaitable, Callable
 from pathlib import Path
 from typing import Any
 
-import httpx
 import pytest
 from prometheus_client import REGISTRY
 
 from core.desired_state import read_desired
 from core.registry import Manifest, Registry
 from core.rerank import record_evaluation
-from server.app import build_app, build_state
-from server.config import Settings
-from server.state import AppState
-from tests.server.conftest import assert_envelope
-from tests.server.fakes import FakeEngineBuilder
+from tests.server.conftest import Serve, assert_envelope
+from tests.server.conftest import asgi_client as client
 
 pytestmark = pytest.mark.timeout(60)
 
-Serve = Callable[..., Awaitable[AppState]]
 CHAT = {"model": "base", "messages": [{"role": "user", "content": "hi"}], "max_tokens": 4, "best_of": 2}
 
 
@@ -46,36 +39,12 @@ def registry(tmp_path: Path) -> Registry:
     return reg
 
 
-@pytest.fixture
-async def serve(registry: Registry, monkeypatch: pytest.MonkeyPatch) -> AsyncIterator[Serve]:
-    monkeypatch.setattr("server.app.EngineBuilder", FakeEngineBuilder)
-    monkeypatch.setattr("server.model_manager.available_memory", lambda: 1 << 40)
-    states: list[AppState] = []
-
-    async def make(**overrides: Any) -> AppState:
-        values: dict[str, Any] = {
-            "registry": registry.root,
-            "model": "base",
-            "reconcile_interval_s": 0,
-            "open_admin": True,
-            "reward_model": "rm-good",
-        }
-        state = build_state(Settings(**{**values, **overrides}))
-        states.append(state)
-        for engine in state.engines.values():
-            await engine.start()
-        assert state.manager is not None
-        await state.manager.start()
-        return state
-
-    yield make
-    for state in states:
-        await asyncio.gather(*(e.stop() for e in state.engines.values()))
-
-
-def client(state: AppState) -> httpx.AsyncClient:
-    app = build_app(state.settings, state)
-    return httpx.AsyncClient(transport=httpx.ASGITransport(app=app), base_url="http://t")
+SERVE_DEFAULTS: dict[str, Any] = {
+    "model": "base",
+    "reconcile_interval_s": 0,
+    "open_admin": True,
+    "reward_model": "rm-good",
+}
 
 
 def allowed_gauge(policy: str, reward_model: str) -> float | None:
