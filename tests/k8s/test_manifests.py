@@ -42,6 +42,7 @@ from tests.k8s.manifests import (
     resolve_port,
     server_container,
 )
+from training.train_config import TrainConfig
 
 # Settings read outside server.config: BONSERVE_HOME is core/registry.py's store root.
 NON_SETTINGS_ENV = {"BONSERVE_HOME"}
@@ -177,6 +178,28 @@ def test_server_command_and_env_make_valid_settings(
     assert settings.port == resolve_port(container, "http")
     assert settings.reward_model, "the reward engine must be co-located (BONSERVE_REWARD_MODEL)"
     assert not settings.enforce_eager
+
+
+@pytest.mark.parametrize("overlay", OVERLAYS)
+def test_serving_pods_have_lora_slots(
+    overlay: str, monkeypatch: pytest.MonkeyPatch, rendered: Rendered
+) -> None:
+    """The trainers write LoRA entries by default: every serving Deployment must be able to
+    load one at run time (BONSERVE_MAX_LORAS > 0), at the rank they write, or a promotion of
+    one is refused (lora_disabled) and the pods stay out of sync with the registry."""
+    servers = [
+        (d["metadata"]["name"], c)
+        for d in rendered[overlay]
+        if d["kind"] == "Deployment"
+        for c in d["spec"]["template"]["spec"]["containers"]
+        if argv_of(c)[:2] == ["bonserve", "serve"]
+    ]
+    assert servers, f"{overlay}: no serving Deployment"
+    for name, c in servers:
+        assert int(literal_env(c).get("BONSERVE_MAX_LORAS", "0")) > 0, f"{overlay}: {name}"
+    settings = server_settings(overlay, monkeypatch, rendered)
+    assert settings.max_loras >= 2, "the promoted adapter and the one it replaces, both resident"
+    assert settings.max_lora_rank >= TrainConfig.__dataclass_fields__["lora_r"].default
 
 
 def test_init_containers_run_real_commands(rendered: Rendered) -> None:
