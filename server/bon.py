@@ -41,9 +41,14 @@ stream waits for every child). Once every running candidate has decoded a checkp
 count, their partial answers are scored through the same template as a finished one, in one
 reward-model call, and the lowest `fraction` of those still running are aborted by cancelling
 their streams (vLLM aborts a request whose generator closes), never leaving fewer than `n`
-survivors (PRUNED). With a threshold, once `n` finished candidates reach it the rest are
+survivors (PRUNED); a candidate that has finished is never pruned. With a threshold, once `n`
+finished candidates' rewards (the ranking value: length penalty applied) reach it the rest are
 aborted (STOPPED). Only finished survivors are ranked; usage still bills every decoded token
-and every token the reward model read.
+and every token the reward model read. Before an abort the aborted candidates' streams get one
+event-loop turn to hand over what the engine already delivered (so it is billed, and a
+candidate whose last token had arrived finishes instead); tokens the engine had not delivered
+when the abort was sent are never reported by vLLM's stream, so an aborted candidate's
+completion_tokens may fall short by at most the engine step in flight (one token a step).
 """
 
 from __future__ import annotations
@@ -51,7 +56,7 @@ from __future__ import annotations
 import asyncio
 import math
 import time
-from collections.abc import AsyncIterable, AsyncIterator, Callable, Sequence
+from collections.abc import AsyncIterable, AsyncIterator, Awaitable, Callable, Sequence
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any, Protocol
 
@@ -305,10 +310,15 @@ def to_prune(
     return order[:k]
 
 
-def threshold_met(candidates: Sequence[Candidate], n: int, threshold: float) -> bool:
-    """Whether `n` finished, scored candidates reach `threshold`."""
-    good = [c for c in candidates if c.outcome == FINISHED and c.reward is not None and c.reward >= threshold]
-    return len(good) >= n
+def threshold_met(
+    candidates: Sequence[Candidate], n: int, threshold: float, length_penalty: float = 0.0
+) -> bool:
+    """Whether `n` finished, scored candidates reach `threshold` with the value that ranks them
+    and is reported as their reward (`length_penalty` subtracted when cut by max_tokens), so a
+    truncated answer cannot stop the sampling that ranking would then demote."""
+    scored = [c for c in candidates if c.outcome == FINISHED and c.reward is not None]
+    rewards = penalised([c.reward or 0.0 for c in scored], [c.finish_reason for c in scored], length_penalty)
+    return sum(r >= threshold for r in rewards) >= n
 
 
 def survivors(candidates: Sequence[Candidate]) -> list[Candidate]:
@@ -328,7 +338,8 @@ async def sample_pruned(
     has decoded that many tokens, their partial answers are scored through the finished-answer
     template and the lowest `fraction` aborted (outcome PRUNED). With `reward_threshold`, once
     `n` finished candidates reach it the rest are aborted (STOPPED). Returns every candidate;
-    the finished ones are scored."""
+    the finished ones are scored. A candidate the engine finished is FINISHED, even one an
+    abort had just picked (its last output was already delivered): never pruned or stopped."""
     candidates = [Candidate(i) for i in range(prep.best_of)]
     wake = asyncio.Event()
     scoring: dict[int, asyncio.Task[None]] = {}
@@ -340,6 +351,8 @@ async def sample_pruned(
                     c.extend(delta)
                 wake.set()
             if not c.finished:
+                if c.outcome is not None:  # aborted: the stream ended early, as asked
+                    return
                 raise APIError(500, f"engine did not finish candidate {c.index}", type="server_error")
             c.outcome = FINISHED
             task = asyncio.create_task(bon.score(prep, c))
@@ -351,9 +364,19 @@ async def sample_pruned(
     decoding = {c.index: asyncio.create_task(decode(c)) for c in candidates}
     checkpoints = sorted(set(pruning.prune_at))
 
-    def abort(c: Candidate, outcome: str) -> None:
-        c.outcome = outcome
-        decoding[c.index].cancel()
+    async def abort(chosen: Sequence[Candidate], outcome: str) -> None:
+        """Abort `chosen` in the engine. vLLM's stream reports nothing of a request after its
+        abort, so first give each stream one loop turn to read what the engine has already
+        handed over (woken readers run before this task resumes): those tokens are billed, and a
+        candidate whose last output had arrived finishes (FINISHED) instead of being aborted."""
+        for c in chosen:
+            c.outcome = outcome
+        if not chosen:
+            return
+        await asyncio.sleep(0)
+        for c in chosen:
+            if not c.finished:
+                decoding[c.index].cancel()
 
     try:
         while True:
@@ -363,16 +386,16 @@ async def sample_pruned(
                     raise task.exception()  # type: ignore[misc]
             running = [c for c in candidates if c.outcome is None]
             if pruning.reward_threshold is not None and threshold_met(
-                candidates, prep.n, pruning.reward_threshold
+                candidates, prep.n, pruning.reward_threshold, bon.length_penalty
             ):
-                for c in running:
-                    abort(c, STOPPED)
+                await abort([c for c in running if not c.finished], STOPPED)
                 break
             if not running and all(t.done() for t in scoring.values()):
                 break
-            if checkpoints and running and all(len(c.token_ids) >= checkpoints[0] for c in running):
+            unfinished = [c for c in running if not c.finished]  # a finished one is never pruned
+            if checkpoints and unfinished and all(len(c.token_ids) >= checkpoints[0] for c in unfinished):
                 checkpoints.pop(0)
-                await _checkpoint(bon, prep, running, candidates, pruning.fraction, abort)
+                await _checkpoint(bon, prep, unfinished, candidates, pruning.fraction, abort)
                 continue
             await wake.wait()
         decoded = time.perf_counter()
@@ -391,10 +414,10 @@ async def _checkpoint(
     running: list[Candidate],
     candidates: list[Candidate],
     fraction: float,
-    abort: Callable[[Candidate, str], None],
+    abort: Callable[[Sequence[Candidate], str], Awaitable[None]],
 ) -> None:
     """Score the running candidates' partial answers (one reward-model call), then abort the
-    lowest `fraction` of those still running."""
+    lowest `fraction` of those still unfinished (a finished one is never pruned)."""
     messages = prep.messages or [{"role": "user", "content": prep.prompt_text}]
     for c in running:
         c.partial_text, c.partial_tokens = c.text, len(c.token_ids)
@@ -403,7 +426,8 @@ async def _checkpoint(
     for c, r, seq in zip(running, rewards, ids, strict=True):
         c.partial_reward = r
         c.reward_tokens += len(seq)
-    still = [c for c in running if c.outcome is None]  # some finish while the scoring runs
-    finished = sum(1 for c in candidates if c.outcome == FINISHED)
-    for c in to_prune(still, finished, prep.n, fraction, at_checkpoint=len(running)):
-        abort(c, PRUNED)
+    # some finish while the scoring runs: they count as finished, whether or not their stream
+    # has ended yet, and are never pruned
+    still = [c for c in running if c.outcome is None and not c.finished]
+    finished = sum(1 for c in candidates if c.outcome == FINISHED or (c.outcome is None and c.finished))
+    await abort(to_prune(still, finished, prep.n, fraction, at_checkpoint=len(running)), PRUNED)

@@ -96,15 +96,18 @@ class Settings(BaseSettings):
             "Pruned Best-of-N when a request sets no bon_prune_at: 'AT+AT@FRACTION' for every "
             "model ('4+8@0.5': after 4 and after 8 decoded tokens, abort the lowest-scoring half "
             "of the candidates still running), 'NAME=AT+AT@FRACTION,...' per served model, or "
-            "both. Off ('') by default."
+            "both. Applies only where candidates are ranked by reward (best_of > n, a reward "
+            "selector); a request's bon_prune_at null or [] turns it off. Off ('') by default."
         ),
     )
     default_bon_reward_threshold: str = Field(
         "",
         description=(
             "Adaptive N when a request sets no bon_reward_threshold: stop sampling once n "
-            "finished candidates reach this reward. 'T' for every model, 'NAME=T,...' per "
-            "served model, or both. Off ('') by default."
+            "finished candidates reach this reward (length_penalty applied, as ranked). 'T' for "
+            "every model, 'NAME=T,...' per served model, or both. Applies only where candidates "
+            "are ranked by reward; a request's bon_reward_threshold null turns it off. Off ('') "
+            "by default."
         ),
     )
     length_penalty: float = Field(

@@ -154,16 +154,26 @@ class SamplingFields(_Strict):
         description="Pruned Best-of-N: after each of these decoded-token counts (ascending, >= 1), "
         "score every unfinished candidate's partial answer with the reward model and abort the "
         "lowest-scoring `bon_prune_fraction` of them in the engine (never fewer than `n` "
-        "survivors). Pruned candidates never become choices. Default: the server's "
-        "--default-bon-prune for the model (off unless set); [] turns it off.",
+        "survivors; a candidate that has finished is never pruned). Pruned candidates never "
+        "become choices. Needs best_of > n and bon_selector 'reward' or 'reward+majority' (else "
+        "400). Absent: the server's --default-bon-prune for the model (off unless set); [] or "
+        "null turns it off for this request.",
     )
     bon_prune_fraction: float | None = Field(
-        None, gt=0, lt=1, description="Share of the running candidates each checkpoint aborts (default 0.5)."
+        None,
+        gt=0,
+        lt=1,
+        description="Share of the unfinished candidates each checkpoint aborts (default: the "
+        "server's --default-bon-prune fraction, else 0.5). Same condition as bon_prune_at.",
     )
     bon_reward_threshold: float | None = Field(
         None,
         description="Adaptive N: once `n` finished candidates reach this reward, abort the rest "
-        "in the engine and return. Default: the server's --default-bon-reward-threshold (off).",
+        "in the engine and return. The reward compared is the one that ranks and is reported "
+        "(the server's length_penalty subtracted from a candidate cut by max_tokens). Needs "
+        "best_of > n and bon_selector 'reward' or 'reward+majority' (else 400). Absent: the "
+        "server's --default-bon-reward-threshold for the model (off unless set); null turns it "
+        "off for this request.",
     )
 
     # ---- vLLM sampling extras ----------------------------------------------------------

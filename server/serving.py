@@ -178,18 +178,27 @@ class BaseServing:
             scorer = self.rerank.scorer(pairing.reward_model)
             if scorer is None:
                 raise unavailable(f"the reward model '{pairing.reward_model}' of '{req.model}' is not loaded")
+        else:
+            _refuse_pruning(req, best_of, selector)
         pruning = self._pruning(req, model) if scorer is not None else Pruning()
         return Resolved(model, req.n, best_of, selector, pairing, scorer, pruning)
 
     def _pruning(self, req: SamplingFields, model: ServedModel) -> Pruning:
-        """The request's pruning schedule and early stop, else the model's server defaults."""
+        """The request's pruning schedule and early stop, else the model's server defaults. A
+        field sent as null (or bon_prune_at []) turns that default off for the request: only an
+        absent field takes the default (`model_fields_set` tells the two apart)."""
+        sent = req.model_fields_set
         default = self.settings.bon_prune_for(model.name)
-        at = req.bon_prune_at if req.bon_prune_at is not None else (default[0] if default else ())
+        if "bon_prune_at" in sent:
+            at: tuple[int, ...] = tuple(req.bon_prune_at or ())
+        else:
+            at = default[0] if default else ()
         fraction = req.bon_prune_fraction or (default[1] if default else 0.5)
-        threshold = req.bon_reward_threshold
-        if threshold is None:
+        if "bon_reward_threshold" in sent:
+            threshold = req.bon_reward_threshold
+        else:
             threshold = self.settings.bon_reward_threshold_for(model.name)
-        return Pruning(tuple(at), fraction, threshold)
+        return Pruning(at, fraction, threshold)
 
     def _candidates(self, req: SamplingFields, model: ServedModel, pairing: Pairing, selector: str) -> int:
         """How many candidates to sample: the request's best_of, else the model's default
@@ -458,6 +467,26 @@ def _cannot_rank(name: str, pairing: Pairing, selector: str) -> APIError:
         "best_of",
         "unhelpful_reward_model",
     )
+
+
+_PRUNING_FIELDS = ("bon_prune_at", "bon_prune_fraction", "bon_reward_threshold")
+
+
+def _refuse_pruning(req: SamplingFields, best_of: int, selector: str) -> None:
+    """A 400 for a pruning or threshold field where nothing is ranked by reward (best_of == n,
+    or a selector without a reward model): it could not apply, and silently serving the request
+    without it would hide that. A field that only turns them off (null, bon_prune_at []) is
+    fine, and the server's defaults simply do not apply there."""
+    for name in _PRUNING_FIELDS:
+        value = getattr(req, name)
+        if value is None or value == []:
+            continue
+        raise bad_request(
+            f"{name} needs best_of > n and a reward-based bon_selector ('reward' or "
+            f"'reward+majority'); this request has best_of={best_of}, n={req.n}, "
+            f"bon_selector '{selector}'",
+            name,
+        )
 
 
 def _one(prep: PreparedRequest, index: int) -> PreparedRequest:

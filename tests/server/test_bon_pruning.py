@@ -1,11 +1,12 @@
 """Pruned Best-of-N and the reward-threshold stop (server/bon.py, `sample_pruned`), with
-named fakes: per-candidate engine streams (`FakeCandidateStreams`) and the length reward
+named fakes: per-candidate engine streams (`FakeCandidateStreams`; `FakeEngineLoopStreams`,
+where an engine task decodes ahead of the readers as vLLM's does) and the length reward
 (`FakeRewardScorer`: reward = characters of prompt and answer)."""
 
 from __future__ import annotations
 
 import asyncio
-from collections.abc import AsyncIterator, Callable
+from collections.abc import AsyncIterator, Callable, Sequence
 from types import SimpleNamespace
 from typing import Any
 
@@ -26,6 +27,7 @@ from server.bon import (
     to_prune,
 )
 from server.config import Settings
+from tests.server.conftest import assert_envelope
 from tests.server.fakes import FakeCompletion, FakeRewardScorer, FakeSeededStepLLM
 from tests.server.test_bon import prepared
 from tests.server.test_bon_with_fakes import CHAT, bon_client  # noqa: F401 (the fixture)
@@ -35,10 +37,11 @@ MESSAGES = [{"role": "user", "content": "q"}]
 
 class FakeCandidateStreams:
     """Candidate i decodes `lengths[i]` tokens, each of text `"a" * widths[i]`, one delta per
-    engine step; records which candidates were aborted (their stream closed early)."""
+    engine step, ending with `finish` ("length": cut by max_tokens); records which candidates
+    were aborted (their stream closed early)."""
 
-    def __init__(self, lengths: list[int], widths: list[int]) -> None:
-        self.lengths, self.widths = lengths, widths
+    def __init__(self, lengths: list[int], widths: list[int], finish: str = "stop") -> None:
+        self.lengths, self.widths, self.finish = lengths, widths, finish
         self.aborted: set[int] = set()
         self.decoded = [0] * len(lengths)
 
@@ -48,11 +51,77 @@ class FakeCandidateStreams:
                 await asyncio.sleep(0)
                 self.decoded[index] += 1
                 last = step == self.lengths[index] - 1
-                delta = FakeCompletion(0, "a" * self.widths[index], [7], "stop" if last else None)
+                delta = FakeCompletion(0, "a" * self.widths[index], [7], self.finish if last else None)
                 yield SimpleNamespace(outputs=[delta])
         except (asyncio.CancelledError, GeneratorExit):
             self.aborted.add(index)
             raise
+
+
+class FakeEngineLoopStreams:
+    """Streams as vLLM's AsyncLLM delivers them: one engine task decodes a token per loop turn
+    for every live candidate and hands it to that candidate's output collector (merged with
+    what the reader has not taken yet), and candidate i's stream takes what its collector
+    holds, else waits. So the engine runs ahead of the readers: at an abort it may have
+    delivered tokens, even a candidate's last, that bonserve has not read. `produced`: tokens
+    the engine decoded per candidate; an aborted candidate stops decoding."""
+
+    def __init__(self, lengths: list[int], widths: list[int]) -> None:
+        self.lengths, self.widths = lengths, widths
+        self.produced = [0] * len(lengths)
+        self.pending: list[FakeCompletion | None] = [None] * len(lengths)
+        self.ready = [asyncio.Event() for _ in lengths]
+        self.aborted: set[int] = set()
+        self.engine: asyncio.Task[None] | None = None
+
+    def _live(self) -> list[int]:
+        return [i for i, n in enumerate(self.lengths) if i not in self.aborted and self.produced[i] < n]
+
+    async def _run(self) -> None:
+        while live := self._live():
+            for i in live:
+                self.produced[i] += 1
+                reason = "stop" if self.produced[i] == self.lengths[i] else None
+                text, held = "a" * self.widths[i], self.pending[i]
+                if held is None:
+                    self.pending[i] = FakeCompletion(0, text, [7], reason)
+                else:
+                    held.text, held.token_ids = held.text + text, [*held.token_ids, 7]
+                    held.finish_reason = reason
+                self.ready[i].set()
+            await asyncio.sleep(0)
+
+    async def start(self, index: int) -> AsyncIterator[Any]:
+        if self.engine is None:
+            self.engine = asyncio.create_task(self._run())
+        try:
+            while True:
+                while (out := self.pending[index]) is None:
+                    self.ready[index].clear()
+                    await self.ready[index].wait()
+                self.pending[index] = None
+                yield SimpleNamespace(outputs=[out])
+                if out.finish_reason is not None:
+                    return
+        except (asyncio.CancelledError, GeneratorExit):
+            self.aborted.add(index)
+            raise
+
+
+class SnapshotScorer(FakeRewardScorer):
+    """The length reward; records `streams.produced` as each checkpoint's partial scoring
+    returns, the moment the checkpoint decides whom to prune (no other task runs in between)."""
+
+    def __init__(self, streams: FakeEngineLoopStreams) -> None:
+        super().__init__()
+        self.streams = streams
+        self.at_decision: list[list[int]] = []
+
+    async def score(self, sequences: Sequence[list[int]], request_id: str) -> list[float]:
+        rewards = await super().score(sequences, request_id)
+        if "-p" in request_id:
+            self.at_decision.append(list(self.streams.produced))
+        return rewards
 
 
 def done(index: int, reward: float) -> Candidate:
@@ -85,6 +154,13 @@ def test_threshold_counts_finished_scored_candidates() -> None:
     cands = [done(0, 2.0), done(1, 0.5), Candidate(2, partial_reward=9.0)]
     assert threshold_met(cands, 1, 1.0)
     assert not threshold_met(cands, 2, 1.0)
+
+
+def test_threshold_compares_the_penalised_reward_that_ranks() -> None:
+    cut = Candidate(0, finish_reason="length", reward=11.0, outcome=FINISHED)
+    assert threshold_met([cut], 1, 5.0)  # no penalty: 11 >= 5
+    assert not threshold_met([cut], 1, 5.0, length_penalty=10.0)  # ranked (and reported) as 1
+    assert threshold_met([done(1, 11.0)], 1, 5.0, length_penalty=10.0)  # not cut: no penalty
 
 
 def test_candidate_seed_matches_vllm_children() -> None:
@@ -150,6 +226,42 @@ async def test_threshold_stops_the_rest_once_n_finished_reach_it() -> None:
     assert streams.aborted == {1, 2, 3} and max(streams.decoded[1:]) < 50
 
 
+@pytest.mark.timeout(10)
+async def test_threshold_stop_uses_the_length_penalty_ranking_applies() -> None:
+    streams = FakeCandidateStreams(lengths=[2, 6, 6, 6], widths=[5, 1, 1, 1], finish="length")
+    prep = prepared(best_of=4, messages=MESSAGES)
+    bon = BestOfN(FakeRewardScorer(), length_penalty=10.0)
+    cands = await sample_pruned(bon, prep, streams.start, Pruning(reward_threshold=5.0))
+    # candidate 0 scores 11 raw, 1 ranked: below the threshold, so nothing is stopped
+    assert [c.outcome for c in cands] == [FINISHED] * 4 and not streams.aborted
+    ranked = bon.rank(survivors(cands))
+    assert ranked.rewards[0] == 1.0 and all(r is not None and r < 5.0 for r in ranked.rewards)
+
+
+@pytest.mark.timeout(10)
+@pytest.mark.parametrize("first", [6, 10])
+async def test_aborts_bill_what_the_engine_delivered_and_never_prune_a_finished_one(first: int) -> None:
+    # the engine decodes ahead of the readers; with first=6 candidate 0 (the lowest partial
+    # reward) has its last token decoded and delivered, unread, when the checkpoint decides
+    streams = FakeEngineLoopStreams(lengths=[first, 10, 10, 10], widths=[1, 2, 3, 4])
+    scorer = SnapshotScorer(streams)
+    prep = prepared(best_of=4, messages=MESSAGES)
+    cands = await sample_pruned(BestOfN(scorer), prep, streams.start, Pruning(prune_at=(4,), fraction=0.5))
+    assert streams.engine is not None
+    await streams.engine
+    (decided,) = scorer.at_decision
+    for c in cands:
+        if decided[c.index] == streams.lengths[c.index]:  # the engine had finished it
+            assert c.outcome == FINISHED and c.finished and c.reward is not None
+        # every token the engine decoded before the abort is billed; what it decoded after
+        # (the step in flight) vLLM never reports
+        assert decided[c.index] <= len(c.token_ids) <= streams.produced[c.index]
+    pruned = [c for c in cands if c.outcome == PRUNED]
+    assert pruned and all(not c.finished and c.index in streams.aborted for c in pruned)
+    assert [c.outcome for c in cands].count(PRUNED) == (1 if first == 6 else 2)
+    assert (cands[0].outcome == FINISHED) == (first == 6)
+
+
 # --------------------------------------------------------------------------- over HTTP
 
 
@@ -185,14 +297,16 @@ async def test_pruned_request_over_http_bills_pruned_prefixes(bon_client: Callab
 
 @pytest.mark.timeout(30)
 async def test_threshold_over_http_and_server_defaults(bon_client: Callable[..., Any]) -> None:  # noqa: F811
-    engine = FakeSeededStepLLM(steps=6)
-    c = await bon_client(policy=engine, default_bon_prune="fake=2@0.5")
+    # 10 steps: the candidates are still decoding when the checkpoint's scoring returns (ones
+    # that had finished by then would count as finished, never pruned)
+    engine = FakeSeededStepLLM(steps=10)
+    c = await bon_client(policy=engine, default_bon_prune="fake=4@0.5")
     body = (await c.post("/v1/chat/completions", json={**CHAT, "best_of": 4, "seed": 0})).json()
     assert body["usage"]["bonserve"]["candidates_pruned"] == 2  # the model's default schedule
     off = {**CHAT, "best_of": 4, "seed": 0, "bon_prune_at": []}
     body = (await c.post("/v1/chat/completions", json=off)).json()
     assert body["usage"]["bonserve"]["candidates_pruned"] is None  # [] turns the default off
-    assert engine.requests[-1].n == 4 and body["usage"]["completion_tokens"] == 4 * 6
+    assert engine.requests[-1].n == 4 and body["usage"]["completion_tokens"] == 4 * 10
     stop = {"best_of": 4, "seed": 0, "bon_prune_at": [], "bon_reward_threshold": 0.0}
     body = (await c.post("/v1/chat/completions", json={**CHAT, **stop})).json()
     assert body["usage"]["bonserve"]["candidates_finished"] >= 1
@@ -231,3 +345,63 @@ def test_invalid_server_defaults_are_refused() -> None:
     ):
         with pytest.raises(ValueError, match=r"default_bon|bon prune"):
             Settings(**bad)
+
+
+@pytest.mark.timeout(30)
+@pytest.mark.parametrize(
+    "extra",
+    [
+        {"bon_prune_at": [4]},  # best_of == n: nothing is reranked
+        {"n": 2, "best_of": 2, "bon_reward_threshold": 1.0},
+        {"best_of": 4, "bon_selector": "majority", "bon_prune_at": [4]},
+        {"best_of": 4, "bon_selector": "majority", "bon_reward_threshold": 1.0},
+        {"best_of": 4, "bon_selector": "logprob", "bon_prune_fraction": 0.5},
+    ],
+)
+async def test_pruning_fields_where_nothing_is_reward_ranked_are_400(
+    bon_client: Callable[..., Any],  # noqa: F811
+    extra: dict[str, Any],
+) -> None:
+    engine = FakeSeededStepLLM()
+    c = await bon_client(policy=engine)
+    r = await c.post("/v1/chat/completions", json={**CHAT, **extra})
+    param = next(k for k in extra if k.startswith("bon_") and k != "bon_selector")
+    err = assert_envelope(r, 400)
+    assert err["type"] == "invalid_request_error" and err["param"] == param
+    assert f"{param} needs best_of > n and a reward-based bon_selector" in err["message"]
+    assert not engine.requests  # refused before the engine
+
+
+@pytest.mark.timeout(30)
+async def test_server_defaults_and_off_fields_do_not_refuse_where_nothing_is_reward_ranked(
+    bon_client: Callable[..., Any],  # noqa: F811
+) -> None:
+    engine = FakeSeededStepLLM(steps=6)
+    c = await bon_client(policy=engine, default_bon_prune="4@0.5", default_bon_reward_threshold="0")
+    extras: list[dict[str, Any]] = [
+        {},  # best_of == n
+        {"best_of": 4, "bon_selector": "majority"},
+        {"bon_prune_at": [], "bon_reward_threshold": None, "bon_prune_fraction": None},
+    ]
+    for extra in extras:
+        r = await c.post("/v1/chat/completions", json={**CHAT, **extra})
+        assert r.status_code == 200, r.text
+        bs = r.json()["usage"]["bonserve"]
+        assert bs["candidates_pruned"] is None and bs["candidates_stopped"] is None  # defaults not applied
+    assert [p.n for p in engine.requests] == [1, 4, 1]
+
+
+@pytest.mark.timeout(30)
+async def test_explicit_null_turns_a_server_default_off(bon_client: Callable[..., Any]) -> None:  # noqa: F811
+    engine = FakeSeededStepLLM(steps=10)
+    c = await bon_client(policy=engine, default_bon_prune="4@0.5", default_bon_reward_threshold="0")
+    base = {**CHAT, "best_of": 4, "seed": 0}
+    body = (await c.post("/v1/chat/completions", json=base)).json()
+    assert body["usage"]["bonserve"]["candidates_finished"] < 4  # the defaults apply when absent
+    body = (await c.post("/v1/chat/completions", json={**base, "bon_reward_threshold": None})).json()
+    bs = body["usage"]["bonserve"]
+    assert (bs["candidates_pruned"], bs["candidates_stopped"]) == (2, 0)  # only the default schedule
+    off = {**base, "bon_reward_threshold": None, "bon_prune_at": None}
+    body = (await c.post("/v1/chat/completions", json=off)).json()
+    assert body["usage"]["bonserve"]["candidates_pruned"] is None  # both off: plain Best-of-N
+    assert engine.requests[-1].n == 4 and body["usage"]["completion_tokens"] == 4 * 10
