@@ -6,6 +6,14 @@ Both servers run at once (idle while the other is measured); each round measures
 concurrency level on A then B, alternating the order, so machine drift hits both alike.
 Greedy decoding makes both servers generate identical tokens. Prints per-level medians over
 rounds and the ratios bonserve/vLLM (throughput: want >= 0.95; p50 latency: want <= 1.05).
+
+    python benchmarks/server_overhead.py --vllm-defaults --concurrency 1 4 --rounds 3 \
+        --out docs/benchmarks/server_overhead_defaults.json
+
+`--vllm-defaults` compares what a user gets out of the box instead: bonserve with its defaults
+against `vllm serve MODEL` with vLLM's (no dtype, KV cache, compile or chunked-prefill flags).
+The two then decode in different dtypes, so every request asks for exactly `--max-tokens`
+tokens (`ignore_eos`) and throughput is compared in output tokens per second.
 """
 
 from __future__ import annotations
@@ -21,7 +29,7 @@ from openai import AsyncOpenAI
 
 from core.registry import DEFAULT_MODEL_NAME, Registry
 from loadtests.closed_loop import closed_loop
-from loadtests.servers import start_bonserve, start_vllm
+from loadtests.servers import start_bonserve, start_vllm, start_vllm_defaults
 
 PROMPTS = [
     f"What is {a} + {b}? Reply with just the number."
@@ -39,8 +47,9 @@ PROMPTS = [
 
 
 async def run_level(
-    base_url: str, model: str, concurrency: int, n_requests: int, max_tokens: int
+    base_url: str, model: str, concurrency: int, n_requests: int, max_tokens: int, fixed_length: bool = False
 ) -> dict[str, float]:
+    extra = {"ignore_eos": True, "min_tokens": max_tokens} if fixed_length else None
     async with AsyncOpenAI(base_url=base_url + "/v1", api_key="unused", max_retries=0, timeout=300) as client:
 
         async def call(i: int) -> int:
@@ -49,7 +58,11 @@ async def run_level(
                 messages=[{"role": "user", "content": PROMPTS[i % len(PROMPTS)]}],
                 max_tokens=max_tokens,
                 temperature=0,
+                extra_body=extra,
             )
+            assert r.usage is not None
+            if fixed_length and r.usage.completion_tokens != max_tokens:
+                raise RuntimeError(f"{base_url}: {r.usage.completion_tokens} tokens, asked for {max_tokens}")
             return r.usage.completion_tokens
 
         return await closed_loop(call, n_requests, concurrency)
@@ -64,6 +77,11 @@ def main() -> None:
     parser.add_argument("--concurrency", type=int, nargs="+", default=[1, 4, 16])
     parser.add_argument("--max-tokens", type=int, default=64)
     parser.add_argument("--bonserve-flags", default="", help="extra flags for bonserve serve")
+    parser.add_argument(
+        "--vllm-defaults",
+        action="store_true",
+        help="vLLM's server with its own defaults (what a user would run instead), fixed output lengths",
+    )
     parser.add_argument("--out", type=Path, default=None)
     args = parser.parse_args()
 
@@ -71,14 +89,17 @@ def main() -> None:
     log_dir = Path(tempfile.mkdtemp(prefix="bench-"))
     servers = {
         "bonserve": start_bonserve(log_dir, *args.bonserve_flags.split()),
-        "vllm": start_vllm(log_dir, entry.path, DEFAULT_MODEL_NAME),
+        "vllm": start_vllm_defaults(log_dir, entry.path, DEFAULT_MODEL_NAME)
+        if args.vllm_defaults
+        else start_vllm(log_dir, entry.path, DEFAULT_MODEL_NAME),
     }
+    fixed = args.vllm_defaults
     results: dict[str, dict[int, list[dict[str, float]]]] = {k: {} for k in servers}
     try:
         for s in servers.values():
             s.wait_ready()
         for s in servers.values():  # warm-up: first requests pay one-off costs
-            asyncio.run(run_level(s.base_url, DEFAULT_MODEL_NAME, 4, 8, args.max_tokens))
+            asyncio.run(run_level(s.base_url, DEFAULT_MODEL_NAME, 4, 8, args.max_tokens, fixed))
         for rnd in range(args.rounds):
             order = list(servers) if rnd % 2 == 0 else list(reversed(servers))
             for c in args.concurrency:
@@ -90,11 +111,13 @@ def main() -> None:
                             c,
                             max(args.requests, 6 * c),
                             args.max_tokens,
+                            fixed,
                         )
                     )
                     results[name].setdefault(c, []).append(r)
                     print(
                         f"round {rnd} c={c:<3} {name:<9} {r['req_per_s']:.2f} req/s "
+                        f"{r['tok_per_s']:.1f} tok/s "
                         f"p50 {r['p50']:.3f}s p99 {r['p99']:.3f}s",
                         flush=True,
                     )
@@ -106,7 +129,7 @@ def main() -> None:
     print(f"\n{'conc':>4} {'metric':<10} {'bonserve':>10} {'vllm':>10} {'ratio':>7}")
     for c in args.concurrency:
         level = {}
-        for metric in ("req_per_s", "p50", "p99"):
+        for metric in ("req_per_s", "tok_per_s", "p50", "p99"):
             ours = statistics.median(r[metric] for r in results["bonserve"][c])
             ref = statistics.median(r[metric] for r in results["vllm"][c])
             # Ratio per round, then the median: robust to drift across rounds.

@@ -1,13 +1,16 @@
 """Hot-swap cost: time from promote to the first token of the new checkpoint, and the latency
 of in-flight traffic during the swap (p99 during vs before), for a LoRA adapter and for full
-weights. One run, one server.
+weights (a new engine), then for a second full checkpoint of the same layout (loaded into
+that engine in place). One run, one server.
 
     python benchmarks/swap_latency.py --out docs/benchmarks/swap_latency.json
 
 A closed loop of `--concurrency` clients keeps sending chat requests to the alias `policy`
 the whole time. Then: `--quiet-s` seconds of load (the "before" window), promote
 `policy` -> LoRA adapter (random weights, rank 8), wait `--quiet-s`, promote -> a full
-checkpoint (a new engine is started, warmed, switched to, and the old target drained).
+checkpoint (a new engine is started, warmed, switched to, and the old target drained), wait
+`--quiet-s`, promote -> a second full checkpoint (the alias switches at once; its requests
+wait while the first drains and the weights load into its engine).
 """
 
 from __future__ import annotations
@@ -54,6 +57,7 @@ async def main_async(args: argparse.Namespace, base_url: str) -> dict[str, Any]:
             base_url + "/admin/aliases/promote", json={"alias": "policy", "model": target}, timeout=900
         )
         r.raise_for_status()
+        method = r.json()["method"]
         switched = time.perf_counter()
         async with c.stream(
             "POST",
@@ -71,6 +75,7 @@ async def main_async(args: argparse.Namespace, base_url: str) -> dict[str, Any]:
             "end": first,
             "promote_s": switched - t0,
             "promote_to_first_token_s": first - t0,
+            "method": method,
         }
 
     async with httpx.AsyncClient(timeout=900) as c:
@@ -80,6 +85,8 @@ async def main_async(args: argparse.Namespace, base_url: str) -> dict[str, Any]:
         lora = await promote(c, "bench-lora")
         await asyncio.sleep(args.quiet_s)
         full = await promote(c, "bench-full")
+        await asyncio.sleep(args.quiet_s)
+        in_place = await promote(c, "bench-full-2")
         await asyncio.sleep(args.quiet_s / 2)
         stop.set()
         await asyncio.gather(*clients)
@@ -95,9 +102,10 @@ async def main_async(args: argparse.Namespace, base_url: str) -> dict[str, Any]:
         "failures": failures[:5],
         "before": summarize(before) | {"n": len(before)},
     }
-    for name, swap in (("lora", lora), ("full", full)):
+    for name, swap in (("lora", lora), ("full", full), ("full_in_place", in_place)):
         during = window(swap["start"], swap["end"])
         report[name] = {
+            "method": swap["method"],
             "promote_s": swap["promote_s"],
             "promote_to_first_token_s": swap["promote_to_first_token_s"],
             "during": summarize(during) | {"n": len(during)},
@@ -128,6 +136,7 @@ def main() -> None:
     base = registry.load(DEFAULT_MODEL_NAME)
     make_lora_entry(registry, base, "bench-lora", rank=8, seed=1)
     copy_full_entry(registry, base, "bench-full")
+    copy_full_entry(registry, base, "bench-full-2")  # same layout as bench-full: loaded in place
     server = start_bonserve(
         work,
         "--registry",

@@ -141,3 +141,12 @@ def start_vllm(
         *extra,
     ]
     return _spawn(name, cmd, log_dir, port, "/health", env)
+
+
+def start_vllm_defaults(log_dir: Path, model_path: Path, served_name: str) -> ServerProcess:
+    """vLLM's own OpenAI server as a user would start it: the model and a name, every engine
+    setting vLLM's default for this machine."""
+    port = free_port()
+    cmd = [sys.executable, "-m", "vllm.entrypoints.openai.api_server", "--host", "127.0.0.1"]
+    cmd += ["--port", str(port), "--model", str(model_path), "--served-model-name", served_name]
+    return _spawn("vllm-defaults", cmd, log_dir, port, "/health")

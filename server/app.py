@@ -196,8 +196,11 @@ def build_app(settings: Settings, state: AppState | None = None) -> FastAPI:
         # Engines start in the background: /health answers at once and /ready turns true
         # when every engine is up (what Kubernetes' startup and readiness probes expect).
         async def start_all() -> None:
-            for engine in state.engines.values():  # one at a time: they share the CPU
-                await engine.start()
+            if settings.concurrent_engine_start:
+                await asyncio.gather(*(engine.start() for engine in state.engines.values()))
+            else:
+                for engine in state.engines.values():
+                    await engine.start()
             if state.manager is not None:  # then the registry's desired state, and follow it
                 await state.manager.start()
                 if settings.reconcile_interval_s > 0:

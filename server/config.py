@@ -192,8 +192,21 @@ class Settings(BaseSettings):
     )
     engine_seed: int = Field(_ENGINE.seed, description="Engine-level seed for unseeded sampling.")
     engine_start_timeout_s: float = Field(600, gt=0, description="Give up starting an engine.")
+    concurrent_engine_start: bool = Field(
+        False,
+        description="Start the policy and reward engines at the same time rather than one after "
+        "the other (benchmarks/start_time.py measures both).",
+    )
     engine_restart_backoff_s: float = Field(2.0, ge=0, description="Pause before a restart.")
 
+    swap_in_place: bool = Field(
+        True,
+        description="Promote a full checkpoint by loading its weights into the engine of the full "
+        "checkpoint it replaces, when that engine serves nothing else and both have the same "
+        "architecture and tokenizer: requests to the alias wait while the old ones drain and the "
+        "weights load, instead of a second engine starting beside the first "
+        "(benchmarks/swap_latency.py measures both).",
+    )
     swap_memory_headroom: float = Field(
         1.5,
         ge=1.0,

@@ -168,6 +168,28 @@ class ManagedEngine:
                 self.restarts += 1
                 ENGINE_RESTARTS.labels(self.name).inc()
 
+    def retarget(self, name: str, factory: EngineFactory) -> None:
+        """Serve another checkpoint under `name`: restarts build from `factory` from now on
+        (what an in-place weight load needs, so a restart does not bring the old weights back)."""
+        ENGINE_METRICS.rename(self.name, name)
+        ENGINE_RESTARTS.labels(name)
+        self.name, self._factory = name, factory
+
+    async def reload_weights(self, path: str) -> None:
+        """Load the checkpoint at `path` into the running engine (vLLM's in-place
+        `reload_weights`; same architecture), then drop the prefix cache: its KV blocks were
+        computed with the previous weights. The caller makes sure nothing is decoding."""
+        engine = self.require()
+        t0 = time.monotonic()
+        await engine.collective_rpc("reload_weights", kwargs={"weights_path": path})
+        await engine.reset_prefix_cache()
+        logger.info("engine %s loaded %s in place (%.1fs)", self.name, path, time.monotonic() - t0)
+
+    async def restart(self, reason: str) -> None:
+        """Replace the running engine with a fresh one from the factory."""
+        if self.engine is not None:
+            await self.report_dead(reason, self.engine)
+
     async def stop(self) -> None:
         self.state = EngineState.STOPPED
         if self._lifecycle is not None:

@@ -204,6 +204,12 @@ class EngineMetrics(Collector):
             REGISTRY.unregister(collector)
         self._engines[engine] = ours
 
+    def rename(self, engine: str, name: str) -> None:
+        """Key an engine's series by its new name (their `model_name` label is vLLM's own,
+        fixed when the engine was built)."""
+        if engine in self._engines:
+            self._engines[name] = self._engines.pop(engine)
+
     def drop(self, engine: str) -> None:
         """Forget a stopped engine's series."""
         self._engines.pop(engine, None)

@@ -5,7 +5,10 @@
   `modules_to_save` (vLLM cannot serve those).
 - A full entry gets its own engine, started and warmed before any alias points at it; after
   a promotion the previous target drains (requests in flight finish) and its engine is
-  freed when nothing else uses it.
+  freed when nothing else uses it. Unless that engine can take the new weights in place
+  (`_reusable_engine`): then the alias switches at once, its new requests wait while the
+  previous target's drain and the weights load into the same engine (vLLM's
+  `reload_weights`), and no second engine starts.
 - Reward models: each served policy is reranked by its own (server/rerankers.py says which);
   every distinct reward model in use gets one engine, started (memory checked) before a
   policy switches to it and freed when no policy uses it any more. A promotion may pair the
@@ -64,6 +67,7 @@ class SwapResult:
     previous: str | None
     unloaded: str | None
     seconds: float
+    method: str = "switch"  # "switch" (already loaded), "lora", "new_engine" or "in_place"
     reward_model: str | None = None  # what reranks the alias now (policy promotions)
     rerank: dict[str, Any] | None = None  # its source and the gate's verdict
 
@@ -320,7 +324,19 @@ class ModelManager:
         if reward_model is not None:
             self._reward_entry(reward_model)  # a missing or wrong entry fails before any loading
         await self._refresh_rerank_inputs(links=True)  # reward models are chosen at promotion
-        served = await self._load(name)
+        reuse = self._reusable_engine(alias, name) if unload_previous else None
+        if reuse is not None:
+            previous_model, entry = reuse
+            served = ServedModel(
+                name=self._served(name),
+                engine=previous_model.engine,
+                kind=entry.manifest.kind,
+                parent=entry.manifest.parent,
+            )
+            method = "in_place"
+        else:
+            method = self._load_method(name)
+            served = await self._load(name)
         paired, pairing = self._pair(alias, served, reward_model, force, gate)
         if pairing.reward_model is not None and pairing.usable:
             await self._ensure_reward(pairing.reward_model)
@@ -336,13 +352,19 @@ class ModelManager:
                 alias,
                 self._entry_name(served.name),
             )
+        if reuse is not None:
+            served.weights_loaded.clear()  # its requests wait for the weights, not the old ones
+            self.router.add(served)
         previous = self.router.set_alias(alias, served.name)
         if paired is None:
             self.rerank.paired.pop(alias, None)
         else:
             self.rerank.paired[alias] = paired
         unloaded = None
-        if (
+        if reuse is not None:
+            await self._reload_in_place(reuse[0], served, reuse[1])
+            unloaded = previous
+        elif (
             unload_previous
             and previous
             and previous != served.name
@@ -358,7 +380,60 @@ class ModelManager:
         metrics.SWAPS.labels("policy").inc()
         metrics.SWAP_SECONDS.labels("policy").observe(seconds)
         card = pairing.card().model_dump()
-        return SwapResult(alias, served.name, previous, unloaded, seconds, pairing.reward_model, card)
+        return SwapResult(alias, served.name, previous, unloaded, seconds, method, pairing.reward_model, card)
+
+    def _load_method(self, name: str) -> str:
+        served = self._served(name)
+        if self.router.is_known(served):
+            return "switch"
+        return "lora" if self._entry(name).manifest.format == "lora" else "new_engine"
+
+    def _reusable_engine(self, alias: str, name: str) -> tuple[ServedModel, Entry] | None:
+        """The alias's current target and the entry `name`, when `name` can be loaded into the
+        target's engine in place: both full policy checkpoints with the same architecture,
+        tokenizer and weight files (their manifests' checksums say so), and that engine runs
+        nothing else - not the start-up policy, no adapter, no other alias's target."""
+        if not self.settings.swap_in_place or self.router.is_known(self._served(name)):
+            return None
+        current = self.router.aliases().get(alias)
+        if current is None or not self.router.is_known(current):
+            return None
+        previous = self.router.resolve(current)
+        engine = previous.engine
+        shared = [m for m in self.router.all() if m.engine is engine and m is not previous]
+        others = [a for a, t in self.router.aliases().items() if a != alias and t == current]
+        if previous.lora is not None or engine is self.engines.get("policy") or shared or others:
+            return None
+        new = self._entry(name)
+        try:
+            old = self.registry.load(self._entry_name(current))
+        except RegistryError:  # a directory checkpoint: nothing to compare against
+            return None
+        if new.manifest.kind == "rm" or new.manifest.format != "full" or old.manifest.format != "full":
+            return None
+        if _layout(new) != _layout(old):
+            return None
+        self._check_memory(new, kv_cache_gib=0)  # the new weights are read while the old ones stay
+        return previous, new
+
+    async def _reload_in_place(self, previous: ServedModel, served: ServedModel, entry: Entry) -> None:
+        """Drain the previous target, load `entry`'s weights into its engine, let the waiting
+        requests go. A failed load restarts the engine on the new checkpoint (its factory is
+        the new one by then), so nothing keeps decoding with half-loaded weights."""
+        self.router.remove(previous.name)
+        await self._drained(previous)
+        managed = served.engine
+        old_key = next(k for k, v in self.engines.items() if v is managed)
+        managed.retarget(f"policy:{served.name}", self.builder.policy(entry.path, served.name))
+        del self.engines[old_key]
+        self.engines[managed.name] = managed
+        try:
+            await managed.reload_weights(str(entry.path))
+        except Exception as exc:
+            logger.error("in-place load of %s failed (%s); restarting its engine", entry.name, _message(exc))
+            await managed.restart(f"in-place weight load failed: {_message(exc)}")
+        finally:
+            served.weights_loaded.set()
 
     def _pair(
         self, alias: str, served: ServedModel, reward_model: str | None, force: bool, gate: bool
@@ -416,13 +491,14 @@ class ModelManager:
             self._reward_entry(name)
             await self._refresh_rerank_inputs(links=False)  # the gate reads the latest evaluations
             self._gate_default(name, force)
+            method = "switch" if name in self.rerank.scorers else "new_engine"
             previous = await self._switch_reward(name, record=record)
             await self._sync_rewards(strict=False)
         seconds = time.perf_counter() - t0
         metrics.SWAPS.labels("reward").inc()
         metrics.SWAP_SECONDS.labels("reward").observe(seconds)
         unloaded = previous if previous not in self.rerank.scorers else None
-        return SwapResult("reward", name, previous, unloaded, seconds)
+        return SwapResult("reward", name, previous, unloaded, seconds, method)
 
     def _gate_default(self, name: str, force: bool) -> None:
         """Refuse (409) making `name` the default reward model when the rerank gate refuses it
@@ -575,6 +651,7 @@ class ModelManager:
             try:
                 await self.reconcile()
             except Exception:  # keep following: the next pass may succeed
+                metrics.DESIRED_STATE_IN_SYNC.set(0)
                 logger.exception("reconcile pass failed")
 
     def _pending(self, desired: DesiredState) -> tuple[dict[str, str], str | None]:
@@ -619,6 +696,7 @@ class ModelManager:
         except DesiredStateError as exc:
             self.reconcile_status.update(in_sync=False, last_checked=time.time())
             self.reconcile_status["errors"]["state"] = {"error": str(exc)}
+            metrics.DESIRED_STATE_IN_SYNC.set(0)  # what the out-of-sync alert reads
             logger.warning("cannot read the desired state: %s", exc)
             return False
         self.reconcile_status["errors"].pop("state", None)
@@ -709,6 +787,16 @@ class ModelManager:
             "startup_error": self.startup_error,
             "reconcile": self.reconcile_status,
         }
+
+
+def _layout(entry: Entry) -> dict[str, str | int]:
+    """What must match for one checkpoint's weights to load into another's engine: every
+    non-weight file by checksum (config, tokenizer, templates), weight files by size."""
+    layout: dict[str, str | int] = {}
+    for rel, info in entry.manifest.files.items():
+        weights = rel.endswith((".safetensors", ".bin"))
+        layout[rel] = int(info["size"]) if weights else str(info.get("sha256"))
+    return layout
 
 
 def _message(exc: Exception) -> str:

@@ -21,6 +21,12 @@ from server.errors import APIError
 from server.protocol import now
 
 
+def _loaded() -> asyncio.Event:
+    event = asyncio.Event()
+    event.set()
+    return event
+
+
 @dataclass
 class ServedModel:
     name: str
@@ -32,6 +38,9 @@ class ServedModel:
     entry: str | None = None  # its registry entry, when served under another name (--served-model-name)
     created: int = field(default_factory=now)
     in_flight: int = 0  # requests resolved to this checkpoint and not yet finished
+    # Clear while its engine takes these weights in place (ModelManager's in-place swap):
+    # requests resolved to it wait before decoding rather than run on the previous weights.
+    weights_loaded: asyncio.Event = field(default_factory=_loaded)
 
     @property
     def entry_name(self) -> str:

@@ -129,6 +129,7 @@ async def run_to_completion(prep: PreparedRequest) -> Any:
 async def stream_deltas(prep: PreparedRequest) -> AsyncIterator[Any]:
     """The engine's outputs for `prep` (increments or one final output, per params)."""
     subject = f"the engine serving '{prep.model.name}'"
+    await prep.model.weights_loaded.wait()  # set, unless an in-place swap is loading them
     try:
         with prep.model.engine.guard(prep.engine, subject):
             async for out in prep.engine.generate(

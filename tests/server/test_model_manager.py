@@ -1,8 +1,12 @@
-"""ModelManager checks that need no engine: memory refusal, kinds, and router atomicity."""
+"""ModelManager checks that need no engine: memory refusal, kinds, router atomicity, and
+in-place weight loads (on fake engines)."""
 
 from __future__ import annotations
 
+import asyncio
+from dataclasses import dataclass, field
 from pathlib import Path
+from typing import Any
 
 import pytest
 
@@ -13,7 +17,7 @@ from server.engines import ManagedEngine
 from server.errors import APIError
 from server.model_manager import ModelManager
 from server.models import ModelRouter, ServedModel
-from tests.server.fakes import FakeAsyncLLM
+from tests.server.fakes import FakeAsyncLLM, FakeEngineBuilder
 
 
 def make_manager(tmp_path: Path) -> tuple[ModelManager, Registry]:
@@ -67,3 +71,133 @@ def test_alias_and_checkpoint_names_cannot_collide() -> None:
     with pytest.raises(APIError) as info:
         router.remove("b")  # the alias points at it
     assert info.value.code == "model_in_use"
+
+
+# --------------------------------------------------------------------------- in-place swaps
+
+
+@dataclass
+class FakeReloadingLLM(FakeAsyncLLM):
+    """A fake policy engine that takes vLLM's `reload_weights` RPC: it records each load, and
+    answers with the loaded directory's name from then on (its 'weights')."""
+
+    loads: list[str] = field(default_factory=list)
+    prefix_resets: int = 0
+    fail_reload: bool = False
+
+    async def collective_rpc(
+        self,
+        method: str,
+        timeout: float | None = None,  # noqa: ASYNC109 (vLLM's signature)
+        args: tuple = (),
+        kwargs: dict | None = None,
+    ) -> list[None]:
+        assert method == "reload_weights" and kwargs is not None
+        await asyncio.sleep(0.05)
+        if self.fail_reload:
+            raise RuntimeError("truncated shard")
+        self.loads.append(kwargs["weights_path"])
+        self.reply = Path(kwargs["weights_path"]).name
+        return [None]
+
+    async def reset_prefix_cache(self) -> bool:
+        self.prefix_resets += 1
+        return True
+
+
+@dataclass
+class ReloadingBuilder(FakeEngineBuilder):
+    """FakeEngineBuilder whose policy engines are FakeReloadingLLM, built answering as their
+    checkpoint; `fail_reload` is handed to each."""
+
+    fail_reload: bool = False
+    instances: list[FakeReloadingLLM] = field(default_factory=list)
+
+    def policy(self, path: Any, name: str, metrics_name: str | None = None) -> Any:
+        self.built.append(("policy", path.name, name))
+
+        def build() -> FakeReloadingLLM:
+            engine = FakeReloadingLLM(reply=path.name, fail_reload=self.fail_reload)
+            self.instances.append(engine)
+            return engine
+
+        return build
+
+
+def in_place_manager(tmp_path: Path, **settings: Any) -> tuple[ModelManager, ReloadingBuilder]:
+    registry = Registry(tmp_path)
+    for name, config in (("full-b", "{}"), ("full-c", "{}"), ("full-other", '{"hidden_size": 64}')):
+        with registry.write(Manifest(name=name, kind="sft", base_model="base", parent="base")) as staging:
+            (staging / "model.safetensors").write_bytes(b"\0" * 4096)
+            (staging / "config.json").write_text(config)
+    values = Settings(registry=tmp_path, **settings)
+    builder = ReloadingBuilder(values)
+    policy = ManagedEngine("policy", FakeAsyncLLM)
+    router = ModelRouter()
+    router.add(ServedModel(name="base", engine=policy))
+    router.set_alias("policy", "base")
+    manager = ModelManager(values, router, {"policy": policy}, builder, policy_base="base", reward=None)  # type: ignore[arg-type]
+    return manager, builder
+
+
+async def test_full_to_full_promotion_loads_the_weights_in_place(tmp_path: Path) -> None:
+    manager, builder = in_place_manager(tmp_path)
+    await manager.engines["policy"].start()
+    first = await manager.promote("policy", "full-b")
+    assert first.method == "new_engine" and first.previous == "base" and first.unloaded is None
+    previous = manager.router.resolve("full-b")
+    engine = previous.engine.engine
+    with previous.hold():  # a request still decoding on full-b
+        task = asyncio.create_task(manager.promote("policy", "full-c"))
+        await asyncio.sleep(0.2)
+        waiting = manager.router.resolve("policy")
+        assert waiting.name == "full-c" and not waiting.weights_loaded.is_set()
+        assert engine.loads == []  # nothing loads while full-b still answers
+    result = await task
+    assert (result.method, result.previous, result.unloaded) == ("in_place", "full-b", "full-b")
+    assert engine.loads == [str(tmp_path / "full-c")] and engine.prefix_resets == 1
+    assert [e.reply for e in builder.instances] == ["full-c"]  # one engine built, now running full-c
+    served = manager.router.resolve("policy")
+    assert served.name == "full-c" and served.engine is previous.engine and served.weights_loaded.is_set()
+    assert not manager.router.is_known("full-b")
+    assert "policy:full-c" in manager.engines and "policy:full-b" not in manager.engines
+    assert served.engine.name == "policy:full-c"
+    await asyncio.gather(*(e.stop() for e in manager.engines.values()))
+
+
+async def test_in_place_needs_the_same_layout_and_can_be_turned_off(tmp_path: Path) -> None:
+    manager, _ = in_place_manager(tmp_path)
+    await manager.engines["policy"].start()
+    await manager.promote("policy", "full-b")
+    other = await manager.promote("policy", "full-other")  # another config.json: own engine
+    assert other.method == "new_engine" and other.unloaded == "full-b"
+    await asyncio.gather(*(e.stop() for e in manager.engines.values()))
+
+    manager, _ = in_place_manager(tmp_path / "off", swap_in_place=False)
+    await manager.engines["policy"].start()
+    await manager.promote("policy", "full-b")
+    assert (await manager.promote("policy", "full-c")).method == "new_engine"
+    await asyncio.gather(*(e.stop() for e in manager.engines.values()))
+
+
+async def test_the_start_up_engine_is_never_loaded_in_place(tmp_path: Path) -> None:
+    manager, _ = in_place_manager(tmp_path)
+    await manager.engines["policy"].start()
+    result = await manager.promote("policy", "full-b")  # from the start-up policy: a new engine
+    assert result.method == "new_engine"
+    assert manager.router.resolve("base").engine is manager.engines["policy"]
+    await asyncio.gather(*(e.stop() for e in manager.engines.values()))
+
+
+async def test_a_failed_in_place_load_restarts_the_engine_on_the_new_checkpoint(tmp_path: Path) -> None:
+    manager, builder = in_place_manager(tmp_path, engine_restart_backoff_s=0)
+    builder.fail_reload = True
+    await manager.engines["policy"].start()
+    await manager.promote("policy", "full-b")
+    result = await manager.promote("policy", "full-c")
+    assert result.method == "in_place"
+    served = manager.router.resolve("policy")
+    assert served.weights_loaded.is_set()
+    assert [e.reply for e in builder.instances] == ["full-b", "full-c"]  # rebuilt from full-c
+    assert served.engine.engine.reply == "full-c" and served.engine.restarts == 1
+    await asyncio.gather(*(e.stop() for e in manager.engines.values()))

@@ -31,6 +31,7 @@ def registry(default_model: Path, tmp_path_factory: pytest.TempPathFactory) -> R
     base = reg.load(BASE)
     make_lora_entry(reg, base, "lora-a", rank=8, seed=1)
     make_full_entry(reg, base, "full-b", seed=3)  # weights differ: the swap must show in outputs
+    make_full_entry(reg, base, "full-c", seed=5)  # same layout as full-b: promoted in place
     make_lora_entry(reg, base, "lora-rank4", rank=4)
     make_lora_entry(reg, base, "lora-mts", rank=8, modules_to_save=["lm_head"])
     make_lora_entry(reg, base, "lora-missing", rank=8)
@@ -139,7 +140,8 @@ def test_lora_changes_outputs(swap_server: ServerProcess) -> None:
 
 def test_promotions_under_streaming_load_fail_nothing(swap_server: ServerProcess) -> None:
     """Streaming clients hammer `policy` while it is promoted to a LoRA, then to a full
-    checkpoint (new engine), then back to the base."""
+    checkpoint (new engine), then to another full checkpoint (loaded into that engine in
+    place), then back to the base."""
     seen: list[str] = []
     failures: list[str] = []
     stop = asyncio.Event()
@@ -169,7 +171,7 @@ def test_promotions_under_streaming_load_fail_nothing(swap_server: ServerProcess
         async with httpx.AsyncClient(timeout=120) as c, httpx.AsyncClient(timeout=600, headers=ADMIN) as a:
             clients = [asyncio.create_task(client_loop(c)) for _ in range(3)]
             await asyncio.sleep(2)
-            for target in ("lora-a", "full-b", BASE):
+            for target in ("lora-a", "full-b", "full-c", BASE):
                 r = await a.post(
                     swap_server.base_url + "/admin/aliases/promote", json={"alias": "policy", "model": target}
                 )
@@ -195,14 +197,25 @@ def test_promotions_under_streaming_load_fail_nothing(swap_server: ServerProcess
 
     results = asyncio.run(run())
     assert not failures, failures[:5]
-    assert set(seen) <= {BASE, "lora-a", "full-b"} and {BASE, "lora-a", "full-b"} <= set(seen)
-    assert [r["previous"] for r in results] == [BASE, "lora-a", "full-b"]
-    assert results[2]["unloaded"] == "full-b"  # the full engine was drained and freed
-    assert set(greedy) == {"lora-a", "full-b", BASE}
+    names = {BASE, "lora-a", "full-b", "full-c"}
+    assert set(seen) == names
+    assert [r["previous"] for r in results] == [BASE, "lora-a", "full-b", "full-c"]
+    assert results[0]["method"] in ("lora", "switch")  # "switch" once test_lora_changes_outputs loaded it
+    assert [r["method"] for r in results[1:]] == ["new_engine", "in_place", "switch"]
+    assert results[2]["unloaded"] == "full-b"  # its engine now runs full-c
+    assert results[3]["unloaded"] == "full-c"  # the full engine was drained and freed
+    assert set(greedy) == names
     assert greedy["full-b"] != greedy[BASE], greedy  # the new engine serves other weights
+    assert greedy["full-c"] != greedy["full-b"], greedy  # and the in-place load changed them
     state = admin(swap_server, "GET", "/admin/state").json()
-    assert "policy:full-b" not in state["engines"]
+    assert not {"policy:full-b", "policy:full-c"} & set(state["engines"])
     assert state["aliases"] == {"policy": BASE}
+    # The weights loaded in place answer as the same checkpoint started in an engine of its own.
+    r = admin(swap_server, "POST", "/admin/models/load", json={"model": "full-c"})
+    assert r.status_code == 200, r.text
+    fresh = chat(swap_server, "full-c", max_tokens=12).json()
+    assert fresh["choices"][0]["message"]["content"] == greedy["full-c"]
+    assert admin(swap_server, "POST", "/admin/models/unload", json={"model": "full-c"}).status_code == 200
 
 
 def test_unload_rules(swap_server: ServerProcess) -> None:
