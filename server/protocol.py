@@ -390,6 +390,9 @@ class ScoredCandidate(BaseModel):
     partial_reward: float | None = Field(
         None, description="Reward of its partial answer at the last pruning checkpoint it reached."
     )
+    partial_text: str | None = Field(
+        None, description="That partial answer: the text the reward model scored at the checkpoint."
+    )
     finish_reason: str
     completion_tokens: int = Field(..., description="Tokens decoded for this candidate.")
     choice_index: int | None = Field(

@@ -541,6 +541,7 @@ def dropped_candidates(prep: PreparedRequest) -> list[ScoredCandidate]:
             choice_index=None,
             outcome=c.outcome,
             partial_reward=c.partial_reward,
+            partial_text=c.partial_text if c.partial_reward is not None else None,
         )
         for k, c in enumerate(prep.dropped)
     ]

@@ -237,10 +237,11 @@ def test_bad_best_of(bon_server: ServerProcess, extra: dict, status: int) -> Non
     assert json.loads(r.text)["error"]["param"] in ("best_of", "n")
 
 
-def test_pruned_best_of_on_the_real_engine(bon_server: ServerProcess) -> None:
+def test_pruned_best_of_on_the_real_engine(bon_server: ServerProcess, reward_registry: Registry) -> None:
     """Pruning aborts candidates in the engine: fewer decoded tokens than full Best-of-N on the
-    same seed, the pruned ones reported; when every candidate ends before the checkpoint the
-    choice and rewards are full Best-of-N's (candidate i is seeded as vLLM seeds child i)."""
+    same seed, the pruned ones reported with partial rewards that transformers reproduces; when
+    every candidate ends before the checkpoint the choice and rewards are full Best-of-N's
+    (candidate i is seeded as vLLM seeds child i)."""
     url = bon_server.v1 + "/chat/completions"
     body = {"model": bon_server.model, "messages": MESSAGES, "best_of": 4, "max_tokens": 24, "seed": 7}
     body |= {"temperature": 1.0, "return_candidates": True}
@@ -251,6 +252,15 @@ def test_pruned_best_of_on_the_real_engine(bon_server: ServerProcess) -> None:
     assert pruned["usage"]["completion_tokens"] < full["usage"]["completion_tokens"]
     outcomes = [c["outcome"] for c in pruned["candidates"]]
     assert outcomes.count("pruned") == 2 and all(c["choice_index"] is None for c in pruned["candidates"][2:])
+
+    # The partial rewards that decided the pruning are the reward model's scores of the partial
+    # answers, recomputed by transformers from the chat template's text.
+    dropped = [c for c in pruned["candidates"] if c["outcome"] == "pruned"]
+    assert all(c["partial_text"] and c["text"].startswith(c["partial_text"]) for c in dropped), dropped
+    reference = transformers_rewards(
+        reward_registry.path_of(RM), MESSAGES, [c["partial_text"] for c in dropped]
+    )
+    assert [c["partial_reward"] for c in dropped] == pytest.approx(reference, abs=2e-3, rel=2e-3)
 
     short = {**body, "max_tokens": 3}  # every candidate ends (by length) before token 4
     a = httpx.post(url, json=short, timeout=120).json()

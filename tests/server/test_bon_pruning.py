@@ -291,6 +291,9 @@ async def test_pruned_request_over_http_bills_pruned_prefixes(bon_client: Callab
         (1, "pruned"),
     ]
     assert all(x["partial_reward"] is not None and x["choice_index"] is None for x in cands[2:])
+    # what was scored is shown: a prefix of what it had decoded when aborted
+    assert all(x["partial_text"] and x["text"].startswith(x["partial_text"]) for x in cands[2:])
+    assert all(x["partial_text"] is None for x in cands[:2])  # survivors: their final reward ranks
     metrics = (await c.get("/metrics")).text
     assert 'bonserve_bon_candidates_total{model="fake",outcome="pruned"} 2.0' in metrics
 
