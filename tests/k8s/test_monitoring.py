@@ -179,9 +179,24 @@ def test_desired_state_alert_ignores_pods_still_starting() -> None:
     assert re.fullmatch(r"\d+m", rule["for"]) and int(rule["for"][:-1]) >= 5
 
 
+def test_rerank_forced_alert_reads_the_gate_gauges() -> None:
+    """Forced pairings (#16): per (policy, reward model) across pods, valued by the recorded gap
+    captured, and held long enough that a promotion being corrected does not page."""
+    (rule,) = [r for r in alert_rules() if r["alert"] == "BonserveRerankForced"]
+    used = series_in(rule["expr"])
+    assert set(used) == {"bonserve_rerank_forced", "bonserve_rerank_gap_captured"}
+    assert "pod" not in rule["expr"] and "and on (namespace, policy, reward_model)" in rule["expr"]
+    assert rule["expr"].rstrip().endswith("== 1")
+    assert re.fullmatch(r"\d+m", rule["for"]) and int(rule["for"][:-1]) >= 5
+    assert rule["labels"]["severity"] == "warning"
+    text = rule["annotations"]["description"]
+    for fix in ("bonserve eval --record", "majority", "logprob", "reward model"):
+        assert fix in text, fix
+
+
 def test_the_issue_list_of_alerts_is_covered() -> None:
     """KV-cache saturation, preemptions, scrape down/absent, 429 rate, pods stuck NotReady,
-    pods not converged to the registry's desired state (#20)."""
+    pods not converged to the registry's desired state (#20), forced reranking (#16)."""
     exprs = " ".join(r["expr"] for r in alert_rules())
     for needle in (
         "vllm:kv_cache_usage_perc",
@@ -191,6 +206,7 @@ def test_the_issue_list_of_alerts_is_covered() -> None:
         'status="429"',
         "kube_pod_status_ready",
         "bonserve_desired_state_in_sync",
+        "bonserve_rerank_forced",
     ):
         assert needle in exprs, needle
     assert all(r["labels"]["severity"] in ("warning", "critical") for r in alert_rules())
