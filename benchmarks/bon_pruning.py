@@ -5,9 +5,11 @@
 
 One `bonserve serve` on 127.0.0.1 (the policy, and the reward model co-located) answers the
 same held-out arithmetic prompts (training.tasks "arithmetic", split "heldout") in each row:
-full BoN-8, pruned BoN-8 at three schedules, BoN-16 pruned to about BoN-8's decode budget
-(half the candidates aborted after 4 tokens: 16*4 + 8*(L-4) ~ 8L), and threshold mode (BoN-8
-that stops once a finished candidate reaches the median chosen reward of the full BoN-8 row).
+full BoN-8, pruned BoN-8 at four schedules, BoN-16 pruned to about BoN-8's decode budget
+(half the candidates aborted after 4 tokens: 16*4 + 8*(L-4) ~ 8L) and to under it (three
+quarters aborted), and threshold mode (BoN-8 that stops once a finished candidate reaches the
+median chosen reward of the full BoN-8 row). `--rows` picks a subset (full-8 always runs:
+the ratios and the threshold come from it).
 Every request uses the same seed per prompt, so rows differ only by what they prune. Columns:
 gold quality (task.reward of the returned answer) with its 95% interval, decoded tokens per
 request (usage.completion_tokens: every decoded token, pruned prefixes included), p50/p99
@@ -42,7 +44,13 @@ ROWS: dict[str, dict[str, Any]] = {
     "prune-8 @4 x0.5": {"best_of": 8, "bon_prune_at": [4], "bon_prune_fraction": 0.5},
     "prune-8 @4+8 x0.5": {"best_of": 8, "bon_prune_at": [4, 8], "bon_prune_fraction": 0.5},
     "prune-8 @8 x0.75": {"best_of": 8, "bon_prune_at": [8], "bon_prune_fraction": 0.75},
+    "prune-8 @4 x0.75": {"best_of": 8, "bon_prune_at": [4], "bon_prune_fraction": 0.75},
     "prune-16 @4 x0.5 (BoN-8 budget)": {"best_of": 16, "bon_prune_at": [4], "bon_prune_fraction": 0.5},
+    "prune-16 @4 x0.75 (under BoN-8 budget)": {
+        "best_of": 16,
+        "bon_prune_at": [4],
+        "bon_prune_fraction": 0.75,
+    },
     "threshold-8": {"best_of": 8},
 }
 
@@ -152,6 +160,7 @@ def main() -> int:
         "--price-per-hour", type=float, default=1.0, help="Replica price the server's cost model bills."
     )
     parser.add_argument("--registry", type=Path, default=None)
+    parser.add_argument("--rows", nargs="+", default=list(ROWS), choices=list(ROWS), help="Rows to run.")
     parser.add_argument(
         "--out", type=Path, default=None, help="Folder for results.json, requests.jsonl, report.md."
     )
@@ -167,7 +176,8 @@ def main() -> int:
     results: dict[str, list[dict[str, Any]]] = {}
     try:
         asyncio.run(run_row(server.base_url, args.policy, examples[:2], {"best_of": 2}, args))  # warm-up
-        for name, extras in ROWS.items():
+        selected = {name: ROWS[name] for name in ROWS if name == "full-8" or name in args.rows}
+        for name, extras in selected.items():
             if name == "threshold-8":
                 chosen = [r["reward"] for r in results["full-8"] if r["reward"] is not None]
                 extras = {**extras, "bon_reward_threshold": statistics.median(chosen)}
@@ -185,7 +195,7 @@ def main() -> int:
     report: dict[str, Any] = {
         "config": {k: (str(v) if isinstance(v, Path) else v) for k, v in vars(args).items()},
         "command": "python benchmarks/bon_pruning.py " + " ".join(sys.argv[1:]),
-        "rows": {name: {**extras} for name, extras in ROWS.items()},
+        "rows": {name: {**ROWS[name]} for name in results},
         "summary": summary,
     }
     print(json.dumps(summary, indent=2))

@@ -1,6 +1,5 @@
 """Server start time, cold and warm: `bonserve serve` to `/ready` and to its first answer, for
-the policy alone and for policy + reward model (engines started one after the other, or at
-the same time).
+the policy alone and for policy + reward model.
 
     .venv/bin/python benchmarks/start_time.py --repeats 2 --out docs/benchmarks/start_time.json
 
@@ -40,8 +39,7 @@ from training.reward import init_reward_model  # noqa: E402
 RM_NAME = "bench-start-rm"
 SCENARIOS: dict[str, list[str]] = {
     "policy": [],
-    "policy+rm (sequential)": ["--reward-model", RM_NAME],
-    "policy+rm (concurrent)": ["--reward-model", RM_NAME, "--concurrent-engine-start"],
+    "policy+rm": ["--reward-model", RM_NAME],
 }
 COMPILED = {"policy (compiled)": ["--no-enforce-eager"]}
 

@@ -196,11 +196,10 @@ def build_app(settings: Settings, state: AppState | None = None) -> FastAPI:
         # Engines start in the background: /health answers at once and /ready turns true
         # when every engine is up (what Kubernetes' startup and readiness probes expect).
         async def start_all() -> None:
-            if settings.concurrent_engine_start:
-                await asyncio.gather(*(engine.start() for engine in state.engines.values()))
-            else:
-                for engine in state.engines.values():
-                    await engine.start()
+            # One at a time: vLLM takes the reward engine's thread settings from the process
+            # environment while it spawns (server/engines.py), so engine starts are serialised.
+            for engine in state.engines.values():
+                await engine.start()
             if state.manager is not None:  # then the registry's desired state, and follow it
                 await state.manager.start()
                 if settings.reconcile_interval_s > 0:

@@ -192,11 +192,6 @@ class Settings(BaseSettings):
     )
     engine_seed: int = Field(_ENGINE.seed, description="Engine-level seed for unseeded sampling.")
     engine_start_timeout_s: float = Field(600, gt=0, description="Give up starting an engine.")
-    concurrent_engine_start: bool = Field(
-        False,
-        description="Start the policy and reward engines at the same time rather than one after "
-        "the other (benchmarks/start_time.py measures both).",
-    )
     engine_restart_backoff_s: float = Field(2.0, ge=0, description="Pause before a restart.")
 
     swap_in_place: bool = Field(
