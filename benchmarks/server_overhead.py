@@ -11,7 +11,9 @@ rounds and the ratios bonserve/vLLM (throughput: want >= 0.95; p50 latency: want
         --out docs/benchmarks/server_overhead_defaults.json
 
 `--vllm-defaults` compares what a user gets out of the box instead: bonserve with its defaults
-against `vllm serve MODEL` with vLLM's (no dtype, KV cache, compile or chunked-prefill flags).
+against `vllm serve MODEL` with vLLM's (no dtype, KV cache, compile or chunked-prefill flags;
+only `--gpu-memory-utilization 0.4`: with its default, 0.92 of RAM, vLLM's CPU backend refuses
+to start while another server holds memory).
 The two then decode in different dtypes, so every request asks for exactly `--max-tokens`
 tokens (`ignore_eos`) and throughput is compared in output tokens per second.
 """

@@ -143,10 +143,15 @@ def start_vllm(
     return _spawn(name, cmd, log_dir, port, "/health", env)
 
 
-def start_vllm_defaults(log_dir: Path, model_path: Path, served_name: str) -> ServerProcess:
+def start_vllm_defaults(
+    log_dir: Path, model_path: Path, served_name: str, memory_fraction: float = 0.4
+) -> ServerProcess:
     """vLLM's own OpenAI server as a user would start it: the model and a name, every engine
-    setting vLLM's default for this machine."""
+    setting vLLM's default for this machine but one. On CPU vLLM reserves
+    `gpu_memory_utilization` (default 0.92) of RAM and refuses to start unless that much is
+    free, so next to another server it needs a smaller fraction (`memory_fraction`)."""
     port = free_port()
     cmd = [sys.executable, "-m", "vllm.entrypoints.openai.api_server", "--host", "127.0.0.1"]
     cmd += ["--port", str(port), "--model", str(model_path), "--served-model-name", served_name]
+    cmd += ["--gpu-memory-utilization", str(memory_fraction)]
     return _spawn("vllm-defaults", cmd, log_dir, port, "/health")
