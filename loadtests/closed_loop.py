@@ -24,7 +24,8 @@ async def closed_loop(
         nonlocal tokens
         async with sem:
             t0 = time.perf_counter()
-            tokens += await call(i)
+            delivered = await call(i)  # not `tokens += await ...`: that reads tokens before the await
+            tokens += delivered
             latencies.append(time.perf_counter() - t0)
 
     t0 = time.perf_counter()
