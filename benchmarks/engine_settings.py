@@ -15,6 +15,7 @@ configurations (name: what differs from `eager`):
     eager-bf16       dtype bfloat16 (vLLM's own CPU default)
     eager-preload    LD_PRELOAD of tcmalloc + Intel OpenMP (what vLLM's CPU worker asks for)
     compiled-cold    torch.compile (bonserve's former default) with an empty compile cache
+    compiled-bf16-cold  torch.compile and bfloat16: vLLM's own CPU defaults for this model
     compiled-warm    torch.compile, second start on the same cache (what a restart sees)
     compiled-noaot-warm  the same with VLLM_USE_AOT_COMPILE=0 (vLLM's older inductor cache)
 
@@ -70,6 +71,8 @@ def configs(cache_root: Path) -> dict[str, dict[str, Any]]:
         "eager-bf16": {"eager": True, "dtype": "bfloat16", "env": {}},
         "eager-preload": {"eager": True, "env": {"LD_PRELOAD": _preload()}},
         "compiled-cold": {"eager": False, "env": {}, "fresh_cache": True},
+        # vLLM's own CPU defaults for this model: bfloat16 and torch.compile
+        "compiled-bf16-cold": {"eager": False, "dtype": "bfloat16", "env": {}, "fresh_cache": True},
         "compiled-warm": {"eager": False, "env": {"VLLM_CACHE_ROOT": str(warm)}, "prime": True},
         "compiled-noaot-warm": {
             "eager": False,
