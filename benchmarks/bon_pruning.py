@@ -120,17 +120,21 @@ def summarise(rows: list[dict[str, Any]]) -> dict[str, Any]:
         "cost_usd": statistics.fmean(r["cost_usd"] for r in rows),
         "pruned": sum(r["bonserve"].get("candidates_pruned") or 0 for r in rows),
         "stopped": sum(r["bonserve"].get("candidates_stopped") or 0 for r in rows),
+        # what the server says reranked (usage.bonserve.reward_model), not what was asked for
+        "reward_models": sorted({str(r["bonserve"].get("reward_model")) for r in rows}),
     }
 
 
 def report_md(summary: dict[str, dict[str, Any]], args: argparse.Namespace) -> str:
     base = summary["full-8"]
+    used = sorted({m for row in summary.values() for m in row["reward_models"]})
     lines = [
         "# Pruned Best-of-N and adaptive N",
         "",
         f"`python benchmarks/bon_pruning.py {' '.join(sys.argv[1:])}`: policy `{args.policy}`, reward "
         f"model `{args.reward_model}`, {args.prompts} held-out arithmetic prompts, max_tokens "
-        f"{args.max_tokens}, concurrency {args.concurrency}.",
+        f"{args.max_tokens}, concurrency {args.concurrency}. Reranked by (the responses' "
+        f"`usage.bonserve.reward_model`): {', '.join(used)}.",
         "",
         "| row | gold ±95% | decoded tok/req | p50 s | p99 s | $/req | tokens vs full-8 | p50 vs full-8 "
         "| $ vs full-8 | pruned | stopped |",
@@ -168,7 +172,10 @@ def main() -> int:
 
     examples = get_task("arithmetic").examples("heldout", args.prompts)
     work = Path(tempfile.mkdtemp(prefix="bench-bon-pruning-"))
+    # --reward-models pins the pairing: a reward model whose manifest says it was trained for
+    # the policy would otherwise rerank it instead of --reward-model (server/rerankers.py)
     flags = ["--model", args.policy, "--reward-model", args.reward_model, "--enforce-eager"]
+    flags += ["--reward-models", f"{args.policy}={args.reward_model}"]
     flags += ["--accelerator-price-per-hour", str(args.price_per_hour)]
     if args.registry is not None:
         flags += ["--registry", str(args.registry)]
