@@ -87,8 +87,13 @@
   }
 
   function fmt(value, digits) {
-    if (value === null || value === undefined) return "–";
+    if (!finite(value)) return "–";
     return Number(value).toFixed(digits);
+  }
+
+  // A number to show or scale by (JSON has no NaN: a missing value is null or absent).
+  function finite(value) {
+    return typeof value === "number" && Number.isFinite(value);
   }
 
   // ------------------------------------------------------------------ keys
@@ -179,7 +184,32 @@
     if (maxTokens !== null) body.max_tokens = maxTokens;
     const seed = intOrNull(`seed-${side}`);
     if (seed !== null) body.seed = seed;
+    // The selector only applies when there is something to rank: best_of > n, or the
+    // server's default best_of (which may be > n; a selector with best_of == n is ignored).
+    const selector = $(`selector-${side}`).value;
+    if (selector && (bestOf === null || bestOf > body.n)) body.bon_selector = selector;
     return body;
+  }
+
+  // The selector control is live only where it can apply (see `request`).
+  function syncSelector(side) {
+    const bestOf = intOrNull(`best-of-${side}`);
+    const n = intOrNull(`n-${side}`) || 1;
+    $(`selector-${side}`).disabled = bestOf !== null && bestOf <= n;
+  }
+  for (const side of SIDES) {
+    for (const field of [`n-${side}`, `best-of-${side}`]) $(field).addEventListener("input", () => syncSelector(side));
+    syncSelector(side);
+  }
+
+  const MAJORITY = new Set(["majority", "reward+majority"]);
+
+  // Which selector ranked: the response says (usage.bonserve.selector); else the one sent.
+  function selectorOf(body, response) {
+    const extra = (response.usage && response.usage.bonserve) || {};
+    if (extra.selector) return { name: extra.selector, from: "response" };
+    if ((response.candidates || []).length && body.bon_selector) return { name: body.bon_selector, from: "request" };
+    return { name: null, from: "none" };
   }
 
   function stat(label, value, name) {
@@ -193,14 +223,19 @@
     return `$${v < 0.01 ? v.toFixed(8) : v.toFixed(4)}`;
   }
 
-  function renderStats(response, latencyMs) {
+  function renderStats(response, latencyMs, selector) {
     const usage = response.usage || {};
     const extra = usage.bonserve || {};
     const cost = extra.estimated_cost_usd;
+    const selectorStat = stat("selector", selector.name || "–", "selector");
+    selectorStat.dataset.from = selector.from;
+    if (selector.from === "request") selectorStat.title = "as sent: the response does not say which selector ranked";
     return el(
       "div",
       { className: "stats" },
       stat("latency", `${Math.round(latencyMs)} ms`, "latency"),
+      selectorStat,
+      stat("reward model", extra.reward_model || "none", "reward_model"),
       stat("candidates", extra.candidates ?? "–", "candidates"),
       stat("prompt tokens", usage.prompt_tokens ?? "–", "prompt_tokens"),
       stat("decoded tokens", extra.decoded_tokens ?? usage.completion_tokens ?? "–", "decoded_tokens"),
@@ -211,11 +246,40 @@
     );
   }
 
-  function candidateCard(c, lo, hi, n) {
+  // What each candidate's bar shows, as a share in [0, 1] (null: no bar): the reward, scaled
+  // from the lowest to the highest; without rewards (majority, logprob) the value the selector
+  // ranked by: the answer's share of the votes as it is, the mean logprob scaled.
+  function bars(candidates, selector) {
+    const scaled = (values) => {
+      const known = values.filter(finite);
+      const lo = Math.min(...known);
+      const hi = Math.max(...known);
+      return values.map((v) => (finite(v) ? (hi > lo ? (v - lo) / (hi - lo) : 1) : null));
+    };
+    const rewards = candidates.map((c) => c.reward);
+    if (rewards.some(finite)) return { label: "reward", shares: scaled(rewards) };
+    const scores = candidates.map((c) => c.score);
+    if (!scores.some(finite)) return { label: null, shares: scores.map(() => null) };
+    if (MAJORITY.has(selector)) return { label: "share of the votes", shares: scores.map((v) => (finite(v) ? Math.min(1, Math.max(0, v)) : null)) };
+    return { label: selector === "logprob" ? "mean token logprob" : "score", shares: scaled(scores) };
+  }
+
+  function scoreText(c, selector) {
+    if (!finite(c.score) || !selector || selector === "reward") return null; // reward: the score is the reward
+    if (MAJORITY.has(selector)) return `votes ${Math.round(c.score * 100)}%`;
+    if (selector === "logprob") return `logprob ${fmt(c.score, 3)}`;
+    return `score ${fmt(c.score, 4)}`;
+  }
+
+  function candidateCard(c, share, n, selector) {
     const picked = c.choice_index !== null && c.choice_index !== undefined;
-    const share = hi > lo ? (c.reward - lo) / (hi - lo) : 1;
-    const bar = el("div", { className: "bar" }, el("span"));
-    bar.firstChild.style.width = `${Math.max(3, Math.round(share * 100))}%`;
+    let bar = null;
+    if (finite(share)) {
+      bar = el("div", { className: "bar" }, el("span"));
+      bar.firstChild.style.width = `${Math.max(3, Math.round(share * 100))}%`;
+    }
+    const score = scoreText(c, selector);
+    const answer = MAJORITY.has(selector) && c.answer ? (c.answer.length > 40 ? `${c.answer.slice(0, 39)}…` : c.answer) : null;
     return el(
       "div",
       { className: picked ? "candidate picked" : "candidate", "data-rank": c.rank, "data-index": c.index },
@@ -224,6 +288,8 @@
         { className: "meta" },
         el("span", { text: `#${c.rank + 1}` }),
         el("span", { className: "reward", text: `reward ${fmt(c.reward, 4)}` }),
+        score ? el("span", { className: "score", text: score }) : null,
+        answer ? el("span", { className: "answer", title: c.answer, text: `answer ${answer}` }) : null,
         el("span", { text: `finish ${c.finish_reason}` }),
         el("span", { text: `${c.completion_tokens} token${c.completion_tokens === 1 ? "" : "s"}` }),
         el("span", { text: `sample ${c.index}` }),
@@ -252,13 +318,15 @@
     const candidates = response.candidates || [];
     const extra = (response.usage && response.usage.bonserve) || {};
     const sampled = extra.candidates ?? candidates.length;
+    const selector = selectorOf(body, response);
     const title = `${response.model} · n=${body.n} · best_of=${sampled}` + (body.best_of === undefined ? " (server default)" : "");
-    target.replaceChildren(el("div", { className: "title", text: title }), renderStats(response, latencyMs));
+    target.replaceChildren(el("div", { className: "title", text: title }), renderStats(response, latencyMs, selector));
+    target.dataset.selector = selector.name || "";
     if (candidates.length) {
-      const rewards = candidates.map((c) => c.reward);
-      const lo = Math.min(...rewards);
-      const hi = Math.max(...rewards);
-      for (const c of candidates) target.append(candidateCard(c, lo, hi, body.n));
+      const { label, shares } = bars(candidates, selector.name);
+      const ranked = `ranked by bon_selector ${selector.name || "?"}` + (label ? ` · bars: ${label}` : "");
+      target.append(el("div", { className: "hint ranked", text: ranked }));
+      candidates.forEach((c, i) => target.append(candidateCard(c, shares[i], body.n, selector.name)));
     } else {
       target.append(el("div", { className: "hint", text: "best_of = n: returned as sampled, nothing was ranked." }));
       for (const choice of response.choices || []) target.append(choiceCard(choice));

@@ -30,6 +30,25 @@ def test_static_files_ship_as_package_data() -> None:
     assert all(any(Path("static", p.name).match(g) for g in patterns) for p in STATIC.iterdir())
 
 
+def test_playground_offers_every_bon_selector() -> None:
+    """Each run's bon_selector control lists exactly the request field's values (the
+    selectors of server/selectors.py) after the server default, which is not sent."""
+    from typing import get_args
+
+    from server.protocol import SamplingFields
+    from server.selectors import SELECTORS
+
+    annotation = SamplingFields.model_fields["bon_selector"].annotation
+    assert {v for arg in get_args(annotation) for v in get_args(arg)} == set(SELECTORS)
+    html = (STATIC / "playground.html").read_text()
+    for side in "ab":
+        control = re.search(rf'<select id="selector-{side}"[^>]*>(.*?)</select>', html, re.S)
+        assert control, side
+        assert re.findall(r'<option value="([^"]*)"', control.group(1)) == ["", *SELECTORS], side
+    js = (STATIC / "playground.js").read_text()
+    assert "body.bon_selector = selector" in js and "extra.selector" in js
+
+
 async def test_playground_is_open_and_loads_only_its_own_files(client_for: Callable[..., Any]) -> None:
     c = await client_for(api_key="client-key")
     assert (await c.get("/", follow_redirects=False)).headers["location"] == "/playground"

@@ -8,7 +8,8 @@ hour) is shared by every test here, to keep engine time small:
   browser logs no error (a CSP violation would be one);
 - a person's Best-of-N run on the playground shows every candidate with its reward and the
   pick highlighted, the same candidates the API returns for that request; the admin section
-  lists the registry with lineage and promotes an alias with the admin key;
+  lists the registry with lineage and promotes an alias with the admin key; a run with
+  bon_selector majority says which selector ranked and shows vote shares, no reward (#16);
 - `vllm bench serve` (vLLM's own load generator) runs unchanged: 0 failed requests with
   the server's default best_of and with best_of=1.
 
@@ -20,6 +21,7 @@ from __future__ import annotations
 
 import json
 import os
+import re
 import time
 from collections.abc import Callable, Iterator
 from pathlib import Path
@@ -287,7 +289,7 @@ def test_best_of_n_run_shows_every_candidate_and_the_pick(page_server: ServerPro
 
 
 def test_admin_registry_lineage_and_promotion(page_server: ServerProcess, browser: Any) -> None:
-    """Runs last: the screenshot shows the page after the Best-of-N run above."""
+    """Runs after the Best-of-N run above: the screenshot shows the page after it."""
     if not browser.current_url.endswith("/playground"):
         open_playground(browser, page_server)
     fill(browser, "admin-key", "wrong-key")
@@ -315,6 +317,64 @@ def test_admin_registry_lineage_and_promotion(page_server: ServerProcess, browse
         time.sleep(0.5)
         browser.save_screenshot(SCREENSHOT)
         browser.execute_cdp_cmd("Emulation.clearDeviceMetricsOverride", {})
+
+
+def test_majority_selector_run_shows_the_selector(page_server: ServerProcess, browser: Any) -> None:
+    """bon_selector majority from the playground: the request succeeds, the result says the
+    selector that ranked (from the response), and the candidates, which have no reward, show
+    their vote shares with valid bars (no NaN)."""
+    open_playground(browser, page_server)
+    if css(browser, "#compare")[0].is_selected():
+        css(browser, "#compare")[0].click()  # run A only
+    choose(browser, "model-a", MODEL)
+    settings = {"n": "1", "best-of": "4", "temperature": "1", "max-tokens": "16", "seed": "7"}
+    for field, value in settings.items():
+        fill(browser, f"{field}-a", value)
+    choose(browser, "selector-a", "majority")
+    css(browser, "#run")[0].click()
+    wait_for(lambda: css(browser, "#result-a[data-state]"), 300, "the run to finish")
+    result = css(browser, "#result-a")[0]
+    assert result.get_attribute("data-state") == "done", result.text
+    assert result.get_attribute("data-selector") == "majority"
+    stat = css(browser, '#result-a .stat[data-stat="selector"]')[0]
+    assert stat.text.split()[-1] == "majority" and stat.get_attribute("data-from") == "response"
+    assert "ranked by bon_selector majority" in result.text and "NaN" not in result.text
+
+    cards = css(browser, "#result-a .candidate")
+    assert len(cards) == 4 and len(css(browser, "#result-a .candidate.picked")) == 1
+    votes = []
+    for card in cards:
+        assert card.find_element("css selector", ".reward").text == "reward –"
+        score = card.find_element("css selector", ".score").text
+        assert re.fullmatch(r"votes \d+%", score), score
+        votes.append(int(score.split()[1][:-1]))
+        (bar,) = card.find_elements("css selector", ".bar > span")
+        assert re.fullmatch(r"width: \d+%;", bar.get_attribute("style") or ""), bar.get_attribute("style")
+    # each shows its answer's share of the 4 votes; the winning answer's candidates come first
+    assert votes == sorted(votes, reverse=True) and set(votes) <= {25, 50, 75, 100}
+    shown = [c.find_element("css selector", ".text").text for c in cards]
+    stats = {s.get_attribute("data-stat"): s.text for s in css(browser, "#result-a .stat")}
+    assert stats["reward_model_tokens"].split()[-1] == "0"  # majority scores nothing
+
+    api = httpx.post(
+        page_server.v1 + "/chat/completions",
+        json={
+            "model": MODEL,
+            "messages": MESSAGES,
+            "n": 1,
+            "best_of": 4,
+            "temperature": 1,
+            "max_tokens": 16,
+            "seed": 7,
+            "bon_selector": "majority",
+            "return_candidates": True,
+        },
+        timeout=120,
+    ).json()
+    assert api["usage"]["bonserve"]["selector"] == "majority"
+    assert all(c["reward"] is None for c in api["candidates"])
+    assert shown == [c["text"].strip() for c in api["candidates"]]
+    assert problems(browser, page_server.base_url) == []
 
 
 def requests_by_mode(srv: ServerProcess) -> dict[str, float]:
