@@ -175,7 +175,10 @@ class Settings(BaseSettings):
         _ENGINE.dtype,
         description=(
             "Weight dtype. float32 by default: vLLM's CPU backend would downcast the "
-            "dequantised SmolLM2 to bfloat16, which changes its greedy answers."
+            "dequantised SmolLM2 to bfloat16, which changes its greedy answers, and on AVX2-only "
+            "CPUs bfloat16 decodes at half the speed. On CPUs with AVX-512 BF16 (or a GPU) "
+            "bfloat16 decodes 1.6-2x faster (docs/benchmarks/engine_settings.md): pass "
+            "--dtype bfloat16 there."
         ),
     )
     enforce_eager: bool | None = Field(
