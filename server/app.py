@@ -9,7 +9,7 @@ from contextlib import asynccontextmanager
 
 from fastapi import FastAPI, Request
 from fastapi.exceptions import RequestValidationError
-from fastapi.responses import JSONResponse
+from fastapi.responses import JSONResponse, Response
 from starlette.exceptions import HTTPException as StarletteHTTPException
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
@@ -27,7 +27,7 @@ from server.models import ModelRouter, ServedModel
 from server.pages import install_pages
 from server.protocol import ParamError
 from server.reward import RewardScorer
-from server.routes import openai_router, ops_router, vllm_router
+from server.routes import ClientDisconnected, openai_router, ops_router, vllm_router
 from server.startup import plan_policy, plan_rerankers, plan_reward, read_desired_state
 from server.state import AppState
 
@@ -90,6 +90,10 @@ def _too_large(max_bytes: int) -> APIError:
 
 
 def _install_error_handlers(app: FastAPI, settings: Settings) -> None:
+    @app.exception_handler(ClientDisconnected)
+    async def _gone(_: Request, exc: ClientDisconnected) -> Response:
+        return Response(status_code=499)
+
     @app.exception_handler(APIError)
     async def _api_error(_: Request, exc: APIError) -> JSONResponse:
         return exc.response()

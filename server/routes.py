@@ -45,6 +45,12 @@ vllm_router = APIRouter(dependencies=[ApiKeyDep])  # vLLM's own paths, outside /
 ops_router = APIRouter()
 
 
+class ClientDisconnected(Exception):
+    """The client left before its answer: answered 499 (nginx's "client closed request"),
+    which nobody receives but the access log and `bonserve_requests_total` record, so a
+    client's hang-up is not counted as a server error."""
+
+
 async def cancel_on_disconnect(request: Request, work: Awaitable[T]) -> T:
     """Run `work`, cancelling it (and so aborting the engine request) if the client leaves.
 
@@ -65,7 +71,7 @@ async def cancel_on_disconnect(request: Request, work: Awaitable[T]) -> T:
         task.cancel()
         with contextlib.suppress(asyncio.CancelledError):
             await task
-        raise asyncio.CancelledError("client disconnected")
+        raise ClientDisconnected
     return task.result()
 
 

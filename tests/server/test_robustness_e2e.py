@@ -151,6 +151,25 @@ def test_dead_engine_fails_inflight_with_503_and_restarts(
             "messages": [{"role": "user", "content": "Write a long story."}],
         }
 
+        # A client that hangs up on a non-streamed request: the engine request is aborted and
+        # the request counts as 499 (client closed), not as a server error.
+        async def hang_up() -> None:
+            async with httpx.AsyncClient(timeout=120) as c:
+                task = asyncio.create_task(c.post(srv.v1 + "/chat/completions", json=body))
+                await asyncio.sleep(1.5)
+                task.cancel()  # closes the connection mid-request
+                with contextlib.suppress(asyncio.CancelledError):
+                    await task
+
+        asyncio.run(hang_up())
+        deadline = time.monotonic() + 30
+        while 'status="499"' not in (text := httpx.get(srv.base_url + "/metrics").text):
+            assert time.monotonic() < deadline, "the hang-up was not counted as 499"
+            time.sleep(0.5)
+        requests = [line for line in text.splitlines() if line.startswith("bonserve_requests_total{")]
+        assert not [line for line in requests if 'status="5' in line], requests
+        assert srv.ready()["engines"]["policy"]["unfinished_requests"] == 0  # aborted in the engine
+
         async def inflight_then_kill() -> httpx.Response:
             async with httpx.AsyncClient(timeout=120) as c:
                 task = asyncio.create_task(c.post(srv.v1 + "/chat/completions", json=body))
