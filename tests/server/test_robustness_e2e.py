@@ -170,6 +170,24 @@ def test_dead_engine_fails_inflight_with_503_and_restarts(
         assert not [line for line in requests if 'status="5' in line], requests
         assert srv.ready()["engines"]["policy"]["unfinished_requests"] == 0  # aborted in the engine
 
+        # A stream whose client leaves after the headers, before any content: nothing stays in
+        # flight (admission slot, engine request).
+        async def leave_after_headers() -> None:
+            async with (
+                httpx.AsyncClient(timeout=120) as c,
+                c.stream("POST", srv.v1 + "/chat/completions", json={**body, "stream": True}) as r,
+            ):
+                assert r.status_code == 200
+
+        asyncio.run(leave_after_headers())
+        deadline = time.monotonic() + 15  # well before its 1000 tokens could have decoded
+        while not (
+            "bonserve_requests_in_flight 0.0" in httpx.get(srv.base_url + "/metrics").text
+            and srv.ready()["engines"]["policy"]["unfinished_requests"] == 0
+        ):
+            assert time.monotonic() < deadline, "the abandoned stream is still in flight"
+            time.sleep(0.5)
+
         async def inflight_then_kill() -> httpx.Response:
             async with httpx.AsyncClient(timeout=120) as c:
                 task = asyncio.create_task(c.post(srv.v1 + "/chat/completions", json=body))
