@@ -7,7 +7,7 @@
   a promotion the previous target drains (requests in flight finish) and its engine is
   freed when nothing else uses it. Unless that engine can take the new weights in place
   (`_reusable_engine`): then the alias switches at once, its new requests wait while the
-  previous target's drain and the weights load into the same engine (vLLM's
+  previous target drains and the weights load into the same engine (vLLM's
   `reload_weights`), and no second engine starts.
 - Reward models: each served policy is reranked by its own (server/rerankers.py says which);
   every distinct reward model in use gets one engine, started (memory checked) before a
