@@ -33,7 +33,7 @@ ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
 
 from core.registry import DEFAULT_MODEL_NAME, Registry  # noqa: E402
-from loadtests.servers import ServerProcess, _spawn, free_port  # noqa: E402
+from loadtests.servers import ServerProcess, free_port, spawn  # noqa: E402
 from training.reward import init_reward_model  # noqa: E402
 
 RM_NAME = "bench-start-rm"
@@ -74,7 +74,7 @@ def one_start(
     cmd = [sys.executable, "-m", "bonserve.cli", "serve", "--port", str(port), "--registry", str(registry)]
     cmd += ["--model", str(model), "--reconcile-interval-s", "0", *flags]
     t0 = time.monotonic()
-    server = _spawn("bonserve", cmd, log_dir, port, "/ready", {"VLLM_CACHE_ROOT": str(cache)})
+    server = spawn("bonserve", cmd, log_dir, port, "/ready", {"VLLM_CACHE_ROOT": str(cache)})
     try:
         health = wait_for(server, "/health", timeout_s)
         ready = wait_for(server, "/ready", timeout_s)

@@ -68,7 +68,7 @@ class ServerProcess:
         return self.process.returncode
 
 
-def _spawn(
+def spawn(
     name: str,
     cmd: Sequence[str],
     log_dir: Path,
@@ -76,6 +76,8 @@ def _spawn(
     ready_path: str,
     env: dict[str, str] | None = None,
 ) -> ServerProcess:
+    """Start `cmd` in its own process group, logging to `log_dir`, without waiting for it
+    (benchmarks/start_time.py times the wait itself)."""
     log = log_dir / f"{name}-{port}.log"
     process = subprocess.Popen(
         list(cmd),
@@ -91,7 +93,7 @@ def start_bonserve(log_dir: Path, *flags: str, env: dict[str, str] | None = None
     """Start `bonserve serve` and return once /ready says every engine is up."""
     port = free_port()
     cmd = [sys.executable, "-m", "bonserve.cli", "serve", "--port", str(port), *flags]
-    server = _spawn("bonserve", cmd, log_dir, port, "/ready", env)
+    server = spawn("bonserve", cmd, log_dir, port, "/ready", env)
     try:
         server.wait_ready()
     except BaseException:
@@ -140,7 +142,7 @@ def start_vllm(
         "--disable-uvicorn-access-log",
         *extra,
     ]
-    return _spawn(name, cmd, log_dir, port, "/health", env)
+    return spawn(name, cmd, log_dir, port, "/health", env)
 
 
 def start_vllm_defaults(
@@ -154,4 +156,4 @@ def start_vllm_defaults(
     cmd = [sys.executable, "-m", "vllm.entrypoints.openai.api_server", "--host", "127.0.0.1"]
     cmd += ["--port", str(port), "--model", str(model_path), "--served-model-name", served_name]
     cmd += ["--gpu-memory-utilization", str(memory_fraction)]
-    return _spawn("vllm-defaults", cmd, log_dir, port, "/health")
+    return spawn("vllm-defaults", cmd, log_dir, port, "/health")

@@ -262,20 +262,7 @@ def test_best_of_n_run_shows_every_candidate_and_the_pick(page_server: ServerPro
     shown = [c.find_element("css selector", ".text").text for c in cards]
 
     # the page shows what the API returns for that request (seeded: the same candidates)
-    api = httpx.post(
-        page_server.v1 + "/chat/completions",
-        json={
-            "model": MODEL,
-            "messages": MESSAGES,
-            "n": 1,
-            "best_of": 4,
-            "temperature": 1,
-            "max_tokens": 16,
-            "seed": 7,
-            "return_candidates": True,
-        },
-        timeout=120,
-    ).json()
+    api = seeded_run(page_server)
     assert shown == [c["text"].strip() for c in api["candidates"]]
     assert rewards == pytest.approx([c["reward"] for c in api["candidates"]], abs=1e-3)
 
@@ -356,25 +343,19 @@ def test_majority_selector_run_shows_the_selector(page_server: ServerProcess, br
     stats = {s.get_attribute("data-stat"): s.text for s in css(browser, "#result-a .stat")}
     assert stats["reward_model_tokens"].split()[-1] == "0"  # majority scores nothing
 
-    api = httpx.post(
-        page_server.v1 + "/chat/completions",
-        json={
-            "model": MODEL,
-            "messages": MESSAGES,
-            "n": 1,
-            "best_of": 4,
-            "temperature": 1,
-            "max_tokens": 16,
-            "seed": 7,
-            "bon_selector": "majority",
-            "return_candidates": True,
-        },
-        timeout=120,
-    ).json()
+    api = seeded_run(page_server, bon_selector="majority")
     assert api["usage"]["bonserve"]["selector"] == "majority"
     assert all(c["reward"] is None for c in api["candidates"])
     assert shown == [c["text"].strip() for c in api["candidates"]]
     assert problems(browser, page_server.base_url) == []
+
+
+def seeded_run(srv: ServerProcess, **extra: object) -> dict[str, Any]:
+    """Through the API, the request the page's run A sends (seeded: the same candidates)."""
+    body = {"model": MODEL, "messages": MESSAGES, "n": 1, "best_of": 4, "temperature": 1}
+    body |= {"max_tokens": 16, "seed": 7, "return_candidates": True, **extra}
+    result: dict[str, Any] = httpx.post(srv.v1 + "/chat/completions", json=body, timeout=120).json()
+    return result
 
 
 def requests_by_mode(srv: ServerProcess) -> dict[str, float]:

@@ -90,35 +90,36 @@ def test_oversized_body_is_413(strict_server: RunningServer) -> None:
     assert r.status_code == 413 and r.json()["error"]["code"] == "request_too_large"
 
 
-def test_fuzz_openapi_no_server_errors(strict_server: RunningServer, tmp_path: Path) -> None:
-    """schemathesis generates requests from our OpenAPI spec (valid and invalid ones) for
-    every operation; the `not_a_server_error` check fails the run on any 5xx."""
-    cmd = [
-        str(Path(sys.executable).parent / "schemathesis"),
-        "run",
-        strict_server.base_url + "/openapi.json",
-        "--checks",
-        "not_a_server_error",
-        "--max-examples",
-        "60",
-        "--seed",
-        "1",
-        "--generation-deterministic",
-        "--request-timeout",
-        "60",
-        "-H",
-        f"Authorization: Bearer {API_KEY}",
-        "--report",
-        "junit",
-        "--report-dir",
-        str(tmp_path),
-    ]
-    env = {**os.environ, "SCHEMATHESIS_HOOKS": "tests.server.fuzz_hooks", "FUZZ_MODEL": strict_server.model}
+def run_schemathesis(
+    srv: RunningServer,
+    report_dir: Path,
+    env: dict[str, str],
+    *,
+    max_examples: int,
+    seed: int,
+    timeout_s: float,
+    key: str | None = None,
+) -> None:
+    """schemathesis over `srv`'s OpenAPI spec with the `not_a_server_error` check (the hooks
+    in tests/server/fuzz_hooks.py read `env`); `key` is sent on every request when given."""
+    cmd = [str(Path(sys.executable).parent / "schemathesis"), "run", srv.base_url + "/openapi.json"]
+    cmd += ["--checks", "not_a_server_error", "--max-examples", str(max_examples), "--seed", str(seed)]
+    cmd += ["--generation-deterministic", "--request-timeout", "60"]
+    cmd += ["-H", f"Authorization: Bearer {key}"] if key else []
+    cmd += ["--report", "junit", "--report-dir", str(report_dir)]
+    env = {**os.environ, "SCHEMATHESIS_HOOKS": "tests.server.fuzz_hooks", **env}
     result = subprocess.run(
-        cmd, capture_output=True, text=True, timeout=800, env=env, cwd=Path(__file__).parents[2]
+        cmd, capture_output=True, text=True, timeout=timeout_s, env=env, cwd=Path(__file__).parents[2]
     )
     assert result.returncode == 0, result.stdout[-6000:] + result.stderr[-2000:]
     print(result.stdout[-3000:])
+
+
+def test_fuzz_openapi_no_server_errors(strict_server: RunningServer, tmp_path: Path) -> None:
+    """schemathesis generates requests from our OpenAPI spec (valid and invalid ones) for
+    every operation; the `not_a_server_error` check fails the run on any 5xx."""
+    env = {"FUZZ_MODEL": strict_server.model}
+    run_schemathesis(strict_server, tmp_path, env, max_examples=60, seed=1, timeout_s=800, key=API_KEY)
 
 
 def test_server_serves_after_fuzzing(strict_server: RunningServer) -> None:
@@ -472,38 +473,14 @@ def test_fuzz_with_reward_model_and_admin_api(
         spec = httpx.get(srv.base_url + "/openapi.json", timeout=30).json()
         admin_paths = sorted(p for p in spec["paths"] if p.startswith("/admin/"))
         assert len(admin_paths) >= 6, admin_paths
-        cmd = [
-            str(Path(sys.executable).parent / "schemathesis"),
-            "run",
-            srv.base_url + "/openapi.json",
-            "--checks",
-            "not_a_server_error",
-            "--max-examples",
-            "40",
-            "--seed",
-            "2",
-            "--generation-deterministic",
-            "--request-timeout",
-            "60",
-            "--report",
-            "junit",
-            "--report-dir",
-            str(tmp_path),
-        ]
         env = {
-            **os.environ,
-            "SCHEMATHESIS_HOOKS": "tests.server.fuzz_hooks",
             "FUZZ_MODEL": POLICY,
             "FUZZ_REWARD_MODEL": RM,
             "FUZZ_API_KEY": API_KEY,
             "FUZZ_ADMIN_KEY": ADMIN_KEY,
             "FUZZ_BEST_OF": "2",
         }
-        result = subprocess.run(
-            cmd, capture_output=True, text=True, timeout=600, env=env, cwd=Path(__file__).parents[2]
-        )
-        assert result.returncode == 0, result.stdout[-6000:] + result.stderr[-2000:]
-        print(result.stdout[-3000:])
+        run_schemathesis(srv, tmp_path, env, max_examples=40, seed=2, timeout_s=600)
 
         samples = _samples(srv)
         served_bon = sum(
