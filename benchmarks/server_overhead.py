@@ -16,6 +16,13 @@ only `--gpu-memory-utilization 0.4`: with its default, 0.92 of RAM, vLLM's CPU b
 to start while another server holds memory).
 The two then decode in different dtypes, so every request asks for exactly `--max-tokens`
 tokens (`ignore_eos`) and throughput is compared in output tokens per second.
+
+    python benchmarks/server_overhead.py --vs-bonserve-env VLLM_CPU_NUM_OF_RESERVED_CPU=0 \
+        --concurrency 1 4 --rounds 3 --out docs/benchmarks/server_threads.json
+
+`--vs-bonserve-env` makes the reference a second bonserve with the same flags and these
+environment variables (an engine setting tried in the whole server, front end included);
+the ratios are then default / variant.
 """
 
 from __future__ import annotations
@@ -84,18 +91,28 @@ def main() -> None:
         action="store_true",
         help="vLLM's server with its own defaults (what a user would run instead), fixed output lengths",
     )
+    parser.add_argument(
+        "--vs-bonserve-env",
+        nargs="+",
+        metavar="KEY=VALUE",
+        default=None,
+        help="reference: bonserve with the same flags and these environment variables",
+    )
     parser.add_argument("--out", type=Path, default=None)
     args = parser.parse_args()
 
     entry = Registry().load(DEFAULT_MODEL_NAME)
     log_dir = Path(tempfile.mkdtemp(prefix="bench-"))
-    servers = {
-        "bonserve": start_bonserve(log_dir, *args.bonserve_flags.split()),
-        "vllm": start_vllm_defaults(log_dir, entry.path, DEFAULT_MODEL_NAME)
-        if args.vllm_defaults
-        else start_vllm(log_dir, entry.path, DEFAULT_MODEL_NAME),
-    }
-    fixed = args.vllm_defaults
+    flags = args.bonserve_flags.split()
+    if args.vs_bonserve_env:
+        env = dict(item.split("=", 1) for item in args.vs_bonserve_env)
+        ref = start_bonserve(log_dir, *flags, env=env)
+    elif args.vllm_defaults:
+        ref = start_vllm_defaults(log_dir, entry.path, DEFAULT_MODEL_NAME)
+    else:
+        ref = start_vllm(log_dir, entry.path, DEFAULT_MODEL_NAME)
+    servers = {"bonserve": start_bonserve(log_dir, *flags), "vllm": ref}  # "vllm": the reference
+    fixed = args.vllm_defaults or bool(args.vs_bonserve_env)
     results: dict[str, dict[int, list[dict[str, float]]]] = {k: {} for k in servers}
     try:
         for s in servers.values():

@@ -19,6 +19,8 @@ from pathlib import Path
 
 import httpx
 
+from core.engine_args import default_dtype, resolve_dtype
+
 
 def free_port() -> int:
     with socket.socket() as s:
@@ -109,12 +111,13 @@ def start_vllm(
     *,
     max_model_len: int = 2048,
     kv_cache_gib: float = 1.0,
-    dtype: str = "float32",
+    dtype: str | None = None,
     extra: Sequence[str] = (),
     name: str = "vllm",
     env: dict[str, str] | None = None,
 ) -> ServerProcess:
-    """vLLM's own OpenAI server with the engine configured like bonserve's."""
+    """vLLM's own OpenAI server with the engine configured like bonserve's (`dtype` None:
+    the one bonserve's default resolves to on this machine)."""
     port = free_port()
     cmd = [
         sys.executable,
@@ -129,7 +132,7 @@ def start_vllm(
         "--served-model-name",
         served_name,
         "--dtype",
-        dtype,
+        dtype or resolve_dtype(default_dtype()),
         "--max-model-len",
         str(max_model_len),
         "--kv-cache-memory-bytes",

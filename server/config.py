@@ -8,7 +8,7 @@ from pathlib import Path
 from pydantic import Field, field_validator, model_validator
 from pydantic_settings import BaseSettings, SettingsConfigDict
 
-from core.engine_args import EngineOptions, parse_engine_args
+from core.engine_args import DTYPES, EngineOptions, parse_engine_args
 from core.lora import VLLM_LORA_RANKS
 from core.registry import DEFAULT_MODEL_NAME, RegistryError, check_name, default_registry_root
 
@@ -172,13 +172,13 @@ class Settings(BaseSettings):
         "bonserve sets itself (model, dtype, max_model_len, ...) are refused: use their settings.",
     )
     dtype: str = Field(
-        _ENGINE.dtype,
+        "auto",
         description=(
-            "Weight dtype. float32 by default: vLLM's CPU backend would downcast the "
-            "dequantised SmolLM2 to bfloat16, which changes its greedy answers, and on AVX2-only "
-            "CPUs bfloat16 decodes at half the speed. On CPUs with AVX-512 BF16 (or a GPU) "
-            "bfloat16 decodes 1.6-2x faster (docs/benchmarks/engine_settings.md): pass "
-            "--dtype bfloat16 there."
+            "Weight dtype: auto, float32, bfloat16 or float16. auto = by device: bfloat16 on a GPU "
+            "and on CPUs with bfloat16 instructions (avx512_bf16 / amx_bf16), where it decoded "
+            "1.6x faster than float32; float32 on other CPUs, where bfloat16 decoded at half the "
+            "speed (docs/benchmarks/engine_settings.md). bfloat16 changes some greedy answers of "
+            "the bundled model; pass --dtype float32 for float32-exact outputs."
         ),
     )
     enforce_eager: bool | None = Field(
@@ -274,6 +274,13 @@ class Settings(BaseSettings):
             max_num_seqs=self.reward_max_num_seqs,
             max_loras=0,
         )
+
+    @field_validator("dtype")
+    @classmethod
+    def _check_dtype(cls, value: str) -> str:
+        if value not in DTYPES:
+            raise ValueError(f"must be one of {', '.join(DTYPES)}, not {value!r}")
+        return value
 
     @field_validator("engine_args")
     @classmethod

@@ -51,6 +51,7 @@ class EngineInfo:
 
     max_model_len: int
     eos_token_id: int | None
+    dtype: str  # what the engine computes in ("auto" resolved): shown by /ready
 
 
 EngineFactory = Callable[[], Any]
@@ -139,9 +140,10 @@ class ManagedEngine:
         self.info = EngineInfo(
             max_model_len=config.max_model_len,
             eos_token_id=getattr(tokenizer, "eos_token_id", None),
+            dtype=str(config.dtype).removeprefix("torch."),
         )
         self.state = EngineState.RUNNING
-        logger.info("engine %s running (start %.1fs)", self.name, time.monotonic() - t0)
+        logger.info("engine %s running (%s, start %.1fs)", self.name, self.info.dtype, time.monotonic() - t0)
 
     async def _watch(self) -> None:
         while self.state not in (EngineState.STOPPED, EngineState.FAILED):
@@ -236,6 +238,7 @@ class ManagedEngine:
             "restarts": self.restarts,
             "last_error": self.last_error or None,
             "unfinished_requests": unfinished,
+            "dtype": self.info.dtype if self.info else None,
         }
 
 

@@ -2,10 +2,18 @@
 
 from __future__ import annotations
 
+import os
 from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
+
+from core.engine_args import DTYPE_ENV
+
+# Every engine the tests build, in-process or in a server they start, computes in float32:
+# their references are float32 transformers computations, and "auto" would pick bfloat16 on
+# CPUs that have it. tests/test_engine_smoke.py runs the "auto" default itself.
+os.environ[DTYPE_ENV] = "float32"
 
 from core.registry import Registry
 from loadtests.servers import ServerProcess, start_bonserve

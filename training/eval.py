@@ -147,6 +147,7 @@ def ci95(values: Sequence[float | bool]) -> float:
 
 
 def run(config: EvalConfig) -> dict[str, Any]:
+    from core.engine_args import default_dtype, resolve_dtype
     from core.registry import Registry
     from training.generation import (
         prompt_ids,
@@ -188,6 +189,9 @@ def run(config: EvalConfig) -> dict[str, Any]:
         "task": config.task,
         "split": config.split,
         "prompts": len(examples),
+        # The offline engines' dtype (BONSERVE_DTYPE, else by device): bfloat16 and float32
+        # give different greedy answers, so a comparison across machines needs it.
+        "engine_dtype": resolve_dtype(default_dtype()),
         "greedy": {
             "accuracy": _mean(greedy_correct),
             "accuracy_ci95": ci95(greedy_correct),

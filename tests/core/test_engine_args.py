@@ -4,10 +4,17 @@ from __future__ import annotations
 
 from pathlib import Path
 
+import pytest
+from pydantic import ValidationError
+
 from core.engine_args import (
+    DTYPE_ENV,
     EngineOptions,
+    cpu_flags,
+    default_dtype,
     offline,
     policy_engine_kwargs,
+    resolve_dtype,
     reward_engine_env,
     reward_engine_kwargs,
 )
@@ -36,3 +43,36 @@ def test_reward_kwargs_and_thread_placement() -> None:
 def test_offline_drops_the_async_only_option() -> None:
     out = offline(policy_engine_kwargs(EngineOptions(), Path("/m")))
     assert "enable_log_requests" not in out and out["disable_log_stats"] is True
+
+
+def test_auto_dtype_follows_the_device() -> None:
+    assert resolve_dtype("auto", cuda=True, flags=frozenset()) == "bfloat16"
+    assert resolve_dtype("auto", cuda=False, flags={"avx2", "fma"}) == "float32"
+    assert resolve_dtype("auto", cuda=False, flags={"avx2", "avx512f", "avx512_bf16"}) == "bfloat16"
+    assert resolve_dtype("auto", cuda=False, flags={"amx_bf16"}) == "bfloat16"
+    # a dtype given is used as given, whatever the device
+    assert resolve_dtype("float32", cuda=True, flags={"avx512_bf16"}) == "float32"
+    assert resolve_dtype("bfloat16", cuda=False, flags=set()) == "bfloat16"
+
+
+def test_cpu_flags_read_from_cpuinfo(tmp_path: Path) -> None:
+    info = tmp_path / "cpuinfo"
+    info.write_text(
+        "processor\t: 0\nmodel name\t: X\nflags\t\t: fpu sse2 avx512_bf16\n\nprocessor\t: 1\nflags : fpu\n"
+    )
+    assert cpu_flags(info) == {"fpu", "sse2", "avx512_bf16"}
+    assert cpu_flags(tmp_path / "missing") == frozenset()
+
+
+def test_dtype_default_comes_from_the_environment(monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.delenv(DTYPE_ENV, raising=False)
+    assert default_dtype() == "auto" and EngineOptions().dtype == "auto" and Settings().dtype == "auto"
+    monkeypatch.setenv(DTYPE_ENV, "bfloat16")
+    assert EngineOptions().dtype == "bfloat16" and Settings().engine_options().dtype == "bfloat16"
+
+
+def test_unknown_dtype_is_refused() -> None:
+    with pytest.raises(ValueError, match="dtype must be one of"):
+        EngineOptions(dtype="fp8")
+    with pytest.raises(ValidationError, match="must be one of auto, float32"):
+        Settings(dtype="half-ish")

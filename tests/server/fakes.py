@@ -58,7 +58,7 @@ class FakeAsyncLLM:
     aborted: int = 0
 
     def __post_init__(self) -> None:
-        self.model_config = SimpleNamespace(max_model_len=self.max_model_len)
+        self.model_config = SimpleNamespace(max_model_len=self.max_model_len, dtype="torch.float32")
 
     def get_tokenizer(self) -> FakeTokenizer:
         return FakeTokenizer()
@@ -100,7 +100,7 @@ class FakeRewardLLM:
     die_on_encode: bool = False
 
     def __post_init__(self) -> None:
-        self.model_config = SimpleNamespace(max_model_len=self.max_model_len)
+        self.model_config = SimpleNamespace(max_model_len=self.max_model_len, dtype="torch.float32")
 
     def get_tokenizer(self) -> FakeTokenizer:
         return FakeTokenizer()
