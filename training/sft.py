@@ -15,6 +15,9 @@ Options: training/sft_config.py; command line: training/scripts/sft.py.
 
 from __future__ import annotations
 
+from collections.abc import Sequence
+from typing import Any
+
 from core.registry import Entry
 from training.common import (
     load_causal_lm,
@@ -32,11 +35,21 @@ from training.sft_config import SFTConfig
 
 def run(config: SFTConfig) -> Entry | None:
     """Train and write the entry; returns it (None on non-main processes)."""
-    import trl
-
-    from training.data import data_hash, load_sft_data
+    from training.data import load_sft_data
 
     rows, _ = load_sft_data(config.data)
+    return fine_tune(config, rows)
+
+
+def fine_tune(
+    config: SFTConfig, rows: Sequence[dict[str, Any]], extra: dict[str, Any] | None = None
+) -> Entry | None:
+    """SFT on validated `rows` (TRL's SFT formats); `extra` goes to the manifest (the
+    Best-of-N distillation trainer records where its rows came from)."""
+    import trl
+
+    from training.data import data_hash
+
     digest = data_hash(rows)
     start = resolve_start(config.open_registry(), config.base)
     columns = ["messages"] if "messages" in rows[0] else ["prompt", "completion"]
@@ -65,4 +78,5 @@ def run(config: SFTConfig) -> Entry | None:
         data_digest=digest,
         metrics=metrics,
         tokenizer=tokenizer,
+        extra=extra,
     )

@@ -24,6 +24,7 @@ import pytest
 
 from core.registry import Registry
 from loadtests.servers import ServerProcess, start_bonserve
+from tests.reference import transformers_rewards
 from tests.synthetic import end_of_turn_head
 from training.reward import init_reward_model
 
@@ -50,26 +51,6 @@ def reward_registry(default_model: Path, tmp_path_factory: pytest.TempPathFactor
                 (out / path.name).write_bytes(path.read_bytes())
     init_reward_model(Registry(default_model.parent), default_model.name, RM2, seed=1, out=registry)
     return registry
-
-
-def transformers_rewards(
-    model_dir: Path, messages: list[dict[str, str]], responses: list[str]
-) -> list[float]:
-    """The reference: transformers scores the chat template's *text* of each conversation,
-    tokenized without extra special tokens (the server builds token ids its own way)."""
-    import torch
-    from transformers import AutoModelForSequenceClassification, AutoTokenizer
-
-    tokenizer = AutoTokenizer.from_pretrained(model_dir)
-    model = AutoModelForSequenceClassification.from_pretrained(model_dir, dtype=torch.float32).eval()
-    scores = []
-    with torch.no_grad():
-        for response in responses:
-            conversation = [*messages, {"role": "assistant", "content": response}]
-            text = tokenizer.apply_chat_template(conversation, tokenize=False)
-            ids = tokenizer(text, add_special_tokens=False, return_tensors="pt").input_ids
-            scores.append(float(model(input_ids=ids).logits[0, 0]))
-    return scores
 
 
 def test_the_reward_model_is_not_random(reward_registry: Registry) -> None:
