@@ -164,7 +164,8 @@ class SamplingFields(_Strict):
         gt=0,
         lt=1,
         description="Share of the unfinished candidates each checkpoint aborts (default: the "
-        "server's --default-bon-prune fraction, else 0.5). Same condition as bon_prune_at.",
+        "server's --default-bon-prune fraction, else 0.5). Same condition as bon_prune_at, and "
+        "a checkpoint to prune at: bon_prune_at or the server's schedule (400 otherwise).",
     )
     bon_reward_threshold: float | None = Field(
         None,

@@ -194,6 +194,13 @@ class BaseServing:
             at: tuple[int, ...] = tuple(req.bon_prune_at or ())
         else:
             at = default[0] if default else ()
+        if req.bon_prune_fraction is not None and not at:
+            # it says how many to prune at each checkpoint; without one it would do nothing
+            raise bad_request(
+                "bon_prune_fraction needs bon_prune_at (the token counts at which to prune), or a "
+                f"server default schedule for '{model.name}' (--default-bon-prune)",
+                "bon_prune_fraction",
+            )
         fraction = req.bon_prune_fraction or (default[1] if default else 0.5)
         if "bon_reward_threshold" in sent:
             threshold = req.bon_reward_threshold

@@ -395,6 +395,27 @@ async def test_server_defaults_and_off_fields_do_not_refuse_where_nothing_is_rew
 
 
 @pytest.mark.timeout(30)
+async def test_a_prune_fraction_without_a_schedule_is_400(bon_client: Callable[..., Any]) -> None:  # noqa: F811
+    """The fraction alone would silently prune nothing: refused, unless a server default
+    schedule gives it checkpoints."""
+    engine = FakeSeededStepLLM(steps=10)
+    c = await bon_client(policy=engine)
+    for extra in ({"bon_prune_fraction": 0.5}, {"bon_prune_at": [], "bon_prune_fraction": 0.5}):
+        r = await c.post("/v1/chat/completions", json={**CHAT, "best_of": 4, **extra})
+        err = assert_envelope(r, 400)
+        assert err["param"] == "bon_prune_fraction" and "needs bon_prune_at" in err["message"]
+    assert not engine.requests
+    c = await bon_client(policy=engine, default_bon_prune="4@0.25")
+    r = await c.post(
+        "/v1/chat/completions", json={**CHAT, "best_of": 4, "seed": 0, "bon_prune_fraction": 0.5}
+    )
+    assert r.status_code == 200, r.text
+    assert (
+        r.json()["usage"]["bonserve"]["candidates_pruned"] == 2
+    )  # the request's fraction, the default's checkpoint
+
+
+@pytest.mark.timeout(30)
 async def test_explicit_null_turns_a_server_default_off(bon_client: Callable[..., Any]) -> None:  # noqa: F811
     engine = FakeSeededStepLLM(steps=10)
     c = await bon_client(policy=engine, default_bon_prune="4@0.5", default_bon_reward_threshold="0")
