@@ -68,8 +68,8 @@ def cpu_flags(cpuinfo: Path = Path("/proc/cpuinfo")) -> frozenset[str]:
 
 
 def resolve_dtype(choice: str, *, cuda: bool | None = None, flags: Set[str] | None = None) -> str:
-    """`dtype` as given, or by device when "auto": bfloat16 on a CUDA GPU and on a CPU with
-    bfloat16 instructions, float32 on other CPUs.
+    """`dtype` as given, or by device when "auto": bfloat16 on a CUDA GPU (float16 on one
+    without bfloat16) and on a CPU with bfloat16 instructions, float32 on other CPUs.
 
     Measured with benchmarks/engine_settings.py on two 2-core boxes: with AVX-512 BF16,
     bfloat16 decoded 1.6x faster than float32; on an AVX2-only CPU it decoded at half the
@@ -81,6 +81,8 @@ def resolve_dtype(choice: str, *, cuda: bool | None = None, flags: Set[str] | No
         import torch
 
         cuda = torch.cuda.is_available()
+        if cuda and not torch.cuda.is_bf16_supported():
+            return "float16"  # GPUs before compute capability 8.0 have no bfloat16
     if cuda:
         return "bfloat16"
     return "bfloat16" if BF16_CPU_FLAGS & (cpu_flags() if flags is None else flags) else "float32"
