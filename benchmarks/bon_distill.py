@@ -16,18 +16,15 @@ from __future__ import annotations
 
 import argparse
 import json
-import math
 import statistics
 from pathlib import Path
+
+from training.eval import ci95
 
 
 def outcomes(report: Path) -> dict[str, dict]:
     rows = report.with_suffix(".prompts.jsonl").read_text().splitlines()
     return {r["id"]: r for r in map(json.loads, filter(None, rows))}
-
-
-def interval(values: list[float]) -> float:
-    return 1.96 * statistics.stdev(values) / math.sqrt(len(values))
 
 
 def main() -> None:
@@ -49,20 +46,18 @@ def main() -> None:
     greedy = [float(src[i]["greedy_gold"] == 1.0) for i in ids]
     bon = [float(src[i]["gold"][src[i]["picks"][args.selector]] == 1.0) for i in ids]
     distilled = [float(dst[i]["greedy_gold"] == 1.0) for i in ids]
+    vs_greedy = [d - g for d, g in zip(distilled, greedy, strict=True)]
+    vs_bon = [d - b for d, b in zip(distilled, bon, strict=True)]
     rows = {
         "prompts": len(ids),
         "source_greedy": statistics.fmean(greedy),
         "source_bon": statistics.fmean(bon),
         "distilled_greedy": statistics.fmean(distilled),
-        "distilled_ci95": interval(distilled),
-        "distilled_minus_source_greedy": statistics.fmean(
-            d - g for d, g in zip(distilled, greedy, strict=True)
-        ),
-        "distilled_minus_source_greedy_ci95": interval(
-            [d - g for d, g in zip(distilled, greedy, strict=True)]
-        ),
-        "distilled_minus_source_bon": statistics.fmean(d - b for d, b in zip(distilled, bon, strict=True)),
-        "distilled_minus_source_bon_ci95": interval([d - b for d, b in zip(distilled, bon, strict=True)]),
+        "distilled_ci95": ci95(distilled),
+        "distilled_minus_source_greedy": statistics.fmean(vs_greedy),
+        "distilled_minus_source_greedy_ci95": ci95(vs_greedy),
+        "distilled_minus_source_bon": statistics.fmean(vs_bon),
+        "distilled_minus_source_bon_ci95": ci95(vs_bon),
     }
     print(
         f"prompts {len(ids)}; source greedy {rows['source_greedy']:.3f}, source BoN ({args.selector}) "

@@ -14,12 +14,13 @@ from __future__ import annotations
 
 import argparse
 import json
-import math
 import os
 import statistics
 import subprocess
 import sys
 from pathlib import Path
+
+from training.eval import ci95
 
 DTYPES = ("float32", "bfloat16")
 
@@ -41,11 +42,6 @@ def per_prompt(path: Path) -> dict[str, tuple[float, str]]:
     return {r["id"]: (float(r["greedy_gold"] == 1.0), r["greedy"]) for r in rows}
 
 
-def interval(values: list[float]) -> float:
-    """Half-width of the normal-approximation 95% interval of the mean."""
-    return 1.96 * statistics.stdev(values) / math.sqrt(len(values)) if len(values) > 1 else float("nan")
-
-
 def compare(model: str, files: dict[str, Path]) -> dict[str, float | int | str]:
     a, b = (per_prompt(files[d].with_suffix(".prompts.jsonl")) for d in DTYPES)
     if a.keys() != b.keys():
@@ -62,11 +58,11 @@ def compare(model: str, files: dict[str, Path]) -> dict[str, float | int | str]:
         "model": model,
         "prompts": len(ids),
         "float32": statistics.fmean(fp32),
-        "float32_ci95": interval(fp32),
+        "float32_ci95": ci95(fp32),
         "bfloat16": statistics.fmean(bf16),
-        "bfloat16_ci95": interval(bf16),
+        "bfloat16_ci95": ci95(bf16),
         "bf16_minus_fp32": statistics.fmean(diff),
-        "bf16_minus_fp32_ci95": interval(diff),
+        "bf16_minus_fp32_ci95": ci95(diff),
         "changed_replies": sum(a[i][1] != b[i][1] for i in ids) / len(ids),
         "changed_verdicts": sum(d != 0 for d in diff) / len(ids),
     }
