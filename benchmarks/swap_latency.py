@@ -1,7 +1,8 @@
 """Hot-swap cost: time from promote to the first token of the new checkpoint, and the latency
 of in-flight traffic during the swap (p99 during vs before), for a LoRA adapter and for full
 weights (a new engine), then for a second full checkpoint of the same layout (loaded into
-that engine in place). One run, one server.
+that engine in place). One run: a server with today's defaults, then one with
+--standby-engine (a spare engine on the start-up weights takes the first full promotion).
 
     python benchmarks/swap_latency.py --out docs/benchmarks/swap_latency.json
 
@@ -10,7 +11,9 @@ the whole time. Then: `--quiet-s` seconds of load (the "before" window), promote
 `policy` -> LoRA adapter (random weights, rank 8), wait `--quiet-s`, promote -> a full
 checkpoint (a new engine is started, warmed, switched to, and the old target drained), wait
 `--quiet-s`, promote -> a second full checkpoint (the alias switches at once; its requests
-wait while the first drains and the weights load into its engine).
+wait while the first drains and the weights load into its engine). With --standby-engine the
+load starts once the spare engine is up, and the first full promotion loads into the spare
+(a new spare then starts in the background, during the last window).
 """
 
 from __future__ import annotations
@@ -31,6 +34,15 @@ from loadtests.servers import start_bonserve
 from loadtests.stats import summarize
 
 PROMPT = [{"role": "user", "content": "Write one sentence about the sea."}]
+
+
+async def wait_for_standby(base_url: str, timeout_s: float = 600) -> None:
+    deadline = time.monotonic() + timeout_s
+    async with httpx.AsyncClient(timeout=30) as c:
+        while (await c.get(base_url + "/ready")).json()["standby_engine"]["state"] != "running":
+            if time.monotonic() > deadline:
+                raise RuntimeError("the standby engine did not start")
+            await asyncio.sleep(1)
 
 
 async def main_async(args: argparse.Namespace, base_url: str) -> dict[str, Any]:
@@ -123,36 +135,45 @@ def main() -> None:
     parser.add_argument("--concurrency", type=int, default=4)
     parser.add_argument("--max-tokens", type=int, default=32)
     parser.add_argument("--quiet-s", type=float, default=30.0)
+    parser.add_argument("--modes", nargs="+", choices=("default", "standby"), default=["default", "standby"])
     parser.add_argument("--out", type=Path, default=None)
     args = parser.parse_args()
 
     sys.path.insert(0, str(Path(__file__).resolve().parents[1]))  # tests/ is not installed
     from tests.synthetic import copy_full_entry, make_lora_entry
 
-    work = Path(tempfile.mkdtemp(prefix="bench-swap-"))
-    registry = Registry(work / "registry")
-    base = Registry().load(DEFAULT_MODEL_NAME)
-    copy_full_entry(registry, base, DEFAULT_MODEL_NAME, kind="base")
-    base = registry.load(DEFAULT_MODEL_NAME)
-    make_lora_entry(registry, base, "bench-lora", rank=8, seed=1)
-    copy_full_entry(registry, base, "bench-full")
-    copy_full_entry(registry, base, "bench-full-2")  # same layout as bench-full: loaded in place
-    server = start_bonserve(
-        work,
-        "--registry",
-        str(registry.root),
-        "--model",
-        DEFAULT_MODEL_NAME,
-        "--alias",
-        "policy",
-        "--max-loras",
-        "2",
-        "--open-admin",  # loopback only; the benchmark drives promotions itself
-    )
-    try:
-        report = asyncio.run(main_async(args, server.base_url))
-    finally:
-        server.stop()
+    report: dict[str, Any] = {}
+    for mode in args.modes:
+        work = Path(tempfile.mkdtemp(prefix=f"bench-swap-{mode}-"))
+        registry = Registry(work / "registry")
+        base = Registry().load(DEFAULT_MODEL_NAME)
+        copy_full_entry(registry, base, DEFAULT_MODEL_NAME, kind="base")
+        base = registry.load(DEFAULT_MODEL_NAME)
+        make_lora_entry(registry, base, "bench-lora", rank=8, seed=1)
+        copy_full_entry(registry, base, "bench-full")
+        copy_full_entry(registry, base, "bench-full-2")  # same layout as bench-full: loaded in place
+        server = start_bonserve(
+            work,
+            "--registry",
+            str(registry.root),
+            "--model",
+            DEFAULT_MODEL_NAME,
+            "--alias",
+            "policy",
+            "--max-loras",
+            "2",
+            "--open-admin",  # loopback only; the benchmark drives promotions itself
+            *(["--standby-engine"] if mode == "standby" else []),
+        )
+        try:
+            if mode == "standby":
+                asyncio.run(wait_for_standby(server.base_url))
+            report[mode] = asyncio.run(main_async(args, server.base_url))
+        finally:
+            server.stop()
+    if {"default", "standby"} <= set(report):
+        first = {m: report[m]["full"]["promote_to_first_token_s"] for m in ("default", "standby")}
+        report["first_full_promotion_standby_vs_default"] = first["standby"] / first["default"]
     print(json.dumps(report, indent=2))
     if args.out:
         args.out.parent.mkdir(parents=True, exist_ok=True)

@@ -217,6 +217,8 @@ def build_app(settings: Settings, state: AppState | None = None) -> FastAPI:
             for task in starting:
                 task.cancel()
             await asyncio.gather(*starting, return_exceptions=True)
+            if state.manager is not None:
+                await state.manager.close()  # the spare engine (--standby-engine)
             await asyncio.gather(*(e.stop() for e in state.engines.values()))
 
     # docs_url/redoc_url None: server/pages.py serves /docs and /redoc from local files

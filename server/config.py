@@ -205,6 +205,14 @@ class Settings(BaseSettings):
         "weights load, instead of a second engine starting beside the first "
         "(benchmarks/swap_latency.py measures both).",
     )
+    standby_engine: bool = Field(
+        False,
+        description="Keep one spare policy engine, started on the --model weights after /ready, so "
+        "the first promotion of a full checkpoint with the same layout loads its weights into it "
+        "in place (seconds) instead of starting an engine (~45 s on a 2-core CPU under load); "
+        "refilled in the background after use. Costs one more engine's memory "
+        "(benchmarks/swap_latency.py measures it).",
+    )
     swap_memory_headroom: float = Field(
         1.5,
         ge=1.0,

@@ -15,6 +15,10 @@
   alias with a reward model; the pairing is refused (409) when the rerank gate says it makes
   Best-of-N no better than one sample, unless forced. The default reward model (--reward-model)
   swaps like a policy: new engine up first, then the switch.
+- With --standby-engine a spare policy engine on the start-up weights is started after /ready
+  (outside /ready's engine set) and taken by the first full checkpoint loaded with the same
+  layout: its weights load into the spare in place, no engine starts on the request's path,
+  and a new spare starts in the background.
 
 Every check runs before anything changes, so a bad entry leaves the server as it was.
 
@@ -109,6 +113,9 @@ class ModelManager:
         self._served_as = start.served_as() if start else {}
         self._lock = asyncio.Lock()  # one load/unload/promote/reconcile at a time
         self._next_lora_id = 1
+        self._standby: ManagedEngine | None = None  # spare engine on the start-up weights
+        self._standby_task: asyncio.Task[None] | None = None  # starting it
+        self._closing = False
         self.started = start is None  # /ready waits for `start` (start-up adapter, first reconcile)
         self.startup_error: str | None = None
         self._failures: dict[tuple[str, str], tuple[int, float]] = {}  # (what, target) -> backoff
@@ -186,9 +193,14 @@ class ModelManager:
         return next((e for e, s in self._served_as.items() if s == served), served)
 
     async def _load(self, name: str) -> ServedModel:
+        return (await self._load_how(name))[0]
+
+    async def _load_how(self, name: str) -> tuple[ServedModel, str]:
+        """Serve entry `name`; returns it and how: "switch" (already served), "lora",
+        "standby" (loaded into the spare engine) or "new_engine"."""
         name = self._served(name)
         if self.router.is_known(name):
-            return self.router.resolve(name)
+            return self.router.resolve(name), "switch"
         entry = self._entry(name)
         kind, fmt = entry.manifest.kind, entry.manifest.format
         if kind == "rm":
@@ -197,12 +209,18 @@ class ModelManager:
             )
         if fmt == "lora":
             self._check_lora(entry)
-            return await self._load_lora(entry)
-        self._check_memory(entry)
-        engine = await self._start_engine(f"policy:{name}", self.builder.policy(entry.path, name))
+            return await self._load_lora(entry), "lora"
+        engine = await self._take_standby(entry)
+        if engine is not None:
+            await self._load_into_standby(engine, entry, name)
+            method = "standby"
+        else:
+            self._check_memory(entry)
+            engine = await self._start_engine(f"policy:{name}", self.builder.policy(entry.path, name))
+            method = "new_engine"
         served = ServedModel(name=name, engine=engine, kind=kind, parent=entry.manifest.parent)
         self.router.add(served)
-        return served
+        return served, method
 
     async def _base_of(self, entry: Entry) -> ServedModel:
         """The served full model whose weights the adapter was trained on; loaded first when
@@ -335,8 +353,7 @@ class ModelManager:
             )
             method = "in_place"
         else:
-            method = self._load_method(name)
-            served = await self._load(name)
+            served, method = await self._load_how(name)
         paired, pairing = self._pair(alias, served, reward_model, force, gate)
         if pairing.reward_model is not None and pairing.usable:
             await self._ensure_reward(pairing.reward_model)
@@ -381,12 +398,6 @@ class ModelManager:
         metrics.SWAP_SECONDS.labels("policy").observe(seconds)
         card = pairing.card().model_dump()
         return SwapResult(alias, served.name, previous, unloaded, seconds, method, pairing.reward_model, card)
-
-    def _load_method(self, name: str) -> str:
-        served = self._served(name)
-        if self.router.is_known(served):
-            return "switch"
-        return "lora" if self._entry(name).manifest.format == "lora" else "new_engine"
 
     def _reusable_engine(self, alias: str, name: str) -> tuple[ServedModel, Entry] | None:
         """The alias's current target and the entry `name`, when `name` can be loaded into the
@@ -434,6 +445,109 @@ class ModelManager:
             await managed.restart(f"in-place weight load failed: {_message(exc)}")
         finally:
             served.weights_loaded.set()
+
+    # ------------------------------------------------------------------ standby engine
+
+    def _fill_standby(self) -> None:
+        """Start the spare engine in the background, if configured and none runs or starts."""
+        if not self.settings.standby_engine or self._closing or self._standby is not None:
+            return
+        if self._standby_task is not None and not self._standby_task.done():
+            return
+        self._standby_task = asyncio.create_task(self._start_standby(), name="standby-engine")
+
+    def _standby_weights(self) -> Entry | None:
+        """The registry entry the spare engine runs: the start-up policy's weights."""
+        try:
+            return self.registry.load(self.policy_weights)
+        except RegistryError:  # a checkpoint directory: no manifest to compare layouts with
+            return None
+
+    async def _start_standby(self) -> None:
+        entry = self._standby_weights()
+        if entry is None:
+            logger.warning(
+                "no standby engine: the start-up weights '%s' are not a registry entry", self.policy_weights
+            )
+            return
+        try:
+            self._check_memory(entry)
+        except APIError as exc:
+            logger.warning("no standby engine: %s", exc.message)
+            return
+        engine = ManagedEngine(
+            "standby",
+            self.builder.policy(entry.path, self._served(entry.name), "standby"),
+            restart_backoff_s=self.settings.engine_restart_backoff_s,
+        )
+        await engine.start()
+        if engine.state != EngineState.RUNNING or self._closing:
+            if engine.state != EngineState.RUNNING:
+                logger.warning("standby engine failed to start: %s", engine.last_error)
+            await engine.stop()
+            return
+        self._standby = engine
+        logger.info("standby engine ready on %s", entry.name)
+
+    async def _take_standby(self, entry: Entry) -> ManagedEngine | None:
+        """The spare engine, when `entry`'s weights can load into it in place: a full policy
+        checkpoint with the start-up weights' layout. Waits for a spare that is still
+        starting (sooner than starting another engine)."""
+        if not self.settings.standby_engine or self._standby_task is None:
+            return None
+        holds = self._standby_weights()
+        if holds is None or entry.manifest.format != "full" or _layout(entry) != _layout(holds):
+            return None
+        if not self._standby_task.done():
+            logger.info("waiting for the standby engine to finish starting")
+            await asyncio.shield(self._standby_task)
+        engine = self._standby
+        if engine is None or engine.state != EngineState.RUNNING:
+            return None
+        self._check_memory(entry, kv_cache_gib=0)  # the new weights are read while the old ones stay
+        self._standby = None
+        return engine
+
+    async def _load_into_standby(self, engine: ManagedEngine, entry: Entry, name: str) -> None:
+        """Load `entry` into the spare engine (nothing decodes on it), register it under
+        `name`, start the next spare. A failed load restarts it on the new checkpoint."""
+        engine.retarget(f"policy:{name}", self.builder.policy(entry.path, name))
+        try:
+            await engine.reload_weights(str(entry.path))
+        except Exception as exc:
+            logger.error("standby load of %s failed (%s); restarting its engine", entry.name, _message(exc))
+            await engine.restart(f"standby weight load failed: {_message(exc)}")
+            if engine.state != EngineState.RUNNING:
+                await engine.stop()
+                self._fill_standby()
+                message = f"engine for '{name}' failed to start: {engine.last_error}"
+                raise APIError(422, message, code="invalid_checkpoint") from exc
+        self.engines[engine.name] = engine
+        self._fill_standby()
+
+    async def close(self, timeout_s: float = 120.0) -> None:
+        """Stop the spare engine (waiting for one still starting, so its processes are not
+        left behind); the served engines are stopped by the caller."""
+        self._closing = True
+        task = self._standby_task
+        if task is not None and not task.done():
+            try:
+                await asyncio.wait_for(asyncio.shield(task), timeout_s)
+            except TimeoutError:
+                logger.warning("standby engine still starting after %.0fs; leaving it", timeout_s)
+                task.cancel()
+        if self._standby is not None:
+            await self._standby.stop()
+            self._standby = None
+
+    def standby_status(self) -> dict[str, Any] | None:
+        """What /ready shows of the spare engine (None without --standby-engine)."""
+        if not self.settings.standby_engine:
+            return None
+        if self._standby is not None:
+            return self._standby.status()
+        starting = self._standby_task is not None and not self._standby_task.done()
+        return {"state": "starting" if starting else "none"}
 
     def _pair(
         self, alias: str, served: ServedModel, reward_model: str | None, force: bool, gate: bool
@@ -643,6 +757,7 @@ class ModelManager:
         except Exception:
             logger.exception("start-up reconcile failed; serving the start-up checkpoints")
         self.started = True
+        self._fill_standby()  # after /ready: the spare never delays serving
 
     async def follow(self, interval_s: float) -> None:
         """Reconcile every `interval_s` seconds until cancelled."""
@@ -782,6 +897,7 @@ class ModelManager:
             "reward_models": sorted(self.rerank.scorers),  # every reward engine running
             "rerank": {name: p.card().model_dump() for name, p in self.rerank.pairings(self.router).items()},
             "engines": {name: e.status() for name, e in self.engines.items()},
+            "standby_engine": self.standby_status(),
             "registry": str(self.registry.root),
             "started_from": self._start.source if self._start else None,
             "startup_error": self.startup_error,

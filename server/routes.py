@@ -251,6 +251,8 @@ async def ready(state: StateDep) -> Response:
         "ready": state.ready,
         "draining": state.draining,
         "engines": {name: e.status() for name, e in state.engines.items()},
+        # --standby-engine's spare: shown, but not waited for (it starts after ready)
+        "standby_engine": state.manager.standby_status() if state.manager else None,
         "requests": {"running": state.admission.running, "waiting": state.admission.waiting},
     }
     return JSONResponse(body, status_code=200 if state.ready else 503)

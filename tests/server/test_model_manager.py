@@ -1,9 +1,10 @@
-"""ModelManager checks that need no engine: memory refusal, kinds, router atomicity, and
-in-place weight loads (on fake engines)."""
+"""ModelManager checks that need no engine: memory refusal, kinds, router atomicity,
+in-place weight loads and the standby engine (on fake engines)."""
 
 from __future__ import annotations
 
 import asyncio
+import time
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -111,12 +112,14 @@ class ReloadingBuilder(FakeEngineBuilder):
     checkpoint; `fail_reload` is handed to each."""
 
     fail_reload: bool = False
+    build_delay_s: float = 0.0  # how long each engine takes to build (in the start thread)
     instances: list[FakeReloadingLLM] = field(default_factory=list)
 
     def policy(self, path: Any, name: str, metrics_name: str | None = None) -> Any:
         self.built.append(("policy", path.name, name))
 
         def build() -> FakeReloadingLLM:
+            time.sleep(self.build_delay_s)
             engine = FakeReloadingLLM(reply=path.name, fail_reload=self.fail_reload)
             self.instances.append(engine)
             return engine
@@ -200,4 +203,110 @@ async def test_a_failed_in_place_load_restarts_the_engine_on_the_new_checkpoint(
     assert served.weights_loaded.is_set()
     assert [e.reply for e in builder.instances] == ["full-b", "full-c"]  # rebuilt from full-c
     assert served.engine.engine.reply == "full-c" and served.engine.restarts == 1
+    await asyncio.gather(*(e.stop() for e in manager.engines.values()))
+
+
+# --------------------------------------------------------------------------- standby engine
+
+
+def standby_manager(
+    tmp_path: Path, build_delay_s: float = 0.0, **settings: Any
+) -> tuple[ModelManager, ReloadingBuilder]:
+    """in_place_manager plus a registry entry for the start-up weights ('base', the same
+    layout as full-b and full-c), with --standby-engine on."""
+    registry = Registry(tmp_path)
+    with registry.write(Manifest(name="base", kind="base")) as staging:
+        (staging / "model.safetensors").write_bytes(b"\0" * 4096)
+        (staging / "config.json").write_text("{}")
+    manager, builder = in_place_manager(tmp_path, standby_engine=True, **settings)
+    builder.build_delay_s = build_delay_s
+    return manager, builder
+
+
+async def started(manager: ModelManager) -> None:
+    await manager.engines["policy"].start()
+    await manager.start()
+
+
+async def test_the_standby_engine_takes_the_first_full_promotion_in_place(tmp_path: Path) -> None:
+    manager, builder = standby_manager(tmp_path)
+    await started(manager)
+    assert manager._standby_task is not None
+    await manager._standby_task
+    assert manager.standby_status()["state"] == "running"  # type: ignore[index]
+    assert set(manager.engines) == {"policy"}  # /ready does not wait for (or list) the spare
+    spare = builder.instances[0]
+    assert spare.reply == "base"  # started on the start-up weights
+
+    result = await manager.promote("policy", "full-b")
+    assert (result.method, result.previous, result.unloaded) == ("standby", "base", None)
+    served = manager.router.resolve("policy")
+    assert served.engine.engine is spare and spare.loads == [str(tmp_path / "full-b")]
+    assert spare.prefix_resets == 1 and served.engine.name == "policy:full-b"
+    assert set(manager.engines) == {"policy", "policy:full-b"}
+    assert manager.router.resolve("base").engine is manager.engines["policy"]  # still served
+
+    await manager._standby_task  # the next spare, started after the first was taken
+    assert len(builder.instances) == 2 and builder.instances[1].reply == "base"
+    assert manager.standby_status()["state"] == "running"  # type: ignore[index]
+
+    later = await manager.promote("policy", "full-c")  # full to full: in place, spare untouched
+    assert later.method == "in_place" and builder.instances[1].loads == []
+    await manager.close()
+    assert builder.instances[1].errored  # the spare was shut down
+    assert manager.standby_status() == {"state": "none"}
+    await asyncio.gather(*(e.stop() for e in manager.engines.values()))
+
+
+async def test_a_different_layout_does_not_use_the_standby_engine(tmp_path: Path) -> None:
+    manager, builder = standby_manager(tmp_path)
+    await started(manager)
+    assert manager._standby_task is not None
+    await manager._standby_task
+    result = await manager.promote("policy", "full-other")  # another config.json
+    assert result.method == "new_engine"
+    assert builder.instances[0].loads == [] and manager.standby_status()["state"] == "running"  # type: ignore[index]
+    await manager.close()
+    await asyncio.gather(*(e.stop() for e in manager.engines.values()))
+
+
+async def test_a_promotion_waits_for_a_standby_engine_still_starting(tmp_path: Path) -> None:
+    manager, builder = standby_manager(tmp_path, build_delay_s=0.5)
+    await started(manager)
+    result = await manager.promote("policy", "full-b")  # the spare is still being built
+    assert result.method == "standby"
+    assert builder.instances[0].loads == [str(tmp_path / "full-b")]
+    await manager.close()  # waits for the refill, then stops it
+    assert len(builder.instances) == 2 and builder.instances[1].errored
+    await asyncio.gather(*(e.stop() for e in manager.engines.values()))
+
+
+async def test_a_failed_standby_load_restarts_it_on_the_new_checkpoint(tmp_path: Path) -> None:
+    manager, builder = standby_manager(tmp_path, engine_restart_backoff_s=0)
+    builder.fail_reload = True
+    await started(manager)
+    assert manager._standby_task is not None
+    await manager._standby_task
+    result = await manager.promote("policy", "full-b")
+    assert result.method == "standby"
+    served = manager.router.resolve("policy")
+    assert served.engine.engine.reply == "full-b" and served.engine.restarts == 1
+    await manager.close()
+    await asyncio.gather(*(e.stop() for e in manager.engines.values()))
+
+
+async def test_no_standby_engine_unless_asked_or_without_a_registry_entry(tmp_path: Path) -> None:
+    manager, builder = in_place_manager(tmp_path / "off")
+    await started(manager)
+    assert manager._standby_task is None and manager.standby_status() is None
+    assert (await manager.promote("policy", "full-b")).method == "new_engine"
+    await asyncio.gather(*(e.stop() for e in manager.engines.values()))
+
+    manager, builder = in_place_manager(tmp_path / "dir", standby_engine=True)  # 'base' not an entry
+    await started(manager)
+    assert manager._standby_task is not None
+    await manager._standby_task
+    assert manager.standby_status() == {"state": "none"} and builder.instances == []
+    assert (await manager.promote("policy", "full-b")).method == "new_engine"
+    await manager.close()
     await asyncio.gather(*(e.stop() for e in manager.engines.values()))
