@@ -16,6 +16,7 @@ from __future__ import annotations
 
 import dataclasses
 import json
+import os
 import shutil
 import time
 from collections.abc import Callable, Sequence
@@ -99,11 +100,19 @@ def lora_config(config: TrainConfig, task_type: str):
 
 def process_state(args: Any = None) -> Any:
     """accelerate's process state. Pass the TRL config first: building it is what sets up the
-    (possibly distributed) state, so asking before would see a single process."""
+    (possibly distributed) state, so asking before would see a single process. Without one
+    (PPO's own loop), the first call sets it up the way TrainingArguments would: on CPU
+    (no GPU, or ACCELERATE_USE_CPU) accelerate finds the other processes of a launch only
+    when told it runs on CPU."""
     from accelerate import PartialState
 
     if args is not None:
         _ = args.device  # TrainingArguments._setup_devices
+    elif not PartialState._shared_state:
+        import torch
+
+        use_cpu = os.environ.get("ACCELERATE_USE_CPU", "").lower() in ("1", "true", "yes")
+        return PartialState(cpu=use_cpu or not torch.cuda.is_available())
     return PartialState()
 
 

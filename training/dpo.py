@@ -40,12 +40,7 @@ def run(config: DPOConfig) -> Entry | None:
     rows, _ = load_preference_data(config.data)
     digest = data_hash(rows)
     start = resolve_start(config.open_registry(), config.base)
-    args = trl.DPOConfig(
-        **config.trainer_kwargs(),
-        beta=config.beta,
-        loss_type=[config.loss_type],
-        label_smoothing=config.label_smoothing,
-    )
+    args = trl.DPOConfig(**config.trainer_kwargs(), **config.dpo_kwargs())
     prepare_run_dir(config, digest, args)
 
     tokenizer = load_tokenizer(start)

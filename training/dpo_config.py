@@ -41,6 +41,13 @@ class DPOConfig(TrainConfig):
             "help": "Assumed probability that a pair's labels are flipped (robust/cDPO); 0 = plain DPO."
         },
     )
+    rpo_alpha: float = field(
+        default=0.0,
+        metadata={
+            "help": "Weight of an NLL term on the chosen replies added to the preference loss (RPO, "
+            "Pang et al. 2024: TRL's loss_type [loss, 'sft'] with weights [1, alpha]); 0 = off."
+        },
+    )
 
     def __post_init__(self) -> None:
         super().__post_init__()
@@ -50,3 +57,16 @@ class DPOConfig(TrainConfig):
             raise ConfigError(f"loss_type={self.loss_type!r}: use one of {LOSS_TYPES}")
         if not 0.0 <= self.label_smoothing < 0.5:
             raise ConfigError(f"label_smoothing={self.label_smoothing!r}: must lie in [0, 0.5)")
+        if not self.rpo_alpha >= 0:
+            raise ConfigError(f"rpo_alpha={self.rpo_alpha!r}: must be >= 0")
+
+    def dpo_kwargs(self) -> dict[str, object]:
+        """The DPO-specific keyword arguments of trl.DPOConfig."""
+        kwargs: dict[str, object] = {
+            "beta": self.beta,
+            "loss_type": [self.loss_type],
+            "label_smoothing": self.label_smoothing,
+        }
+        if self.rpo_alpha > 0:
+            kwargs |= {"loss_type": [self.loss_type, "sft"], "loss_weights": [1.0, self.rpo_alpha]}
+        return kwargs

@@ -35,6 +35,15 @@ logged (`rewards/gold/mean`) beside the learned reward (`rewards/rm/mean`), so r
 hacking shows as the two curves parting. Checkpoints (adapter, value head, optimizer, KL
 coefficient, score normalisation) are written every --save-steps; --resume continues.
 
+Under `accelerate launch` / `torchrun` (N processes) the same loop runs data-parallel: each
+iteration's prompts are split across the processes, each samples, scores and computes
+advantages on its share (whitened per process, as TRL's PPOTrainer did), the gradients of each
+mini-batch are averaged across processes before the optimizer step (training/collective.py),
+and the KL controller, score normalisation and logged metrics use the global batch, so the
+weights stay identical everywhere (checked at every checkpoint). `--batch-size` and
+`--mini-batch-size` stay global; rank 0 writes the log, the checkpoints and the one entry.
+Rollouts use HF generate there (one vLLM engine per process is refused).
+
 Where the parts live: training/ppo_config.py (the options), training/ppo_rollouts.py (step 1:
 the vLLM and HF backends; padding, packing and the forward pass over a packed batch used in
 steps 3-4), training/ppo_math.py (the pure tensor math of
@@ -44,6 +53,7 @@ command line is training/scripts/ppo.py.
 
 from __future__ import annotations
 
+import contextlib
 import json
 import math
 import random
@@ -56,6 +66,7 @@ from typing import Any
 from core.flags import ConfigError
 from core.registry import Entry, Registry
 from training import common
+from training.collective import Processes
 from training.common import load_causal_lm, load_tokenizer, lora_config, prepare_run_dir, resolve_start
 from training.ppo_config import PPOConfig
 from training.ppo_rollouts import Batch, HFRollouts, Rollouts, VLLMRollouts, forward
@@ -155,6 +166,8 @@ class PPOTrainer:
             )
         self.digest = _prompts_hash(self.prompts)
         self.run_dir = prepare_run_dir(config, self.digest)
+        self.procs = Processes.current()
+        _check_processes(config, self.procs.world)
         self.scorer = Scorer(config, registry)
         torch.manual_seed(config.seed)
         self.tokenizer = load_tokenizer(self.start)
@@ -164,7 +177,8 @@ class PPOTrainer:
         self.value_head = torch.nn.Linear(hidden, 1)
         torch.nn.init.zeros_(self.value_head.weight)
         torch.nn.init.zeros_(self.value_head.bias)
-        params = [p for p in self.policy.parameters() if p.requires_grad] + list(self.value_head.parameters())
+        params = self._trainable()
+        self.procs.broadcast_parameters(params)  # every process starts from rank 0's weights
         # Adam eps 1e-5 (not 1e-8): one of the PPO details that matter for stability.
         self.optimizer = torch.optim.AdamW(params, lr=config.learning_rate, eps=1e-5, weight_decay=0.0)
         self.state = PPOState(kl_coef=config.kl_coef)
@@ -180,6 +194,10 @@ class PPOTrainer:
         }
 
     # --- models ---------------------------------------------------------------------------
+
+    def _trainable(self) -> list[Any]:
+        """What the optimizer updates: the adapter (or full weights) and the value head."""
+        return [p for p in self.policy.parameters() if p.requires_grad] + list(self.value_head.parameters())
 
     def _build_policy(self) -> tuple[Any, Any]:
         """(policy, reference); the reference is None when it is the policy with its adapter
@@ -239,7 +257,7 @@ class PPOTrainer:
         """1. One sampled response per prompt of this iteration, cut after its first end token."""
         from training.ppo_math import cut_at_stop
 
-        prompts = self.batch_prompts(step)
+        prompts = self.procs.shard(self.batch_prompts(step))  # this process's share
         queries = [self.query_ids[p.id] for p in prompts]
         raw = roller.generate(self.policy, queries, step)
         cut = [cut_at_stop(r, self.stop_ids) for r in raw]
@@ -254,9 +272,10 @@ class PPOTrainer:
         judged = self.scorer(rollouts.prompts, texts)
         scores = torch.tensor(judged[config.reward], dtype=torch.float32)
         if config.normalize_scores:
-            if self.state.score_bias is None:
-                self.state.score_bias = float(scores.mean())
-                self.state.score_gain = 1.0 / max(float(scores.std()), 1e-6)
+            if self.state.score_bias is None:  # from the whole first batch, every process's share
+                everyone = self.procs.gather(scores)
+                self.state.score_bias = float(everyone.mean())
+                self.state.score_gain = 1.0 / max(float(everyone.std()), 1e-6)
             scores = (scores - self.state.score_bias) * self.state.score_gain
         ended = torch.tensor(rollouts.ended)
         return scores - config.missing_eos_penalty * (~ended).float(), judged
@@ -302,18 +321,20 @@ class PPOTrainer:
 
     def update(self, batch: Batch, old: OldOutputs, advantages: Any, returns: Any) -> dict[str, list[float]]:
         """4c. --num-ppo-epochs passes over the batch in shuffled mini-batches, one optimizer
-        step each (accumulated over --gradient-accumulation-steps micro-batches)."""
+        step each (accumulated over --gradient-accumulation-steps micro-batches; under N
+        processes each takes 1/N of every mini-batch from its share)."""
         import torch
 
         config = self.config
         size = batch.response.shape[0]
-        micro = config.mini_batch_size // config.gradient_accumulation_steps
+        mini = config.mini_batch_size // self.procs.world
+        micro = mini // config.gradient_accumulation_steps
         stats: dict[str, list[float]] = {k: [] for k in STAT_KEYS}
         generator = torch.Generator().manual_seed(config.seed * 31 + self.state.step)
         for _ in range(config.num_ppo_epochs):
             order = torch.randperm(size, generator=generator)
-            for m in range(0, size, config.mini_batch_size):
-                for u in range(m, m + config.mini_batch_size, micro):
+            for m in range(0, size, mini):
+                for u in range(m, m + mini, micro):
                     idx = order[u : u + micro]
                     self._backward(batch.select(idx), old, advantages[idx], returns[idx], idx, stats)
                 self._optimizer_step()
@@ -359,6 +380,7 @@ class PPOTrainer:
     def _optimizer_step(self) -> None:
         import torch
 
+        self.procs.average_gradients(p for g in self.optimizer.param_groups for p in g["params"])
         torch.nn.utils.clip_grad_norm_(
             [p for g in self.optimizer.param_groups for p in g["params"]], self.config.max_grad_norm
         )
@@ -374,8 +396,8 @@ class PPOTrainer:
 
         with torch.no_grad():
             kl = (kl_estimate(old.logprobs, old.ref_logprobs, "k1") * mask).sum(1)
-        size = mask.shape[0]
-        self.kl_ctl.update(float(kl.mean()), size)
+        size = mask.shape[0] * self.procs.world  # the global batch
+        self.kl_ctl.update(float(self.procs.mean(kl.mean())), size)
         self.state.kl_coef = self.kl_ctl.value
         self.state.step += 1
         self.state.episode += size
@@ -416,6 +438,11 @@ class PPOTrainer:
         metrics.update({k: float(sum(v) / len(v)) for k, v in stats.items() if v})
         for name, values in judged.items():
             metrics[f"rewards/{name}/mean"] = sum(values) / len(values)
+        if self.procs.world > 1:  # over the global batch: means of the equal shares' means
+            keys = sorted(metrics)
+            means = self.procs.mean(torch.tensor([metrics[k] for k in keys], dtype=torch.float64))
+            metrics = dict(zip(keys, means.tolist(), strict=True))
+            metrics["val/num_eos_tokens"] *= self.procs.world  # a count, not a mean
         return metrics
 
     # --- the run --------------------------------------------------------------------------
@@ -425,33 +452,43 @@ class PPOTrainer:
         print every --logging-steps, checkpoint every --save-steps and at the end."""
         from tqdm.auto import tqdm
 
-        config = self.config
+        config, main = self.config, self.procs.is_main
         roller = (
             VLLMRollouts(config, self.start, self.tokenizer)
             if config.backend == "vllm"
-            else HFRollouts(config, self.tokenizer)
+            else HFRollouts(config, self.tokenizer, rank=self.procs.rank)
         )
         last: dict[str, float] = {}
         start = time.monotonic()
         try:
             with (
-                (self.run_dir / LOG_FILE).open("a") as log,
-                tqdm(total=config.max_steps, initial=self.state.step, desc=f"ppo {config.name}") as bar,
+                (self.run_dir / LOG_FILE).open("a") if main else contextlib.nullcontext() as log,
+                tqdm(
+                    total=config.max_steps,
+                    initial=self.state.step,
+                    desc=f"ppo {config.name}",
+                    disable=not main,
+                ) as bar,
             ):
                 while self.state.step < config.max_steps:
                     last = self._timed_iteration(roller)
-                    log.write(json.dumps(last, sort_keys=True) + "\n")
-                    log.flush()
+                    if log is not None:
+                        log.write(json.dumps(last, sort_keys=True) + "\n")
+                        log.flush()
                     bar.update(1)
                     budget = config.max_time_s
-                    out_of_time = budget is not None and time.monotonic() - start >= budget
+                    # rank 0's clock decides for all, so no process stops alone
+                    out_of_time = self.procs.broadcast_flag(
+                        budget is not None and time.monotonic() - start >= budget
+                    )
                     last_step = out_of_time or self.state.step == config.max_steps
-                    if last_step or self.state.step % config.logging_steps == 0:
+                    if main and (last_step or self.state.step % config.logging_steps == 0):
                         bar.write(_format_metrics(last))
                     if last_step or self.state.step % config.save_steps == 0:
                         self._save_checkpoint()
                     if out_of_time and self.state.step < config.max_steps:
-                        bar.write(f"[budget] {budget:g} s reached at step {self.state.step}: stopping")
+                        if main:
+                            bar.write(f"[budget] {budget:g} s reached at step {self.state.step}: stopping")
                         break
         finally:
             roller.close()
@@ -484,9 +521,18 @@ class PPOTrainer:
     # --- checkpoints ----------------------------------------------------------------------
 
     def _save_checkpoint(self) -> None:
-        """RUN_DIR/checkpoint-STEP, written under a temporary name and renamed whole."""
+        """RUN_DIR/checkpoint-STEP, written under a temporary name and renamed whole (by rank 0,
+        once every process's weights are checked to be rank 0's)."""
         import torch
 
+        drift = self.procs.max_divergence(self._trainable())
+        if drift > 1e-6:
+            raise RuntimeError(
+                f"PPO processes out of step at iteration {self.state.step}: weights differ by {drift:g}"
+            )
+        if not self.procs.is_main:
+            self.procs.barrier()
+            return
         final = self.run_dir / f"checkpoint-{self.state.step}"
         staging = self.run_dir / f".tmp-checkpoint-{self.state.step}"
         shutil.rmtree(staging, ignore_errors=True)
@@ -500,6 +546,7 @@ class PPOTrainer:
         kept = sorted(self.run_dir.glob("checkpoint-*"), key=lambda p: int(p.name.split("-")[1]))
         for old in kept[: -self.config.save_total_limit]:
             shutil.rmtree(old, ignore_errors=True)
+        self.procs.barrier()
 
     def _load_checkpoint(self) -> None:
         import torch
@@ -530,8 +577,9 @@ class PPOTrainer:
     def save_entry(self, metrics: dict[str, float]) -> Entry | None:
         """The policy as a registry entry of kind ppo (an adapter vLLM could not serve is refused)."""
         final = self.run_dir / "final"
-        shutil.rmtree(final, ignore_errors=True)
-        self.policy.save_pretrained(str(final))
+        if self.procs.is_main:  # the others hold the same weights
+            shutil.rmtree(final, ignore_errors=True)
+            self.policy.save_pretrained(str(final))
         return common.save_entry(
             self.config,
             self.start,
@@ -544,7 +592,29 @@ class PPOTrainer:
                 "rollout_backend": self.config.backend,
                 "reward": self.config.reward,
                 "reward_model": self.config.reward_model,
+                "processes": self.procs.world,
             },
+        )
+
+
+def _check_processes(config: PPOConfig, world: int) -> None:
+    """Under N processes every global batch must split evenly, and each needs no engine."""
+    if world == 1:
+        return
+    if config.backend == "vllm":
+        raise ConfigError(
+            f"rollout_backend='vllm' under {world} processes would start an engine in each; "
+            "use --rollout-backend hf"
+        )
+    for name in ("batch_size", "mini_batch_size"):
+        value = getattr(config, name)
+        if value % world:
+            raise ConfigError(f"{name}={value} does not split evenly across {world} processes")
+    local = config.mini_batch_size // world
+    if local % config.gradient_accumulation_steps:
+        raise ConfigError(
+            f"mini_batch_size={config.mini_batch_size} over {world} processes gives {local} per "
+            f"process, not divisible by gradient_accumulation_steps={config.gradient_accumulation_steps}"
         )
 
 

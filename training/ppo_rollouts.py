@@ -94,13 +94,14 @@ class VLLMRollouts:
 class HFRollouts:
     """Samples with transformers `generate` on the policy module itself (any format)."""
 
-    def __init__(self, config: PPOConfig, tokenizer: Any):
+    def __init__(self, config: PPOConfig, tokenizer: Any, rank: int = 0):
         self.config, self.tokenizer = config, tokenizer
+        self.rank = rank  # under N processes each samples its share with its own seed
 
     def generate(self, policy: Any, query_ids: list[list[int]], step: int) -> list[list[int]]:
         import torch
 
-        torch.manual_seed(self.config.seed * 1_000_003 + step)
+        torch.manual_seed(self.config.seed * 1_000_003 + step + self.rank * 7919)
         out: list[list[int]] = []
         pad = self.tokenizer.pad_token_id
         for i in range(0, len(query_ids), self.config.forward_batch_size):

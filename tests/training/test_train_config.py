@@ -49,6 +49,7 @@ def _cfg(cls=DPOConfig, **kw):
         (DPOConfig, "beta", 0.0),
         (DPOConfig, "loss_type", "nope"),
         (DPOConfig, "label_smoothing", 0.7),
+        (DPOConfig, "rpo_alpha", -1.0),
         (RMConfig, "center_rewards_coefficient", -1.0),
         (RMConfig, "name", "../escape"),
         (RMConfig, "base", "bad name"),
@@ -75,8 +76,12 @@ def test_trl_configs_accept_our_kwargs(tmp_path: Path) -> None:
     import trl
 
     cfg = _cfg(DPOConfig, output_dir=str(tmp_path))
-    args = trl.DPOConfig(**cfg.trainer_kwargs(), beta=cfg.beta, loss_type=[cfg.loss_type])
+    args = trl.DPOConfig(**cfg.trainer_kwargs(), **cfg.dpo_kwargs())
     assert args.bf16 is False and args.max_steps == 60 and args.beta == 0.1
+    assert args.loss_type == ["sigmoid"]
+    rpo = _cfg(DPOConfig, output_dir=str(tmp_path), rpo_alpha=0.5, loss_type="ipo")
+    args = trl.DPOConfig(**rpo.trainer_kwargs(), **rpo.dpo_kwargs())
+    assert args.loss_type == ["ipo", "sft"] and args.loss_weights == [1.0, 0.5]
     trl.RewardConfig(**cfg.trainer_kwargs())
     trl.SFTConfig(**cfg.trainer_kwargs())
 

@@ -5,6 +5,8 @@ library is training/ppo.py (trainer), ppo_rollouts.py, ppo_math.py, ppo_config.p
     bonserve train ppo --name arith-ppo-rm --task arithmetic --reward rm --reward-model arith-rm
     bonserve train ppo --name chat-ppo --data prompts.jsonl --reward rm --reward-model my-rm
     python -m training.scripts.ppo --name arith-ppo --task arithmetic            # the same
+    accelerate launch -m training.scripts.ppo --name arith-ppo --task arithmetic  # data-parallel
+    ACCELERATE_USE_CPU=true torchrun --nproc_per_node 2 -m training.scripts.ppo ...  # 2 CPU processes
 """
 
 from __future__ import annotations
