@@ -21,12 +21,19 @@ PPOTrainer and the checklist of "The N Implementation Details of RLHF with PPO" 
    mini-batches with the clipped policy loss + vf_coef * clipped value loss;
 5. the KL coefficient stays fixed, or adapts toward `--target-kl` (Ziegler et al. 2019).
 
+With `--reward rm --rm-refresh-every K` the reward model is not frozen: before every K-th
+iteration the current policy is sampled on a few training prompts, the samples are judged with
+the task's gold labels, and the reward model is fine-tuned on all comparisons gathered so far
+(training/rm_refresh.py); its on-policy pairwise accuracy before and after each refresh is
+logged (`rm_refresh/...`), and the refreshed reward model is written as entry NAME-rm, marked
+as trained for the policy NAME (what the server pairs it with).
+
 The four roles: the policy is a LoRA adapter on --base (or full weights); the reference is
 --base itself — the same module with the adapter disabled, no second copy — except with
 --full or a LoRA --base, which keep a frozen copy; the value head is a linear layer on the
 policy's last hidden state (one backbone pass gives logits and values; the cheap choice on
 CPU — the value loss also trains the shared adapter, weighted by --vf-coef); the reward is
-frozen and never trained here.
+frozen unless --rm-refresh-every (above).
 
 Metrics keep TRL's names (`objective/kl`, `objective/scores`, `objective/rlhf_reward`,
 `policy/approxkl_avg`, `policy/clipfrac_avg`, `val/vpred`, `val/clipfrac_avg`, ...), are
@@ -54,6 +61,7 @@ command line is training/scripts/ppo.py.
 from __future__ import annotations
 
 import contextlib
+import dataclasses
 import json
 import math
 import random
@@ -71,6 +79,7 @@ from training.common import load_causal_lm, load_tokenizer, lora_config, prepare
 from training.ppo_config import PPOConfig
 from training.ppo_rollouts import Batch, HFRollouts, Rollouts, VLLMRollouts, forward
 from training.prompts import Prompt, load_prompts
+from training.rm_refresh import RewardRefresher, comparisons
 
 LOG_FILE = "ppo_log.jsonl"
 STAT_KEYS = (
@@ -105,6 +114,10 @@ class Scorer:
             gold_weight=1.0 if config.reward == "gold" else 0.0,
             rm_weight=1.0 if config.reward == "rm" else 0.0,
         )
+
+    def function(self, name: str) -> Any:
+        """The judge logged as `name` ('gold', 'rm')."""
+        return next(fn for fn in self.functions if fn.name == name)
 
     def __call__(self, prompts: Sequence[Prompt], texts: Sequence[str]) -> dict[str, list[float]]:
         messages = [p.messages for p in prompts]
@@ -169,6 +182,17 @@ class PPOTrainer:
         self.procs = Processes.current()
         _check_processes(config, self.procs.world)
         self.scorer = Scorer(config, registry)
+        self.refresher = (
+            RewardRefresher(
+                config.rm_refresh_steps,
+                config.rm_refresh_batch_size,
+                config.rm_refresh_learning_rate,
+                config.seed,
+            )
+            if config.rm_refresh_every
+            else None
+        )
+        self.last_refresh: dict[str, float] = {}
         torch.manual_seed(config.seed)
         self.tokenizer = load_tokenizer(self.start)
         self.stop_ids = {self.tokenizer.eos_token_id}
@@ -252,6 +276,34 @@ class PPOTrainer:
             random.Random(self.config.seed * 7919 + i // n).shuffle(order)
             out.append(self.prompts[order[i % n]])
         return out
+
+    def refresh_reward_model(self, step: int) -> dict[str, float]:
+        """The outer loop (training/rm_refresh.py): --rm-refresh-k samples of the current policy
+        for --rm-refresh-prompts training prompts (HF generate on the training module), judged
+        by the gold verifier, every (correct, wrong) pair added, the reward model fine-tuned."""
+        from training.ppo_math import cut_at_stop
+
+        config, refresher = self.config, self.refresher
+        assert refresher is not None
+        rng = random.Random(config.seed * 104_729 + step)
+        prompts = rng.sample(self.prompts, min(config.rm_refresh_prompts, len(self.prompts)))
+        k = config.rm_refresh_k
+        queries = [self.query_ids[p.id] for p in prompts for _ in range(k)]
+        raw = HFRollouts(config, self.tokenizer).generate(self.policy, queries, 1_000_000 + step)
+        texts = [
+            self.tokenizer.decode(cut_at_stop(r, self.stop_ids)[0], skip_special_tokens=True) for r in raw
+        ]
+        many = [p for p in prompts for _ in range(k)]
+        gold = self.scorer.function("gold")([p.messages for p in many], texts, [p.example for p in many])
+        new = []
+        for i, p in enumerate(prompts):
+            new += comparisons(p.messages, texts[i * k : (i + 1) * k], gold[i * k : (i + 1) * k])
+        metrics = refresher.refresh(self.scorer.function("rm").loaded(), new)
+        metrics["rm_refresh/gold_mean"] = sum(gold) / len(gold)
+        if config.normalize_scores:  # the scale moved: fix gain and bias again on the next batch
+            self.state.score_bias = self.state.score_gain = None
+        self.last_refresh = metrics
+        return metrics
 
     def rollout(self, roller: Any, step: int) -> Rollouts:
         """1. One sampled response per prompt of this iteration, cut after its first end token."""
@@ -497,12 +549,19 @@ class PPOTrainer:
     def _timed_iteration(self, roller: Any) -> dict[str, float]:
         """One iteration at this step's learning rate; its metrics with timings and the step."""
         self._set_lr()
+        refreshed: dict[str, float] = {}
+        step, every = self.state.step, self.config.rm_refresh_every
         t0 = time.perf_counter()
-        rollouts = self.rollout(roller, self.state.step)
+        if every and step > 0 and step % every == 0:
+            refreshed = self.refresh_reward_model(step)
+            refreshed["time/rm_refresh_s"] = time.perf_counter() - t0
+        t0 = time.perf_counter()
+        rollouts = self.rollout(roller, step)
         t1 = time.perf_counter()
         metrics = self.step(rollouts)
         metrics.update(
             {
+                **refreshed,
                 "time/rollout_s": t1 - t0,
                 "time/update_s": time.perf_counter() - t1,
                 "step": float(self.state.step),
@@ -541,6 +600,8 @@ class PPOTrainer:
         torch.save(self.optimizer.state_dict(), staging / "optimizer.pt")
         torch.save(torch.get_rng_state(), staging / "rng_state.pt")
         (staging / "ppo_state.json").write_text(json.dumps(self.state.__dict__, indent=2))
+        if self.refresher is not None:  # the refreshed reward model and its comparisons
+            self.refresher.save(staging / "reward_model", self.scorer.function("rm").loaded())
         shutil.rmtree(final, ignore_errors=True)
         staging.rename(final)
         kept = sorted(self.run_dir.glob("checkpoint-*"), key=lambda p: int(p.name.split("-")[1]))
@@ -570,6 +631,11 @@ class PPOTrainer:
         self.optimizer.load_state_dict(torch.load(ckpt / "optimizer.pt"))
         torch.set_rng_state(torch.load(ckpt / "rng_state.pt"))
         self.state = PPOState(**json.loads((ckpt / "ppo_state.json").read_text()))
+        if self.refresher is not None and (ckpt / "reward_model").is_dir():
+            rm = self.scorer.function("rm")
+            rm.path = ckpt / "reward_model"
+            rm.loaded()  # now, before a later checkpoint rotates this one away
+            self.refresher.load(ckpt / "reward_model")
         print(f"[{self.config.name}] resuming from {ckpt} (iteration {self.state.step})", flush=True)
 
     # --- the registry entry ---------------------------------------------------------------
@@ -580,6 +646,8 @@ class PPOTrainer:
         if self.procs.is_main:  # the others hold the same weights
             shutil.rmtree(final, ignore_errors=True)
             self.policy.save_pretrained(str(final))
+        if self.refresher is not None and self.refresher.refreshes:
+            self._save_reward_entry()
         return common.save_entry(
             self.config,
             self.start,
@@ -596,11 +664,51 @@ class PPOTrainer:
             },
         )
 
+    def _save_reward_entry(self) -> Entry:
+        """The refreshed reward model as entry NAME-rm (kind rm, full), parent the reward model
+        PPO started with, trained_for the policy NAME at the rollout temperature."""
+        from core.registry import Manifest
+        from training.generation import resolve_reward_model
+
+        config = self.config
+        assert config.reward_model is not None and self.refresher is not None
+        start = resolve_reward_model(self.registry, config.reward_model)
+        scorer = self.scorer.function("rm").loaded()
+        refresh_keys = [k for k in dataclasses.asdict(config) if k.startswith("rm_refresh_")]
+        manifest = Manifest(
+            name=f"{config.name}-rm",
+            kind="rm",
+            format="full",
+            base_model=start.manifest.base_model,
+            parent=start.name,
+            data_hash=self.digest,
+            hyperparameters={k: getattr(config, k) for k in [*refresh_keys, "seed"]},
+            metrics=self.last_refresh,
+            extra={
+                "trained_for": {
+                    "policy": config.name,
+                    "temperature": config.temperature,
+                    "policies": [config.name],
+                    "temperatures": [config.temperature],
+                },
+                "refreshed_during": config.name,
+                "refreshes": self.refresher.refreshes,
+                "comparisons": len(self.refresher.buffer),
+            },
+        )
+        with self.registry.write(manifest) as staging:
+            scorer.model.save_pretrained(staging, safe_serialization=True)
+            scorer.tokenizer.save_pretrained(staging)
+        print(f"[ppo] wrote refreshed reward model {manifest.name!r}", flush=True)
+        return self.registry.load(manifest.name)
+
 
 def _check_processes(config: PPOConfig, world: int) -> None:
     """Under N processes every global batch must split evenly, and each needs no engine."""
     if world == 1:
         return
+    if config.rm_refresh_every:
+        raise ConfigError(f"rm_refresh_every under {world} processes is not supported: run it in one")
     if config.backend == "vllm":
         raise ConfigError(
             f"rollout_backend='vllm' under {world} processes would start an engine in each; "

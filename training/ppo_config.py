@@ -38,6 +38,22 @@ class PPOConfig(TrainConfig):
             "help": "Registry reward model (kind rm); scored each step, logged beside gold if a task has one."
         },
     )
+    rm_refresh_every: int = field(
+        default=0,
+        metadata={
+            "help": "With --reward rm: every N iterations sample the current policy on "
+            "--rm-refresh-prompts training prompts x --rm-refresh-k, judge the samples with the "
+            "task's gold labels and fine-tune the reward model on every (correct, wrong) pair "
+            "gathered so far (0 = the reward model stays frozen)."
+        },
+    )
+    rm_refresh_prompts: int = field(default=32, metadata={"help": "Prompts sampled per refresh."})
+    rm_refresh_k: int = field(default=4, metadata={"help": "Samples per prompt at a refresh."})
+    rm_refresh_steps: int = field(default=20, metadata={"help": "Reward-model optimizer steps per refresh."})
+    rm_refresh_batch_size: int = field(default=8, metadata={"help": "Pairs per reward-model step."})
+    rm_refresh_learning_rate: float = field(
+        default=1e-5, metadata={"help": "Learning rate of the reward model's fine-tuning (full weights)."}
+    )
     rollout_backend: str = field(
         default="auto",
         metadata={
@@ -107,6 +123,20 @@ class PPOConfig(TrainConfig):
             raise ConfigError(
                 "reward='gold' needs a --task with a gold verifier; with --data use --reward rm"
             )
+        if self.rm_refresh_every:
+            if self.reward != "rm" or not self.task:
+                raise ConfigError(
+                    "rm_refresh_every needs --reward rm and a --task whose gold labels judge the "
+                    "refresh samples"
+                )
+            counts = ("rm_refresh_every", "rm_refresh_prompts", "rm_refresh_steps", "rm_refresh_batch_size")
+            for key in counts:
+                if getattr(self, key) < 1:
+                    raise ConfigError(f"{key}={getattr(self, key)!r}: must be >= 1")
+            if self.rm_refresh_k < 2:
+                raise ConfigError(f"rm_refresh_k={self.rm_refresh_k!r}: a pair needs 2 samples of a prompt")
+            if not self.rm_refresh_learning_rate > 0:
+                raise ConfigError(f"rm_refresh_learning_rate={self.rm_refresh_learning_rate!r}: must be > 0")
         if self.rollout_backend not in BACKENDS:
             raise ConfigError(f"rollout_backend={self.rollout_backend!r}: use one of {BACKENDS}")
         if self.rollout_backend == "vllm" and self.full:

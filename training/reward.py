@@ -89,18 +89,24 @@ class RewardModelScorer:
         """Raw reward (the score logit) of each (conversation, response)."""
         import torch
 
-        seqs = [reward_ids(self.tokenizer, m, r) for m, r in items]
         scores: list[float] = []
         with torch.no_grad():
-            for i in range(0, len(seqs), self.batch_size):
-                batch = seqs[i : i + self.batch_size]
-                width = max(len(s) for s in batch)
-                ids = torch.full((len(batch), width), self.pad_id, dtype=torch.long)
-                mask = torch.zeros((len(batch), width), dtype=torch.long)
-                for j, s in enumerate(batch):
-                    ids[j, : len(s)] = torch.tensor(s)
-                    mask[j, : len(s)] = 1
-                out = self.model(input_ids=ids.to(self.device), attention_mask=mask.to(self.device))
-                logits: Any = out.logits
-                scores.extend(float(x) for x in logits[:, 0])
+            for i in range(0, len(items), self.batch_size):
+                scores.extend(float(x) for x in self.scores(items[i : i + self.batch_size]))
         return scores
+
+    def scores(self, items: Sequence[tuple[Messages, str]]) -> Any:
+        """The score logits of one batch as a tensor [len(items)], with autograd when enabled
+        (what fine-tuning the model in place needs: training/rm_refresh.py)."""
+        import torch
+
+        seqs = [reward_ids(self.tokenizer, m, r) for m, r in items]
+        width = max(len(s) for s in seqs)
+        ids = torch.full((len(seqs), width), self.pad_id, dtype=torch.long)
+        mask = torch.zeros((len(seqs), width), dtype=torch.long)
+        for j, s in enumerate(seqs):
+            ids[j, : len(s)] = torch.tensor(s)
+            mask[j, : len(s)] = 1
+        out = self.model(input_ids=ids.to(self.device), attention_mask=mask.to(self.device))
+        logits: Any = out.logits
+        return logits[:, 0]

@@ -100,11 +100,15 @@ class RewardModelReward(RewardFunction):
         completions: Sequence[str],
         examples: Sequence[Example | None],
     ) -> list[float | None]:
+        return list(self.loaded()(list(zip(messages_list, completions, strict=True))))
+
+    def loaded(self) -> Any:
+        """The in-memory scorer (training.reward.RewardModelScorer), loaded on first use."""
         from training.reward import RewardModelScorer
 
         if self._scorer is None:
             self._scorer = RewardModelScorer(self.path, self.batch_size, self.device)
-        return list(self._scorer(list(zip(messages_list, completions, strict=True))))
+        return self._scorer
 
 
 def build_reward_functions(
