@@ -1,0 +1,35 @@
+#!/usr/bin/env bash
+# RLHF with a learned reward model that is refreshed on the policy's own samples, against the
+# same run with the reward model frozen: PPO from the base, --reward rm, the same recipe and the
+# same wall-clock budget as the gold-reward run of docs/benchmarks/training.md (1600 s), the
+# gold reward logged beside the proxy every iteration; then greedy on the 300 held-out
+# additions (accuracy, KL) and a plot of proxy vs gold per iteration.
+# Stages whose output exists are skipped, so an interrupted run resumes where it stopped.
+#
+#   bash benchmarks/ppo_rm_refresh.sh [OUT_DIR]    # ~35 min per run on 2 CPU cores
+set -euo pipefail
+OUT=${1:-docs/benchmarks/ppo_rm_refresh}
+BONSERVE=${BONSERVE:-.venv/bin/bonserve}
+BASE=${BASE:-smollm2-135m-instruct}
+RM=${RM:-rm-base-lora}              # trained on the base's own samples (T=0.8), bon_pays.md
+BUDGET=${BUDGET:-1600}
+RUNS_WANTED=${RUNS_WANTED:-refresh frozen}
+mkdir -p "$OUT"
+# shellcheck source=benchmarks/lib.sh
+source "$(dirname "$0")/lib.sh"
+
+recipe=(--base "$BASE" --task arithmetic --reward rm --reward-model "$RM" --normalize-scores
+  --batch-size 32 --mini-batch-size 8 --num-ppo-epochs 2 --temperature 0.7 --max-new-tokens 32
+  --learning-rate 3e-4 --kl-coef 0.02 --max-steps 40 --save-steps 5 --max-time-s "$BUDGET")
+for run in $RUNS_WANTED; do
+  case $run in
+    refresh) name=ppo-rm-refresh; extra=(--rm-refresh-every 3 --rm-refresh-prompts 32 --rm-refresh-k 4
+      --rm-refresh-steps 20 --rm-refresh-batch-size 8 --rm-refresh-learning-rate 1e-5) ;;
+    frozen) name=ppo-rm-frozen; extra=() ;;
+    *) echo "unknown run $run" >&2; exit 2 ;;
+  esac
+  train ppo "$name" "${recipe[@]}" "${extra[@]}"
+  stage "eval-$name" "$OUT/eval-$name.json" "$BONSERVE" eval --model "$name" --task arithmetic \
+    --out "$OUT/eval-$name.json"
+done
+.venv/bin/python benchmarks/plot_ppo_log.py --out "$OUT/proxy_vs_gold.png" "$OUT"/*.ppo_log.jsonl
