@@ -6,6 +6,8 @@ from __future__ import annotations
 import os
 import random
 import shutil
+import subprocess
+import sys
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any, ClassVar
@@ -143,3 +145,13 @@ def tiny(tmp_path_factory: pytest.TempPathFactory) -> Registry:
             model.save_pretrained(st, safe_serialization=True)
             tokenizer.save_pretrained(st)
     return registry
+
+
+def torchrun_two_cpu_processes(
+    module: str, *args: str, timeout_s: float = 500
+) -> subprocess.CompletedProcess[str]:
+    """`torchrun --nproc_per_node 2 -m MODULE ARGS` on CPU (what `accelerate launch` runs;
+    accelerate needs ACCELERATE_USE_CPU to pick gloo), one thread per process."""
+    env = {**os.environ, "ACCELERATE_USE_CPU": "true", "OMP_NUM_THREADS": "1"}
+    command = [sys.executable, "-m", "torch.distributed.run", "--nproc_per_node", "2", "-m", module, *args]
+    return subprocess.run(command, env=env, capture_output=True, text=True, timeout=timeout_s, check=False)

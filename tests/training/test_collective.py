@@ -4,14 +4,12 @@ unchanged under torchrun with two CPU processes."""
 from __future__ import annotations
 
 import json
-import os
-import subprocess
-import sys
 from pathlib import Path
 
 import pytest
 
 from core.registry import Registry
+from tests.training.conftest import torchrun_two_cpu_processes
 from training.collective import Processes
 
 
@@ -80,27 +78,13 @@ def test_ppo_in_two_processes_writes_one_entry(tiny: Registry, tmp_path: Path) -
     one entry."""
     prompts = tmp_path / "prompts.jsonl"
     prompts.write_text("".join(json.dumps({"prompt": f"say {i}"}) + "\n" for i in range(8)))
-    env = {**os.environ, "ACCELERATE_USE_CPU": "true", "OMP_NUM_THREADS": "1"}
-    proc = subprocess.run(
-        [
-            sys.executable,
-            "-m",
-            "torch.distributed.run",
-            "--nproc_per_node",
-            "2",
-            "-m",
-            "training.scripts.ppo",
-            *("--name", "t-ppo-ddp", "--base", "tiny", "--registry", str(tiny.root)),
-            *("--data", str(prompts), "--reward", "rm", "--reward-model", "tiny-rm"),
-            *("--output-dir", str(tmp_path / "run"), "--rollout-backend", "hf"),
-            *("--batch-size", "4", "--mini-batch-size", "4", "--num-ppo-epochs", "1"),
-            *("--max-new-tokens", "8", "--max-length", "64", "--max-steps", "2", "--save-steps", "1"),
-        ],
-        env=env,
-        capture_output=True,
-        text=True,
-        timeout=500,
-        check=False,
+    proc = torchrun_two_cpu_processes(
+        "training.scripts.ppo",
+        *("--name", "t-ppo-ddp", "--base", "tiny", "--registry", str(tiny.root)),
+        *("--data", str(prompts), "--reward", "rm", "--reward-model", "tiny-rm"),
+        *("--output-dir", str(tmp_path / "run"), "--rollout-backend", "hf"),
+        *("--batch-size", "4", "--mini-batch-size", "4", "--num-ppo-epochs", "1"),
+        *("--max-new-tokens", "8", "--max-length", "64", "--max-steps", "2", "--save-steps", "1"),
     )
     assert proc.returncode == 0, proc.stderr[-3000:]
     assert proc.stdout.count("wrote registry entry 't-ppo-ddp'") == 1

@@ -14,6 +14,7 @@ from bonserve.cli import main as bonserve
 from core.flags import ConfigError
 from core.lora import VLLM_LORA_RANKS
 from core.registry import DEFAULT_MODEL_NAME, Registry
+from tests.training.conftest import torchrun_two_cpu_processes
 from training.data import data_hash, load_preference_data, load_sft_data, write_jsonl
 from training.dpo import run as run_dpo
 from training.dpo_config import DPOConfig
@@ -243,42 +244,25 @@ def test_dpo_in_two_processes_writes_one_entry(
     """The script unchanged under a distributed launcher (torchrun = what `accelerate launch`
     runs; on CPU accelerate needs ACCELERATE_USE_CPU to pick gloo): the data is split across
     the two processes and only the main one writes the entry."""
-    import os
-    import subprocess
-    import sys
-
-    env = {**os.environ, "ACCELERATE_USE_CPU": "true", "OMP_NUM_THREADS": "1"}
-    proc = subprocess.run(
-        [
-            sys.executable,
-            "-m",
-            "torch.distributed.run",
-            "--nproc_per_node",
-            "2",
-            "-m",
-            "training.scripts.dpo",
-            "--data",
-            str(data_dir / "prefs.jsonl"),
-            "--name",
-            "t-ddp",
-            "--registry",
-            str(tmp_registry.root),
-            "--output-dir",
-            str(tmp_path / "run"),
-            "--max-steps",
-            "2",
-            "--batch-size",
-            "2",
-            "--max-length",
-            "128",
-            "--logging-steps",
-            "1",
-        ],
-        env=env,
-        capture_output=True,
-        text=True,
-        timeout=280,
-        check=False,
+    proc = torchrun_two_cpu_processes(
+        "training.scripts.dpo",
+        "--data",
+        str(data_dir / "prefs.jsonl"),
+        "--name",
+        "t-ddp",
+        "--registry",
+        str(tmp_registry.root),
+        "--output-dir",
+        str(tmp_path / "run"),
+        "--max-steps",
+        "2",
+        "--batch-size",
+        "2",
+        "--max-length",
+        "128",
+        "--logging-steps",
+        "1",
+        timeout_s=280,
     )
     assert proc.returncode == 0, proc.stderr[-3000:]
     assert proc.stdout.count("wrote registry entry 't-ddp'") == 1
