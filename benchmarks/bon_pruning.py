@@ -1,15 +1,17 @@
 """What pruned Best-of-N and adaptive N buy: gold quality against decode tokens, latency, cost.
 
-    .venv/bin/python benchmarks/bon_pruning.py --policy smollm2-135m-instruct --reward-model rm-base \\
-        --prompts 64 --max-tokens 96 --concurrency 4 --out docs/benchmarks/bon_pruning
+    .venv/bin/python benchmarks/bon_pruning.py --policy smollm2-135m-instruct \\
+        --reward-model rm-base-t04-long --temperature 0.4 --prompts 200 --max-tokens 48 \\
+        --concurrency 4 --out docs/benchmarks/bon_pruning_hold
 
 One `bonserve serve` on 127.0.0.1 (the policy, and the reward model co-located) answers the
 same held-out arithmetic prompts (training.tasks "arithmetic", split "heldout") in each row:
-full BoN-8, pruned BoN-8 at four schedules, BoN-16 pruned to about BoN-8's decode budget
-(half the candidates aborted after 4 tokens: 16*4 + 8*(L-4) ~ 8L) and to under it (three
-quarters aborted), and threshold mode (BoN-8 that stops once a finished candidate reaches the
-median chosen reward of the full BoN-8 row). `--rows` picks a subset (full-8 always runs:
-the ratios and the threshold come from it).
+full BoN-8, pruned BoN-8 at several schedules in both checkpoint modes ("overlap": decode on
+while the partial answers are scored; "hold": stop at the checkpoint, resume the survivors),
+BoN-16 pruned to about BoN-8's decode budget (half the candidates aborted after 4 tokens:
+16*4 + 8*(L-4) ~ 8L) and to under it (three quarters aborted), and threshold mode (BoN-8
+that stops once a finished candidate reaches the median chosen reward of the full BoN-8 row).
+`--rows` picks a subset (full-8 always runs: the ratios and the threshold come from it).
 Every request uses the same seed per prompt, so rows differ only by what they prune. Columns:
 gold quality (task.reward of the returned answer) with its 95% interval, decoded tokens per
 request (usage.completion_tokens: every decoded token, pruned prefixes included), p50/p99
@@ -38,19 +40,28 @@ sys.path.insert(0, str(ROOT))
 from loadtests.servers import start_bonserve  # noqa: E402
 from training.tasks import get_task  # noqa: E402
 
-# name -> request extras; "threshold" gets its value from the full BoN-8 row
+
+# name -> request extras; "threshold" gets its value from the full BoN-8 row. "hold" rows stop
+# every candidate at the checkpoint while the reward model scores and resume the survivors;
+# "overlap" rows decode on meanwhile and abort the pruned ones mid-flight.
+def _prune(best_of: int, at: list[int], fraction: float, mode: str) -> dict[str, Any]:
+    return {"best_of": best_of, "bon_prune_at": at, "bon_prune_fraction": fraction, "bon_prune_mode": mode}
+
+
 ROWS: dict[str, dict[str, Any]] = {
     "full-8": {"best_of": 8},
-    "prune-8 @4 x0.5": {"best_of": 8, "bon_prune_at": [4], "bon_prune_fraction": 0.5},
-    "prune-8 @4+8 x0.5": {"best_of": 8, "bon_prune_at": [4, 8], "bon_prune_fraction": 0.5},
-    "prune-8 @8 x0.75": {"best_of": 8, "bon_prune_at": [8], "bon_prune_fraction": 0.75},
-    "prune-8 @4 x0.75": {"best_of": 8, "bon_prune_at": [4], "bon_prune_fraction": 0.75},
-    "prune-16 @4 x0.5 (BoN-8 budget)": {"best_of": 16, "bon_prune_at": [4], "bon_prune_fraction": 0.5},
-    "prune-16 @4 x0.75 (under BoN-8 budget)": {
-        "best_of": 16,
-        "bon_prune_at": [4],
-        "bon_prune_fraction": 0.75,
-    },
+    "overlap-8 @4 x0.5": _prune(8, [4], 0.5, "overlap"),
+    "overlap-8 @4+8 x0.5": _prune(8, [4, 8], 0.5, "overlap"),
+    "overlap-8 @8 x0.75": _prune(8, [8], 0.75, "overlap"),
+    "overlap-8 @4 x0.75": _prune(8, [4], 0.75, "overlap"),
+    "overlap-16 @4 x0.5 (BoN-8 budget)": _prune(16, [4], 0.5, "overlap"),
+    "overlap-16 @4 x0.75 (under BoN-8 budget)": _prune(16, [4], 0.75, "overlap"),
+    "hold-8 @4 x0.5": _prune(8, [4], 0.5, "hold"),
+    "hold-8 @4 x0.75": _prune(8, [4], 0.75, "hold"),
+    "hold-8 @8 x0.75": _prune(8, [8], 0.75, "hold"),
+    "hold-8 @4+12 x0.5": _prune(8, [4, 12], 0.5, "hold"),
+    "hold-16 @4 x0.75 (under BoN-8 budget)": _prune(16, [4], 0.75, "hold"),
+    "hold-16 @8 x0.75 (under BoN-8 budget)": _prune(16, [8], 0.75, "hold"),
     "threshold-8": {"best_of": 8},
 }
 
@@ -82,7 +93,7 @@ async def run_row(
             if time.perf_counter() - started > args.max_time_s:
                 return
             body = {"model": model, "messages": task.messages(ex), "max_tokens": args.max_tokens}
-            body |= {"temperature": 0.8, "seed": 1000 + i, **extras}
+            body |= {"temperature": args.temperature, "seed": 1000 + i, **extras}
             t0 = time.perf_counter()
             r = await client.post("/v1/chat/completions", json=body)
             latency = time.perf_counter() - t0
@@ -120,6 +131,9 @@ def summarise(rows: list[dict[str, Any]]) -> dict[str, Any]:
         "cost_usd": statistics.fmean(r["cost_usd"] for r in rows),
         "pruned": sum(r["bonserve"].get("candidates_pruned") or 0 for r in rows),
         "stopped": sum(r["bonserve"].get("candidates_stopped") or 0 for r in rows),
+        "resumed_prompt_tokens": statistics.fmean(
+            r["bonserve"].get("resumed_prompt_tokens") or 0 for r in rows
+        ),
         # what the server says reranked (usage.bonserve.reward_model), not what was asked for
         "reward_models": sorted({str(r["bonserve"].get("reward_model")) for r in rows}),
     }
@@ -133,12 +147,13 @@ def report_md(summary: dict[str, dict[str, Any]], args: argparse.Namespace) -> s
         "",
         f"`python benchmarks/bon_pruning.py {' '.join(sys.argv[1:])}`: policy `{args.policy}`, reward "
         f"model `{args.reward_model}`, {args.prompts} held-out arithmetic prompts, max_tokens "
-        f"{args.max_tokens}, concurrency {args.concurrency}. Reranked by (the responses' "
+        f"{args.max_tokens}, temperature {args.temperature}, concurrency {args.concurrency}. "
+        "Reranked by (the responses' "
         f"`usage.bonserve.reward_model`): {', '.join(used)}.",
         "",
         "| row | gold ±95% | decoded tok/req | p50 s | p99 s | $/req | tokens vs full-8 | p50 vs full-8 "
-        "| $ vs full-8 | pruned | stopped |",
-        "|---|---|---|---|---|---|---|---|---|---|---|",
+        "| $ vs full-8 | pruned | stopped | resumed prefill tok/req |",
+        "|---|---|---|---|---|---|---|---|---|---|---|---|",
     ]
     for name, s in summary.items():
         lines.append(
@@ -147,7 +162,7 @@ def report_md(summary: dict[str, dict[str, Any]], args: argparse.Namespace) -> s
             f"| {s['decoded_tokens'] / base['decoded_tokens']:.2f} "
             f"| {s['latency_p50_s'] / base['latency_p50_s']:.2f} "
             f"| {s['cost_usd'] / base['cost_usd'] if base['cost_usd'] else float('nan'):.2f} "
-            f"| {s['pruned']} | {s['stopped']} |"
+            f"| {s['pruned']} | {s['stopped']} | {s['resumed_prompt_tokens']:.0f} |"
         )
     return "\n".join(lines) + "\n"
 
@@ -159,6 +174,9 @@ def main() -> int:
     parser.add_argument("--prompts", type=int, default=64)
     parser.add_argument("--max-tokens", type=int, default=96)
     parser.add_argument("--concurrency", type=int, default=4)
+    parser.add_argument(
+        "--temperature", type=float, default=0.8, help="Sampling temperature (the reward model's own)."
+    )
     parser.add_argument("--max-time-s", type=float, default=1800, help="Per row: no new requests after.")
     parser.add_argument(
         "--price-per-hour", type=float, default=1.0, help="Replica price the server's cost model bills."

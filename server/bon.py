@@ -49,6 +49,20 @@ event-loop turn to hand over what the engine already delivered (so it is billed,
 candidate whose last token had arrived finishes instead); tokens the engine had not delivered
 when the abort was sent are never reported by vLLM's stream, so an aborted candidate's
 completion_tokens may fall short by at most the engine step in flight (one token a step).
+
+How a checkpoint waits for the reward model (`Pruning.mode`, request field `bon_prune_mode`):
+- "hold": each candidate's engine request ends at the checkpoint (its max_tokens), so nothing
+  decodes while the partial answers are scored; the survivors then resume as new engine
+  requests whose prompt is the original prompt plus the candidate's tokens so far (prefix
+  caching serves the prompt's KV from cache; the rest is prefilled, counted in
+  `usage.bonserve.resumed_prompt_tokens`). A pruned candidate costs only its prefix. A resumed
+  segment is seeded `resume_seed(seed, i, k)`, a fresh stream per segment, so a fixed seed
+  still reproduces the request; the candidates are then not the ones an unpruned request
+  samples. Sampling state that lives in the engine request is lost at a resume, so `stop`
+  strings, frequency/presence penalties and structured output are refused with it (serving.py);
+  `min_tokens` carries over as what is left of it.
+- "overlap": the candidates decode on while their partial answers are scored, and the pruned
+  ones are aborted mid-flight (what they decoded meanwhile is billed).
 """
 
 from __future__ import annotations
@@ -101,6 +115,8 @@ class Candidate:
     partial_reward: float | None = None  # reward of its partial answer at the last checkpoint
     partial_text: str = ""  # that partial answer
     partial_tokens: int = 0  # its length in tokens
+    resumed_prompt_tokens: int = 0  # "hold" pruning: prompt tokens its resumed segments prefilled
+    segments: int = 0  # engine requests it took ("hold": one per checkpoint it reached, plus one)
 
     @property
     def finished(self) -> bool:
@@ -270,6 +286,7 @@ class BestOfN:
 # --------------------------------------------------------------------------- pruning and early stop
 
 FINISHED, PRUNED, STOPPED = "finished", "pruned", "stopped"
+PRUNE_MODES = ("hold", "overlap")
 
 
 @dataclass(frozen=True)
@@ -279,6 +296,7 @@ class Pruning:
     prune_at: tuple[int, ...] = ()  # decoded-token checkpoints, ascending
     fraction: float = 0.5  # share of the still-running candidates aborted at each checkpoint
     reward_threshold: float | None = None  # stop once n finished candidates reach it
+    mode: str = "hold"  # PRUNE_MODES: pause at each checkpoint while scoring, or decode on
 
     @property
     def active(self) -> bool:
@@ -289,6 +307,13 @@ def candidate_seed(seed: int | None, index: int) -> int | None:
     """Candidate `index`'s seed when each candidate is its own engine request: the seed vLLM
     gives child `index` of an n>1 request (parallel_sampling.py), so both paths sample alike."""
     return None if seed is None else seed + index
+
+
+def resume_seed(seed: int | None, index: int, segment: int) -> int | None:
+    """Candidate `index`'s seed for its `segment`-th resumed engine request ("hold" pruning):
+    a seed of its own (vLLM restarts a request's generator from its seed, and re-using the
+    first segment's would replay the same random draws at later positions)."""
+    return None if seed is None else seed + index + 1_000_003 * segment
 
 
 def prune_count(running: int, finished: int, n: int, fraction: float) -> int:
@@ -329,27 +354,45 @@ def survivors(candidates: Sequence[Candidate]) -> list[Candidate]:
 async def sample_pruned(
     bon: BestOfN,
     prep: PreparedRequest,
-    start: Callable[[int], AsyncIterator[Any]],
+    start: Callable[[Candidate, int | None], AsyncIterator[Any]],
     pruning: Pruning,
 ) -> list[Candidate]:
-    """Phase 1 with pruning: candidate i decodes as its own engine request (`start(i)`, n=1), so
-    one can be aborted in the engine by cancelling its stream (vLLM aborts a request whose
+    """Phase 1 with pruning: candidate i decodes as its own engine request(s) (`start(c, upto)`,
+    n=1: from `c`'s tokens so far until it has `upto` tokens, or to its end for None), so one
+    can be aborted in the engine by cancelling its stream (vLLM aborts a request whose
     generator is closed). At each checkpoint of `pruning.prune_at`, once every running candidate
     has decoded that many tokens, their partial answers are scored through the finished-answer
-    template and the lowest `fraction` aborted (outcome PRUNED). With `reward_threshold`, once
-    `n` finished candidates reach it the rest are aborted (STOPPED). Returns every candidate;
-    the finished ones are scored. A candidate the engine finished is FINISHED, even one an
-    abort had just picked (its last output was already delivered): never pruned or stopped."""
+    template and the lowest `fraction` aborted (outcome PRUNED); in "hold" mode each one's
+    request ended at the checkpoint and the survivors are restarted from there. With
+    `reward_threshold`, once `n` finished candidates reach it the rest are aborted (STOPPED).
+    Returns every candidate; the finished ones are scored. A candidate the engine finished is
+    FINISHED, even one an abort had just picked (its last output was already delivered): never
+    pruned or stopped."""
     candidates = [Candidate(i) for i in range(prep.best_of)]
     wake = asyncio.Event()
     scoring: dict[int, asyncio.Task[None]] = {}
+    checkpoints = sorted(set(pruning.prune_at))
+    limit = prep.params.max_tokens
+    hold = pruning.mode == "hold"
 
-    async def decode(c: Candidate) -> None:
+    def pause_at() -> int | None:
+        """Where a "hold" segment ends: the next checkpoint below max_tokens (None: the end)."""
+        if not hold or not checkpoints or (limit is not None and checkpoints[0] >= limit):
+            return None
+        return checkpoints[0]
+
+    async def decode(c: Candidate, upto: int | None) -> None:
         try:
-            async for out in start(c.index):
+            c.segments += 1
+            if c.token_ids:  # a resumed segment prefills the prompt and what it decoded so far
+                c.resumed_prompt_tokens += len(prep.prompt_ids) + len(c.token_ids)
+            async for out in start(c, upto):
                 for delta in out.outputs:
                     c.extend(delta)
                 wake.set()
+            if upto is not None and c.finish_reason == "length" and len(c.token_ids) >= upto:
+                c.finish_reason = None  # paused at the checkpoint: resumed or pruned there
+                return
             if not c.finished:
                 if c.outcome is not None:  # aborted: the stream ended early, as asked
                     return
@@ -361,8 +404,8 @@ async def sample_pruned(
         finally:
             wake.set()
 
-    decoding = {c.index: asyncio.create_task(decode(c)) for c in candidates}
-    checkpoints = sorted(set(pruning.prune_at))
+    first = pause_at()
+    decoding = {c.index: asyncio.create_task(decode(c, first)) for c in candidates}
 
     async def abort(chosen: Sequence[Candidate], outcome: str) -> None:
         """Abort `chosen` in the engine. vLLM's stream reports nothing of a request after its
@@ -396,6 +439,11 @@ async def sample_pruned(
             if checkpoints and unfinished and all(len(c.token_ids) >= checkpoints[0] for c in unfinished):
                 checkpoints.pop(0)
                 await _checkpoint(bon, prep, unfinished, candidates, pruning.fraction, abort)
+                if hold:  # the survivors were paused: resume them to the next checkpoint
+                    upto = pause_at()
+                    for c in unfinished:
+                        if c.outcome is None and decoding[c.index].done():
+                            decoding[c.index] = asyncio.create_task(decode(c, upto))
                 continue
             await wake.wait()
         decoded = time.perf_counter()

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 from dataclasses import replace
 from pathlib import Path
+from typing import Literal
 
 from pydantic import Field, field_validator, model_validator
 from pydantic_settings import BaseSettings, SettingsConfigDict
@@ -98,6 +99,15 @@ class Settings(BaseSettings):
             "of the candidates still running), 'NAME=AT+AT@FRACTION,...' per served model, or "
             "both. Applies only where candidates are ranked by reward (best_of > n, a reward "
             "selector); a request's bon_prune_at null or [] turns it off. Off ('') by default."
+        ),
+    )
+    bon_prune_mode: Literal["hold", "overlap"] = Field(
+        "hold",
+        description=(
+            "How a pruning checkpoint waits for the reward model when a request sets no "
+            "bon_prune_mode: 'hold' (the candidates stop at the checkpoint while their partial "
+            "answers are scored, the survivors resume from there) or 'overlap' (they decode on "
+            "meanwhile). docs/benchmarks/bon_pruning_hold.md measures the two."
         ),
     )
     default_bon_reward_threshold: str = Field(

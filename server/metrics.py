@@ -67,6 +67,12 @@ QUEUE = Histogram(
 CANDIDATES = Histogram(
     "bonserve_candidates_per_request", "Candidates sampled per request.", ["model"], buckets=CANDIDATE_BUCKETS
 )
+RESUMED_PROMPT_TOKENS = Counter(
+    "bonserve_bon_resumed_prompt_tokens_total",
+    "Pruned Best-of-N in 'hold' mode: prompt tokens prefilled again to resume the survivors of a "
+    "checkpoint (prefix caching serves the cached part).",
+    ["model"],
+)
 CANDIDATE_OUTCOMES = Counter(
     "bonserve_bon_candidates_total",
     "Best-of-N candidates under pruning / adaptive N, by outcome (finished, pruned, stopped).",

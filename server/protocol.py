@@ -176,6 +176,15 @@ class SamplingFields(_Strict):
         "server's --default-bon-reward-threshold for the model (off unless set); null turns it "
         "off for this request.",
     )
+    bon_prune_mode: Literal["hold", "overlap"] | None = Field(
+        None,
+        description="How a pruning checkpoint waits for the reward model: 'hold' (each "
+        "candidate's engine request ends at the checkpoint, so nothing decodes while the partial "
+        "answers are scored, and the survivors resume from their tokens as new engine requests; "
+        "not with `stop`, frequency/presence penalties or a structured response_format: 400) or "
+        "'overlap' (the candidates decode on while they are scored; the pruned ones are aborted "
+        "mid-flight). Absent: the server's --bon-prune-mode.",
+    )
 
     # ---- vLLM sampling extras ----------------------------------------------------------
     # Accepted because bonserve passes each one to vllm.SamplingParams under the same name
@@ -243,6 +252,16 @@ class SamplingFields(_Strict):
             raise ParamError("stream_options", "stream_options is only allowed when stream is true")
         if self.best_of is not None and self.best_of < self.n:
             raise ParamError("best_of", f"best_of ({self.best_of}) must be >= n ({self.n})")
+        candidates = max(self.n, self.best_of or 1)
+        if self.temperature == 0 and candidates > 1:
+            # Greedy candidates are all the same text, so ranking them buys nothing; vLLM refuses
+            # them too, but its message names only `n`.
+            field = "best_of" if (self.best_of or 1) > 1 else "n"
+            raise ParamError(
+                field,
+                f"{field}={candidates} needs sampling: at temperature 0 every candidate is the same "
+                "greedy text; set temperature > 0 (top_k=1 keeps each candidate greedy)",
+            )
         if self.return_candidates and self.stream:
             raise ParamError(
                 "return_candidates",
@@ -316,6 +335,12 @@ class UsageBreakdown(BaseModel):
     candidates_pruned: int | None = Field(None, description="Candidates aborted at a checkpoint.")
     candidates_stopped: int | None = Field(
         None, description="Candidates aborted once n finished ones reached bon_reward_threshold."
+    )
+    resumed_prompt_tokens: int | None = Field(
+        None,
+        description="Pruned Best-of-N in 'hold' mode: prompt tokens the engine read again to "
+        "resume the survivors after a checkpoint (the request's prompt plus each survivor's "
+        "tokens so far; prefix caching serves the cached part). Null: no pruning.",
     )
     selector: str | None = Field(None, description="The Best-of-N selector that ranked (null: none did).")
     reward_model: str | None = Field(None, description="The reward model that scored the candidates.")

@@ -26,6 +26,7 @@ from server.bon import (
     Pruning,
     Ranked,
     candidate_seed,
+    resume_seed,
     sample_pruned,
     scored_candidates,
     survivors,
@@ -92,6 +93,7 @@ class PreparedRequest:
     scorer: RewardScorer | None = None  # the policy's reward model, when the selector scores
     pruning: Pruning = field(default_factory=Pruning)
     dropped: list[Candidate] = field(default_factory=list)  # pruned or stopped: decoded, never choices
+    resumed_prompt_tokens: int = 0  # "hold" pruning: prompt tokens prefilled again at resumes
 
     @property
     def best_of(self) -> int:
@@ -206,7 +208,10 @@ class BaseServing:
             threshold = req.bon_reward_threshold
         else:
             threshold = self.settings.bon_reward_threshold_for(model.name)
-        return Pruning(at, fraction, threshold)
+        mode = req.bon_prune_mode or self.settings.bon_prune_mode
+        if at and mode == "hold":
+            _refuse_hold(req)
+        return Pruning(at, fraction, threshold, mode)
 
     def _candidates(self, req: SamplingFields, model: ServedModel, pairing: Pairing, selector: str) -> int:
         """How many candidates to sample: the request's best_of, else the model's default
@@ -224,7 +229,10 @@ class BaseServing:
             if req.best_of > req.n and not can_rank:
                 raise _cannot_rank(req.model, pairing, selector)
             return req.best_of
-        default = self.settings.best_of_for(model.name) if can_rank else 1
+        # A server default never turns a greedy request into Best-of-N: its candidates would
+        # all be the same text, and vLLM refuses n > 1 at temperature 0.
+        greedy = req.temperature == 0
+        default = self.settings.best_of_for(model.name) if can_rank and not greedy else 1
         return max(req.n, default)
 
     async def _generate_ranked(self, prep: PreparedRequest) -> tuple[list[Any], Ranked | None, Lease]:
@@ -237,10 +245,11 @@ class BaseServing:
             bon = BestOfN(prep.scorer, self.settings.length_penalty, prep.selector)
             if prep.scorer is not None and prep.pruning.active:
                 with prep.scorer.hold():
-                    start = lambda i: stream_deltas(_one(prep, i))  # noqa: E731
+                    start = lambda c, upto: stream_deltas(_one(prep, c, upto))  # noqa: E731
                     everyone = await sample_pruned(bon, prep, start, prep.pruning)
                 outputs = survivors(everyone)
                 prep.dropped = [c for c in everyone if c.outcome != FINISHED]
+                prep.resumed_prompt_tokens = sum(c.resumed_prompt_tokens for c in everyone)
                 ranked = bon.rank(outputs)
             elif prep.scorer is not None:
                 with prep.scorer.hold():  # a reward-model swap waits for it before freeing the engine
@@ -403,6 +412,8 @@ class BaseServing:
         outcomes = _outcomes(prep, ranked)
         for outcome, count in (outcomes or {}).items():
             metrics.CANDIDATE_OUTCOMES.labels(name, outcome).inc(count)
+        if outcomes is not None:
+            metrics.RESUMED_PROMPT_TOKENS.labels(name).inc(prep.resumed_prompt_tokens)
         # engine seconds and cost are counted by Admission.slot, failures included
         rewards = [r for r in ranked.rewards if r is not None] if ranked is not None else []
         if ranked is not None and len(rewards) == len(ranked.rewards):
@@ -420,6 +431,7 @@ class BaseServing:
                 candidates_finished=outcomes["finished"] if outcomes else None,
                 candidates_pruned=outcomes["pruned"] if outcomes else None,
                 candidates_stopped=outcomes["stopped"] if outcomes else None,
+                resumed_prompt_tokens=prep.resumed_prompt_tokens if outcomes else None,
                 delivered_tokens=delivered,
                 decoded_tokens=decoded,
                 reward_model_tokens=reward_tokens,
@@ -497,15 +509,54 @@ def _refuse_pruning(req: SamplingFields, best_of: int, selector: str) -> None:
         )
 
 
-def _one(prep: PreparedRequest, index: int) -> PreparedRequest:
-    """Candidate `index` of a pruned Best-of-N request as its own engine request (n=1, the seed
-    vLLM would give that child), so it can be aborted alone; prefix caching shares the prompt."""
+def _refuse_hold(req: SamplingFields) -> None:
+    """A 400 for sampling state that "hold" pruning would lose when a candidate resumes as a new
+    engine request: a `stop` string could span the resume point, penalties count only the
+    tokens of the engine request, and structured output's grammar state starts over."""
+    fmt = getattr(req, "response_format", None)  # chat only
+    lost = {
+        "stop": bool(req.stop),
+        "frequency_penalty": req.frequency_penalty != 0,
+        "presence_penalty": req.presence_penalty != 0,
+        "response_format": fmt is not None and fmt.type != "text",
+    }
+    for name, used in lost.items():
+        if used:
+            raise bad_request(
+                f"{name} cannot be combined with bon_prune_mode 'hold' (the survivors of a checkpoint "
+                "resume as new engine requests, which would not carry it over); send "
+                "bon_prune_mode 'overlap' or drop the pruning",
+                name,
+            )
+
+
+def _one(prep: PreparedRequest, c: Candidate, upto: int | None) -> PreparedRequest:
+    """Candidate `c` of a pruned Best-of-N request as its own engine request (n=1, the seed
+    vLLM would give that child), so it can be aborted alone; prefix caching shares the prompt.
+    A candidate with tokens already ("hold" pruning resumes it) continues from them: they join
+    the prompt, max_tokens and min_tokens shrink by them, and the segment has its own seed.
+    `upto`: end this segment once the candidate has that many tokens (None: at its end)."""
     from copy import copy
     from dataclasses import replace
 
     params = copy(prep.params)
-    params.n, params.seed = 1, candidate_seed(prep.params.seed, index)
-    return replace(prep, params=params, request_id=f"{prep.request_id}-{index}", dropped=[])
+    params.n = 1
+    done = len(c.token_ids)
+    if done:
+        params.seed = resume_seed(prep.params.seed, c.index, c.segments)
+        params.min_tokens = max(0, params.min_tokens - done)
+    else:
+        params.seed = candidate_seed(prep.params.seed, c.index)
+    end = prep.params.max_tokens if upto is None else upto
+    if end is not None:
+        params.max_tokens = end - done
+    return replace(
+        prep,
+        prompt_ids=[*prep.prompt_ids, *c.token_ids],
+        params=params,
+        request_id=f"{prep.request_id}-{c.index}" + (f"-r{c.segments}" if done else ""),
+        dropped=[],
+    )
 
 
 def _outcomes(prep: PreparedRequest, ranked: Ranked | None) -> dict[str, int] | None:

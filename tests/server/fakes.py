@@ -280,3 +280,38 @@ class FakeSeededStepLLM(FakeAsyncLLM):
         except (asyncio.CancelledError, GeneratorExit):
             self.aborted += 1
             raise
+
+
+@dataclass
+class FakeResumableStepLLM(FakeAsyncLLM):
+    """Like FakeSeededStepLLM, for "hold" pruning: a candidate has `steps` tokens in all, and a
+    request whose prompt is longer than the first prompt seen (a resumed candidate: prompt +
+    its tokens so far) decodes only what is left; every request stops at its max_tokens with
+    "length". Candidate tokens are `(seed + i) % 10 + 1` characters wide, a resumed one's as
+    wide as its first segment's (`widths`, by request id stem). Records prompts and requests."""
+
+    steps: int = 10
+    prompts: list[list[int]] = field(default_factory=list)
+    widths: dict[str, int] = field(default_factory=dict)
+
+    async def generate(
+        self, prompt: Any, params: Any, request_id: str, lora_request: Any = None
+    ) -> AsyncIterator[Any]:
+        ids = list(prompt["prompt_token_ids"])
+        self.requests.append(params)
+        self.prompts.append(ids)
+        done = len(ids) - len(self.prompts[0])
+        stem = request_id.split("-r")[0]
+        width = self.widths.setdefault(stem, ((params.seed or 0) % 10) + 1)
+        end = min(self.steps, done + params.max_tokens)
+        try:
+            for pos in range(done, end):
+                await asyncio.sleep(0)
+                reason = None if pos < end - 1 else ("stop" if end == self.steps else "length")
+                outs = [
+                    FakeCompletion(i, "w" * ((width + i - 1) % 10 + 1), [5], reason) for i in range(params.n)
+                ]
+                yield SimpleNamespace(outputs=outs, finished=bool(reason))
+        except (asyncio.CancelledError, GeneratorExit):
+            self.aborted += 1
+            raise

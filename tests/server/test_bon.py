@@ -17,12 +17,14 @@ from server.serving import PreparedRequest
 from tests.server.fakes import FakeCompletion, FakeRewardScorer
 
 
-def prepared(best_of: int, n: int = 1, messages: Any = None, prompt_text: str = "") -> PreparedRequest:
+def prepared(
+    best_of: int, n: int = 1, messages: Any = None, prompt_text: str = "", max_tokens: int = 16
+) -> PreparedRequest:
     return PreparedRequest(
         model=ServedModel(name="fake", engine=None),  # type: ignore[arg-type]
         engine=None,
         prompt_ids=[1],
-        params=SimpleNamespace(n=best_of),
+        params=SimpleNamespace(n=best_of, max_tokens=max_tokens),
         n=n,
         request_id="req",
         messages=messages,

@@ -24,7 +24,7 @@ import pytest
 
 from core.registry import Registry
 from loadtests.servers import ServerProcess, start_bonserve
-from tests.reference import transformers_rewards
+from tests.reference import transformers_greedy, transformers_rewards
 from tests.synthetic import end_of_turn_head
 from training.reward import init_reward_model
 
@@ -218,15 +218,18 @@ def test_bad_best_of(bon_server: ServerProcess, extra: dict, status: int) -> Non
     assert json.loads(r.text)["error"]["param"] in ("best_of", "n")
 
 
-def test_pruned_best_of_on_the_real_engine(bon_server: ServerProcess, reward_registry: Registry) -> None:
-    """Pruning aborts candidates in the engine: fewer decoded tokens than full Best-of-N on the
+@pytest.mark.parametrize("mode", ["hold", "overlap"])
+def test_pruned_best_of_on_the_real_engine(
+    bon_server: ServerProcess, reward_registry: Registry, mode: str
+) -> None:
+    """Pruning stops candidates in the engine: fewer decoded tokens than full Best-of-N on the
     same seed, the pruned ones reported with partial rewards that transformers reproduces; when
     every candidate ends before the checkpoint the choice and rewards are full Best-of-N's
     (candidate i is seeded as vLLM seeds child i)."""
     url = bon_server.v1 + "/chat/completions"
     body = {"model": bon_server.model, "messages": MESSAGES, "best_of": 4, "max_tokens": 24, "seed": 7}
     body |= {"temperature": 1.0, "return_candidates": True}
-    prune = {"bon_prune_at": [4], "bon_prune_fraction": 0.5}
+    prune = {"bon_prune_at": [4], "bon_prune_fraction": 0.5, "bon_prune_mode": mode}
     full = httpx.post(url, json=body, timeout=120).json()
     pruned = httpx.post(url, json={**body, **prune}, timeout=120).json()
     assert pruned["usage"]["bonserve"]["candidates_pruned"] == 2, pruned["usage"]
@@ -249,6 +252,31 @@ def test_pruned_best_of_on_the_real_engine(bon_server: ServerProcess, reward_reg
     assert b["usage"]["bonserve"]["candidates_pruned"] == 0
     assert [c["message"]["content"] for c in b["choices"]] == [c["message"]["content"] for c in a["choices"]]
     assert [c["reward"] for c in b["choices"]] == pytest.approx([c["reward"] for c in a["choices"]], abs=1e-3)
+    if mode == "hold":  # nothing decoded while scoring: a pruned candidate cost exactly its prefix
+        assert all(c["completion_tokens"] == 4 and c["text"] == c["partial_text"] for c in dropped)
+        assert pruned["usage"]["bonserve"]["resumed_prompt_tokens"] > 0
+
+
+def test_hold_resumes_where_the_candidate_paused(
+    bon_server: ServerProcess, default_model: Path, reward_registry: Registry
+) -> None:
+    """A resumed candidate continues its own tokens: greedy candidates paused at two
+    checkpoints and resumed as new engine requests end with transformers' greedy answer of the
+    whole prompt, and the survivors' rewards are those of their full text. Top-k 1 makes the
+    candidates greedy (vLLM refuses n > 1 at temperature 0)."""
+    url = bon_server.v1 + "/chat/completions"
+    body = {"model": bon_server.model, "messages": MESSAGES, "best_of": 4, "max_tokens": 16}
+    body |= {"temperature": 1.0, "top_k": 1, "bon_prune_at": [3, 7], "bon_prune_mode": "hold"}
+    body |= {"return_candidates": True}
+    response = httpx.post(url, json=body, timeout=120)
+    assert response.status_code == 200, response.text
+    r = response.json()
+    bs = r["usage"]["bonserve"]
+    assert (bs["candidates_pruned"], bs["candidates_finished"]) == (3, 1), bs
+    answer = r["choices"][0]["message"]["content"]
+    assert answer == transformers_greedy(default_model, MESSAGES, 16)
+    (reference,) = transformers_rewards(reward_registry.path_of(RM), MESSAGES, [answer])
+    assert r["choices"][0]["reward"] == pytest.approx(reference, abs=2e-3, rel=2e-3)
 
 
 def test_reward_engine_death_is_503_then_recovers(bon_server: ServerProcess) -> None:

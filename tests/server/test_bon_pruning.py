@@ -28,7 +28,7 @@ from server.bon import (
 )
 from server.config import Settings
 from tests.server.conftest import assert_envelope
-from tests.server.fakes import FakeCompletion, FakeRewardScorer, FakeSeededStepLLM
+from tests.server.fakes import FakeCompletion, FakeResumableStepLLM, FakeRewardScorer, FakeSeededStepLLM
 from tests.server.test_bon import prepared
 from tests.server.test_bon_with_fakes import CHAT, bon_client  # noqa: F401 (the fixture)
 
@@ -45,7 +45,8 @@ class FakeCandidateStreams:
         self.aborted: set[int] = set()
         self.decoded = [0] * len(lengths)
 
-    async def start(self, index: int) -> AsyncIterator[Any]:
+    async def start(self, c: Candidate, upto: int | None = None) -> AsyncIterator[Any]:
+        index = c.index
         try:
             for step in range(self.lengths[index]):
                 await asyncio.sleep(0)
@@ -91,7 +92,8 @@ class FakeEngineLoopStreams:
                 self.ready[i].set()
             await asyncio.sleep(0)
 
-    async def start(self, index: int) -> AsyncIterator[Any]:
+    async def start(self, c: Candidate, upto: int | None = None) -> AsyncIterator[Any]:
+        index = c.index
         if self.engine is None:
             self.engine = asyncio.create_task(self._run())
         try:
@@ -181,7 +183,9 @@ async def test_checkpoint_aborts_the_worst_half_and_keeps_partial_rewards() -> N
     streams = FakeCandidateStreams(lengths=[10] * 4, widths=[1, 2, 3, 4])
     scorer = FakeRewardScorer()
     prep = prepared(best_of=4, messages=MESSAGES)
-    cands = await sample_pruned(BestOfN(scorer), prep, streams.start, Pruning(prune_at=(4,), fraction=0.5))
+    cands = await sample_pruned(
+        BestOfN(scorer), prep, streams.start, Pruning(prune_at=(4,), fraction=0.5, mode="overlap")
+    )
     assert [c.outcome for c in cands] == [PRUNED, PRUNED, FINISHED, FINISHED]
     assert streams.aborted == {0, 1}
     assert all(streams.decoded[i] < 10 for i in (0, 1)) and streams.decoded[2:] == [10, 10]
@@ -200,7 +204,9 @@ async def test_checkpoint_aborts_the_worst_half_and_keeps_partial_rewards() -> N
 async def test_candidates_that_finish_before_the_checkpoint_match_full_best_of_n() -> None:
     streams = FakeCandidateStreams(lengths=[3] * 4, widths=[1, 2, 3, 4])
     prep = prepared(best_of=4, messages=MESSAGES)
-    cands = await sample_pruned(BestOfN(FakeRewardScorer()), prep, streams.start, Pruning(prune_at=(4,)))
+    cands = await sample_pruned(
+        BestOfN(FakeRewardScorer()), prep, streams.start, Pruning(prune_at=(4,), mode="overlap")
+    )
     assert [c.outcome for c in cands] == [FINISHED] * 4 and not streams.aborted
     assert [c.reward for c in cands] == [4.0, 7.0, 10.0, 13.0]
     assert all(c.partial_reward is None for c in cands)
@@ -210,7 +216,9 @@ async def test_candidates_that_finish_before_the_checkpoint_match_full_best_of_n
 async def test_checkpoints_never_leave_fewer_than_n_survivors() -> None:
     streams = FakeCandidateStreams(lengths=[20] * 4, widths=[1, 2, 3, 4])
     prep = prepared(best_of=4, n=3, messages=MESSAGES)
-    cands = await sample_pruned(BestOfN(FakeRewardScorer()), prep, streams.start, Pruning((2, 4, 8), 0.9))
+    cands = await sample_pruned(
+        BestOfN(FakeRewardScorer()), prep, streams.start, Pruning((2, 4, 8), 0.9, mode="overlap")
+    )
     assert [c.outcome for c in cands] == [PRUNED, FINISHED, FINISHED, FINISHED]
 
 
@@ -246,7 +254,9 @@ async def test_aborts_bill_what_the_engine_delivered_and_never_prune_a_finished_
     streams = FakeEngineLoopStreams(lengths=[first, 10, 10, 10], widths=[1, 2, 3, 4])
     scorer = SnapshotScorer(streams)
     prep = prepared(best_of=4, messages=MESSAGES)
-    cands = await sample_pruned(BestOfN(scorer), prep, streams.start, Pruning(prune_at=(4,), fraction=0.5))
+    cands = await sample_pruned(
+        BestOfN(scorer), prep, streams.start, Pruning(prune_at=(4,), fraction=0.5, mode="overlap")
+    )
     assert streams.engine is not None
     await streams.engine
     (decided,) = scorer.at_decision
@@ -262,6 +272,80 @@ async def test_aborts_bill_what_the_engine_delivered_and_never_prune_a_finished_
     assert (cands[0].outcome == FINISHED) == (first == 6)
 
 
+class FakeSegmentStreams:
+    """Engine requests as "hold" pruning makes them: candidate i would decode `lengths[i]`
+    tokens of width `widths[i]` in all; a request starts from the candidate's tokens so far and
+    ends with "length" once it has `upto` tokens (else "stop" at its end). Records each request
+    as (index, tokens it started from, upto) and any request closed early."""
+
+    def __init__(self, lengths: list[int], widths: list[int]) -> None:
+        self.lengths, self.widths = lengths, widths
+        self.requests: list[tuple[int, int, int | None]] = []
+        self.aborted: set[int] = set()
+
+    async def start(self, c: Candidate, upto: int | None = None) -> AsyncIterator[Any]:
+        begin, total = len(c.token_ids), self.lengths[c.index]
+        end = total if upto is None else min(upto, total)
+        self.requests.append((c.index, begin, upto))
+        try:
+            for pos in range(begin, end):
+                await asyncio.sleep(0)
+                last = pos == end - 1
+                reason = ("stop" if end == total else "length") if last else None
+                yield SimpleNamespace(outputs=[FakeCompletion(0, "a" * self.widths[c.index], [7], reason)])
+        except (asyncio.CancelledError, GeneratorExit):
+            self.aborted.add(c.index)
+            raise
+
+
+@pytest.mark.timeout(10)
+async def test_hold_pauses_at_the_checkpoint_and_resumes_only_the_survivors() -> None:
+    streams = FakeSegmentStreams(lengths=[10] * 4, widths=[1, 2, 3, 4])
+    prep = prepared(best_of=4, messages=MESSAGES)
+    cands = await sample_pruned(BestOfN(FakeRewardScorer()), prep, streams.start, Pruning((4,), 0.5))
+    assert [c.outcome for c in cands] == [PRUNED, PRUNED, FINISHED, FINISHED]
+    # every candidate's first request ends at the checkpoint; only the survivors resume from it
+    assert streams.requests == [(0, 0, 4), (1, 0, 4), (2, 0, 4), (3, 0, 4), (2, 4, None), (3, 4, None)]
+    assert not streams.aborted  # nothing was decoding when the pruned ones were dropped
+    assert [len(c.token_ids) for c in cands] == [4, 4, 10, 10]  # a pruned one cost its prefix only
+    assert all(c.partial_tokens == 4 and c.partial_reward == 1 + len(c.partial_text) for c in cands)
+    assert [c.finish_reason for c in cands[2:]] == ["stop", "stop"] and cands[0].finish_reason is None
+    resumed = [c.resumed_prompt_tokens for c in cands]
+    assert resumed == [0, 0, len(prep.prompt_ids) + 4, len(prep.prompt_ids) + 4]
+    assert [c.text for c in cands[2:]] == ["aaa" * 10, "aaaa" * 10]
+
+
+@pytest.mark.timeout(10)
+async def test_hold_with_two_checkpoints_and_one_past_max_tokens() -> None:
+    streams = FakeSegmentStreams(lengths=[12] * 4, widths=[1, 2, 3, 4])
+    prep = prepared(best_of=4, messages=MESSAGES, max_tokens=12)
+    cands = await sample_pruned(BestOfN(FakeRewardScorer()), prep, streams.start, Pruning((2, 6, 12), 0.5))
+    assert [c.outcome for c in cands] == [PRUNED, PRUNED, PRUNED, FINISHED]
+    # 2: four paused, two pruned; 6: two paused, one pruned; 12 is max_tokens: no pause there
+    assert [r for r in streams.requests if r[1] > 0] == [(2, 2, 6), (3, 2, 6), (3, 6, None)]
+    assert [len(c.token_ids) for c in cands] == [2, 2, 6, 12]
+    assert cands[3].segments == 3
+
+
+@pytest.mark.timeout(10)
+async def test_hold_counts_a_candidate_ending_at_the_checkpoint_as_finished() -> None:
+    # candidate 0 ends (EOS) on the checkpoint token itself: finished, never pruned
+    streams = FakeSegmentStreams(lengths=[4, 10, 10, 10], widths=[1, 2, 3, 4])
+    prep = prepared(best_of=4, messages=MESSAGES)
+    cands = await sample_pruned(BestOfN(FakeRewardScorer()), prep, streams.start, Pruning((4,), 0.5))
+    assert cands[0].outcome == FINISHED and cands[0].reward == 5.0
+    assert [c.outcome for c in cands[1:]] == [PRUNED, FINISHED, FINISHED]  # half of the 3 running: 1
+
+
+@pytest.mark.timeout(10)
+async def test_hold_threshold_stops_paused_and_resumed_candidates() -> None:
+    streams = FakeSegmentStreams(lengths=[2, 50, 50, 50], widths=[5, 1, 1, 1])
+    prep = prepared(best_of=4, messages=MESSAGES, max_tokens=50)
+    cands = await sample_pruned(BestOfN(FakeRewardScorer()), prep, streams.start, Pruning((8,), 0.5, 5.0))
+    assert cands[0].outcome == FINISHED and [c.outcome for c in cands[1:]] == [STOPPED] * 3
+    assert all(len(c.token_ids) <= 8 for c in cands[1:])  # stopped at or before the checkpoint
+
+
 # --------------------------------------------------------------------------- over HTTP
 
 
@@ -274,6 +358,7 @@ async def test_pruned_request_over_http_bills_pruned_prefixes(bon_client: Callab
         "seed": 0,
         "bon_prune_at": [4],
         "bon_prune_fraction": 0.5,
+        "bon_prune_mode": "overlap",
         "return_candidates": True,
     }
     body = (await c.post("/v1/chat/completions", json={**CHAT, **extras})).json()
@@ -299,11 +384,68 @@ async def test_pruned_request_over_http_bills_pruned_prefixes(bon_client: Callab
 
 
 @pytest.mark.timeout(30)
+async def test_hold_over_http_resumes_the_survivors_and_bills_the_prefill(
+    bon_client: Callable[..., Any],  # noqa: F811
+) -> None:
+    engine = FakeResumableStepLLM(steps=10)
+    c = await bon_client(policy=engine)
+    extras = {"best_of": 4, "seed": 0, "max_tokens": 16, "bon_prune_at": [4], "return_candidates": True}
+    body = (await c.post("/v1/chat/completions", json={**CHAT, **extras})).json()
+    first, resumed = engine.requests[:4], engine.requests[4:]
+    assert [(p.n, p.seed, p.max_tokens) for p in first] == [(1, i, 4) for i in range(4)]
+    # the two survivors (widest tokens: seeds 2 and 3) resume from their 4 tokens, own seeds
+    assert [p.max_tokens for p in resumed] == [12, 12] and engine.aborted == 0
+    assert {p.seed for p in resumed}.isdisjoint(range(4))
+    prompt = engine.prompts[0]
+    assert all(ids[: len(prompt)] == prompt and len(ids) == len(prompt) + 4 for ids in engine.prompts[4:])
+    bs = body["usage"]["bonserve"]
+    assert (bs["candidates_finished"], bs["candidates_pruned"]) == (2, 2)
+    assert body["usage"]["completion_tokens"] == 2 * 4 + 2 * 10  # pruned: their prefix only
+    assert bs["resumed_prompt_tokens"] == 2 * (len(prompt) + 4)
+    assert body["choices"][0]["message"]["content"] == "wwww" * 10
+    assert [(x["index"], x["outcome"]) for x in body["candidates"]] == [
+        (3, "finished"),
+        (2, "finished"),
+        (0, "pruned"),
+        (1, "pruned"),
+    ]
+    metrics = (await c.get("/metrics")).text
+    assert f'bonserve_bon_resumed_prompt_tokens_total{{model="fake"}} {2.0 * (len(prompt) + 4)}' in metrics
+
+
+@pytest.mark.timeout(30)
+@pytest.mark.parametrize(
+    ("extra", "param"),
+    [
+        ({"stop": ["\n"]}, "stop"),
+        ({"frequency_penalty": 0.5}, "frequency_penalty"),
+        ({"presence_penalty": -0.5}, "presence_penalty"),
+        ({"response_format": {"type": "json_object"}}, "response_format"),
+    ],
+)
+async def test_hold_refuses_sampling_state_a_resume_would_lose(
+    bon_client: Callable[..., Any],  # noqa: F811
+    extra: dict[str, Any],
+    param: str,
+) -> None:
+    engine = FakeResumableStepLLM()
+    c = await bon_client(policy=engine)
+    body = {**CHAT, "best_of": 4, "bon_prune_at": [4], **extra}
+    err = assert_envelope(await c.post("/v1/chat/completions", json=body), 400)
+    assert err["param"] == param and "bon_prune_mode 'hold'" in err["message"]
+    assert not engine.requests
+    ok = await c.post("/v1/chat/completions", json={**body, "bon_prune_mode": "overlap"})
+    assert ok.status_code == 200, ok.text
+    plain = await c.post("/v1/chat/completions", json={**CHAT, "best_of": 4, **extra})  # no pruning
+    assert plain.status_code == 200, plain.text
+
+
+@pytest.mark.timeout(30)
 async def test_threshold_over_http_and_server_defaults(bon_client: Callable[..., Any]) -> None:  # noqa: F811
     # 10 steps: the candidates are still decoding when the checkpoint's scoring returns (ones
     # that had finished by then would count as finished, never pruned)
     engine = FakeSeededStepLLM(steps=10)
-    c = await bon_client(policy=engine, default_bon_prune="fake=4@0.5")
+    c = await bon_client(policy=engine, default_bon_prune="fake=4@0.5", bon_prune_mode="overlap")
     body = (await c.post("/v1/chat/completions", json={**CHAT, "best_of": 4, "seed": 0})).json()
     assert body["usage"]["bonserve"]["candidates_pruned"] == 2  # the model's default schedule
     off = {**CHAT, "best_of": 4, "seed": 0, "bon_prune_at": []}

@@ -82,6 +82,20 @@ async def test_default_best_of_global_and_per_model(bon_client: Callable[..., An
     assert [p.n for p in policy.requests] == [2, 6, 1, 3]
 
 
+async def test_default_best_of_leaves_greedy_requests_alone(bon_client: Callable[..., Any]) -> None:
+    """A server default must not turn a temperature-0 request into n identical candidates (which
+    vLLM refuses); an explicit best_of at temperature 0 is a 400 naming best_of."""
+    policy = FakeVaryingLLM()
+    c = await bon_client(policy=policy, default_best_of="4")
+    r = await c.post("/v1/chat/completions", json={**CHAT, "temperature": 0})
+    assert r.status_code == 200, r.text
+    assert [p.n for p in policy.requests] == [1]
+    assert r.json()["usage"].get("bonserve", {}).get("candidates", 1) == 1
+    r = await c.post("/v1/chat/completions", json={**CHAT, "temperature": 0, "best_of": 4})
+    assert r.status_code == 400 and r.json()["error"]["param"] == "best_of", r.text
+    assert len(policy.requests) == 1
+
+
 async def test_length_penalty_demotes_truncated(bon_client: Callable[..., Any]) -> None:
     policy = FakeVaryingLLM(finish_reasons=("stop", "stop", "length"))
     c = await bon_client(policy=policy, length_penalty=100)

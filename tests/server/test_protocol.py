@@ -22,6 +22,13 @@ def test_minimal_chat_request_defaults() -> None:
     assert req.requested_max_tokens is None
 
 
+def test_greedy_best_of_is_refused_with_a_message_naming_best_of() -> None:
+    with pytest.raises(ValidationError, match="best_of=4 needs sampling"):
+        chat(best_of=4, temperature=0)
+    assert chat(best_of=4, temperature=1.0, top_k=1).best_of == 4
+    assert chat(best_of=1, temperature=0).best_of == 1
+
+
 def test_max_completion_tokens_is_the_new_name() -> None:
     assert chat(max_completion_tokens=7).requested_max_tokens == 7
     assert chat(max_tokens=5).requested_max_tokens == 5
@@ -49,6 +56,8 @@ def test_content_parts_are_joined() -> None:
         {"stream_options": {"include_usage": True}},
         {"max_tokens": 5, "max_completion_tokens": 5},
         {"best_of": 1, "n": 2},
+        {"best_of": 4, "temperature": 0},
+        {"n": 2, "temperature": 0.0},
         {"unknown_field": 1},
         {"tools": []},
         {"messages": []},
