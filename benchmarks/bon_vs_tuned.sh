@@ -7,6 +7,7 @@
 #
 #   bash benchmarks/bon_vs_tuned.sh [OUT_DIR]       # ~30 min on 2 CPU cores with the defaults
 set -euo pipefail
+source "$(dirname "$0")/serve.sh"
 OUT=${1:-docs/benchmarks/bon_vs_tuned}
 BONSERVE=${BONSERVE:-.venv/bin/bonserve}
 BASE=${BASE:-smollm2-135m-instruct}
@@ -39,14 +40,7 @@ goodput: {e2el: 4000}
 YAML
 
 # LoRA rank 16 exactly: vLLM's CPU LoRA kernels get slower with the configured maximum rank.
-"$BONSERVE" serve --port "$PORT" --model "$BASE" --reward-model arith-rm --max-loras 3 \
-  --max-lora-rank 16 --accelerator-price-per-hour 2.5 --open-admin >"${TMPDIR:-/tmp}/bon_vs_tuned-server.log" 2>&1 &
-SERVER=$!
-trap 'kill $SERVER 2>/dev/null; wait $SERVER 2>/dev/null || true' EXIT
-for _ in $(seq 600); do
-  if curl -sf "http://127.0.0.1:$PORT/ready" >/dev/null; then break; fi
-  if ! kill -0 $SERVER 2>/dev/null; then tail -30 "${TMPDIR:-/tmp}/bon_vs_tuned-server.log"; exit 1; fi
-  sleep 1
-done
+serve_until_ready "$PORT" "${TMPDIR:-/tmp}/bon_vs_tuned-server.log" \
+  --model "$BASE" --reward-model arith-rm --max-loras 3 --max-lora-rank 16 --accelerator-price-per-hour 2.5 --open-admin
 "$BONSERVE" loadtest compare --base-url "http://127.0.0.1:$PORT" --matrix "$OUT/matrix.yaml" \
   --load-models --no-progress --out "$OUT"

@@ -10,6 +10,7 @@
 #
 #   bash benchmarks/bon_vs_tuned_refreshed.sh [OUT_DIR]     # ~50 min on 2 CPU cores
 set -euo pipefail
+source "$(dirname "$0")/serve.sh"
 OUT=${1:-docs/benchmarks/bon_vs_tuned_refreshed}
 BONSERVE=${BONSERVE:-.venv/bin/bonserve}
 BASE=${BASE:-smollm2-135m-instruct}
@@ -41,16 +42,9 @@ goodput: {e2el: 4000}
 YAML
 
 # Each policy's reward model pinned (the base has several whose manifests name it).
-"$BONSERVE" serve --port "$PORT" --model "$BASE" --reward-model rm-base-t04-long \
+serve_until_ready "$PORT" "${TMPDIR:-/tmp}/bon_vs_tuned_refreshed-server.log" \
+  --model "$BASE" --reward-model rm-base-t04-long \
   --reward-models "$BASE=rm-base-t04-long,ppo-rm-refresh=ppo-rm-refresh-rm" --max-loras 4 \
-  --max-lora-rank 16 --accelerator-price-per-hour 2.5 --open-admin \
-  >"${TMPDIR:-/tmp}/bon_vs_tuned_refreshed-server.log" 2>&1 &
-SERVER=$!
-trap 'kill $SERVER 2>/dev/null; wait $SERVER 2>/dev/null || true' EXIT
-for _ in $(seq 600); do
-  if curl -sf "http://127.0.0.1:$PORT/ready" >/dev/null; then break; fi
-  if ! kill -0 $SERVER 2>/dev/null; then tail -30 "${TMPDIR:-/tmp}/bon_vs_tuned_refreshed-server.log"; exit 1; fi
-  sleep 1
-done
+  --max-lora-rank 16 --accelerator-price-per-hour 2.5 --open-admin
 "$BONSERVE" loadtest compare --base-url "http://127.0.0.1:$PORT" --matrix "$OUT/matrix.yaml" \
   --load-models --no-progress --out "$OUT"
