@@ -331,8 +331,10 @@ def test_reward_engine_death_under_concurrent_traffic(
         tmp_path_factory.mktemp("rm-death"),
         *_with_reward_model(default_model, rm_registry),
         "--enforce-eager",
+        # the dead reward engine stays down for at least 20 s, so the Best-of-N requests in
+        # flight (~5-10 s of decoding) reach their scoring while it is down, on any box
         "--engine-restart-backoff-s",
-        "0.5",
+        "20",
         "--max-model-len",
         "512",
         "--max-tokens-limit",
@@ -346,7 +348,7 @@ def test_reward_engine_death_under_concurrent_traffic(
     )
     url = srv.v1 + "/chat/completions"
     messages = [{"role": "user", "content": "Write a long story about a goldfish."}]
-    bon = {"model": POLICY, "messages": messages, "best_of": 4, "n": 1, "max_tokens": 384}
+    bon = {"model": POLICY, "messages": messages, "best_of": 4, "n": 1, "max_tokens": 192}
     bon |= {"temperature": 1.0, "logit_bias": NOT_EOS}
     single = {"model": POLICY, "messages": [{"role": "user", "content": "Say hi."}], "max_tokens": 4}
     run = DeathRun()
@@ -371,7 +373,7 @@ def test_reward_engine_death_under_concurrent_traffic(
             stream_task = asyncio.create_task(streamed(headers_in))
             bon_task = asyncio.create_task(c.post(url, json=bon))
             await asyncio.wait_for(headers_in.wait(), 60)
-            await asyncio.sleep(1.0)  # the candidates are decoding (~10 s of them)
+            await asyncio.sleep(1.0)  # the candidates are decoding (~5-10 s of them)
             assert not stream_task.done() and not bon_task.done(), "Best-of-N ended before the kill"
             assert srv.ready()["engines"]["reward"]["state"] == "running"
             _reward_engine_core(srv).kill()
