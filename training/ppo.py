@@ -4,7 +4,8 @@ TRL removed its PPOTrainer (deleted by 1.16), so the loop lives here; it follows
 PPOTrainer and the checklist of "The N Implementation Details of RLHF with PPO" (Huang et al.
 2024). One iteration (`--max-steps` counts them; `PPOTrainer.step` reads in this order):
 
-1. rollouts: `--batch-size` prompts, one sampled response each at `--temperature`, by vLLM
+1. rollouts: `--batch-size` sampled responses at `--temperature` (one per prompt, or
+   `--rollouts-per-prompt` of each of fewer prompts), by vLLM
    with the current LoRA adapter loaded into the engine (a new adapter id per iteration), or
    by HF `generate` on the training module. `--rollout-backend auto` takes vLLM for LoRA on a
    GPU and HF otherwise: on CPU vLLM's LoRA decoding measured 0.55x HF generate, and --full
@@ -22,9 +23,11 @@ PPOTrainer and the checklist of "The N Implementation Details of RLHF with PPO" 
 5. the KL coefficient stays fixed, or adapts toward `--target-kl` (Ziegler et al. 2019).
 
 With `--reward rm --rm-refresh-every K` the reward model is not frozen: before every K-th
-iteration the current policy is sampled on a few training prompts, the samples are judged with
-the task's gold labels, and the reward model is fine-tuned on all comparisons gathered so far
-(training/rm_refresh.py); its on-policy pairwise accuracy before and after each refresh is
+iteration the current policy's replies to training prompts (fresh samples, or with
+`--rm-refresh-source rollouts` the rollouts since the last refresh) are judged with the task's
+gold labels, and the reward model is fine-tuned on the comparisons gathered so far, optionally
+beside the pairs it was first trained on (training/rm_refresh.py); its on-policy pairwise
+accuracy before and after each refresh is
 logged (`rm_refresh/...`), and the refreshed reward model is written as entry NAME-rm, marked
 as trained for the policy NAME (what the server pairs it with).
 
@@ -79,7 +82,7 @@ from training.common import load_causal_lm, load_tokenizer, lora_config, prepare
 from training.ppo_config import PPOConfig
 from training.ppo_rollouts import Batch, HFRollouts, Rollouts, VLLMRollouts, forward
 from training.prompts import Prompt, load_prompts
-from training.rm_refresh import RewardRefresher, comparisons
+from training.rm_refresh import Comparison, RewardRefresher, comparisons, replay_pairs
 
 LOG_FILE = "ppo_log.jsonl"
 STAT_KEYS = (
@@ -188,6 +191,8 @@ class PPOTrainer:
                 config.rm_refresh_batch_size,
                 config.rm_refresh_learning_rate,
                 config.seed,
+                new_share=config.rm_refresh_new_share,
+                replay=replay_pairs(config.rm_refresh_replay) if config.rm_refresh_replay else (),
             )
             if config.rm_refresh_every
             else None
@@ -259,6 +264,8 @@ class PPOTrainer:
         """Steps 2-5 of the module docstring on one batch of rollouts (step 1); the metrics."""
         batch = Batch.pack(rollouts, self.tokenizer.pad_token_id)
         scores, judged = self.score(rollouts)
+        if self.refresher is not None and self.config.rm_refresh_source == "rollouts":
+            self.refresher.pending += self.rollout_comparisons(rollouts, judged["gold"])
         old = self.old_outputs(batch)
         kl_coef = self.kl_ctl.value
         rewards, non_score = self.token_rewards(scores, old, batch.mask, kl_coef)
@@ -268,23 +275,41 @@ class PPOTrainer:
         return self.metrics(rollouts, batch, scores, judged, old, non_score, kl, kl_coef, stats)
 
     def batch_prompts(self, step: int) -> list[Prompt]:
-        """Deterministic in (seed, step): a fresh shuffle of all prompts each epoch over them."""
-        n, size = len(self.prompts), self.config.batch_size
+        """Deterministic in (seed, step): a fresh shuffle of all prompts each epoch over them,
+        each prompt repeated --rollouts-per-prompt times (next to each other)."""
+        group = self.config.rollouts_per_prompt
+        n, size = len(self.prompts), self.config.batch_size // group
         out = []
         for i in range(step * size, (step + 1) * size):
             order = list(range(n))
             random.Random(self.config.seed * 7919 + i // n).shuffle(order)
-            out.append(self.prompts[order[i % n]])
+            out += [self.prompts[order[i % n]]] * group
         return out
+
+    def rollout_comparisons(self, rollouts: Rollouts, gold: Sequence[float]) -> list[Comparison]:
+        """Every (better, worse) pair of distinct replies among one prompt's rollouts, ranked by
+        the gold verifier: the refresh comparisons of --rm-refresh-source rollouts."""
+        groups: dict[str, tuple[Prompt, list[str], list[float]]] = {}
+        for prompt, ids, g in zip(rollouts.prompts, rollouts.response_ids, gold, strict=True):
+            text = self.tokenizer.decode(ids, skip_special_tokens=True)
+            _, texts, golds = groups.setdefault(prompt.id, (prompt, [], []))
+            texts.append(text)
+            golds.append(g)
+        return [c for p, texts, golds in groups.values() for c in comparisons(p.messages, texts, golds)]
 
     def refresh_reward_model(self, step: int) -> dict[str, float]:
         """The outer loop (training/rm_refresh.py): --rm-refresh-k samples of the current policy
         for --rm-refresh-prompts training prompts (HF generate on the training module), judged
-        by the gold verifier, every (correct, wrong) pair added, the reward model fine-tuned."""
+        by the gold verifier, every (correct, wrong) pair added, the reward model fine-tuned.
+        With --rm-refresh-source rollouts the comparisons are those of the rollouts since the
+        last refresh (`step` judged them), and nothing is sampled here."""
         from training.ppo_math import cut_at_stop
 
         config, refresher = self.config, self.refresher
         assert refresher is not None
+        if config.rm_refresh_source == "rollouts":  # judged as they were rolled out
+            new, refresher.pending = refresher.pending, []
+            return self._refreshed(refresher.refresh(self.scorer.function("rm").loaded(), new))
         rng = random.Random(config.seed * 104_729 + step)
         prompts = rng.sample(self.prompts, min(config.rm_refresh_prompts, len(self.prompts)))
         k = config.rm_refresh_k
@@ -300,7 +325,10 @@ class PPOTrainer:
             new += comparisons(p.messages, texts[i * k : (i + 1) * k], gold[i * k : (i + 1) * k])
         metrics = refresher.refresh(self.scorer.function("rm").loaded(), new)
         metrics["rm_refresh/gold_mean"] = sum(gold) / len(gold)
-        if config.normalize_scores:  # the scale moved: fix gain and bias again on the next batch
+        return self._refreshed(metrics)
+
+    def _refreshed(self, metrics: dict[str, float]) -> dict[str, float]:
+        if self.config.normalize_scores:  # the scale moved: fix gain and bias again on the next batch
             self.state.score_bias = self.state.score_gain = None
         self.last_refresh = metrics
         return metrics

@@ -9,6 +9,7 @@ from training.train_config import TrainConfig
 
 REWARDS = ("gold", "rm")
 BACKENDS = ("auto", "vllm", "hf")
+REFRESH_SOURCES = ("samples", "rollouts")
 
 
 @dataclass(kw_only=True)
@@ -54,13 +55,46 @@ class PPOConfig(TrainConfig):
     rm_refresh_learning_rate: float = field(
         default=1e-5, metadata={"help": "Learning rate of the reward model's fine-tuning (full weights)."}
     )
+    rm_refresh_source: str = field(
+        default="samples",
+        metadata={
+            "help": "Where a refresh's comparisons come from: 'samples' (--rm-refresh-k fresh samples of "
+            "--rm-refresh-prompts prompts, drawn at the refresh) or 'rollouts' (PPO's own rollouts since the "
+            "last refresh, grouped by --rollouts-per-prompt >= 2: no extra sampling)."
+        },
+    )
+    rm_refresh_replay: str | None = field(
+        default=None,
+        metadata={
+            "help": "Preference file the reward model was trained on (conversational pairs): its pairs "
+            "join the pool every refresh mini-batch draws from, so a refresh adds to what the model "
+            "knew instead of replacing it."
+        },
+    )
+    rm_refresh_new_share: float = field(
+        default=0.0,
+        metadata={
+            "help": "Share of each refresh mini-batch drawn from the comparisons new at this refresh "
+            "(the rest from everything gathered and replayed); 0 = draw from the whole pool alike."
+        },
+    )
+    rollouts_per_prompt: int = field(
+        default=1,
+        metadata={
+            "help": "Rollouts sampled per prompt in an iteration (--batch-size / this many distinct "
+            "prompts); >= 2 makes every iteration's rollouts comparable within a prompt."
+        },
+    )
     rollout_backend: str = field(
         default="auto",
         metadata={
             "help": "'vllm' (LoRA only), 'hf' (transformers generate), 'auto' (vllm: LoRA on GPU; else hf)."
         },
     )
-    batch_size: int = field(default=32, metadata={"help": "Prompts (one rollout each) per PPO iteration."})
+    batch_size: int = field(
+        default=32,
+        metadata={"help": "Rollouts per PPO iteration (distinct prompts x --rollouts-per-prompt)."},
+    )
     mini_batch_size: int = field(
         default=8,
         metadata={"help": "Rollouts per optimizer step; --gradient-accumulation-steps splits it further."},
@@ -137,6 +171,19 @@ class PPOConfig(TrainConfig):
                 raise ConfigError(f"rm_refresh_k={self.rm_refresh_k!r}: a pair needs 2 samples of a prompt")
             if not self.rm_refresh_learning_rate > 0:
                 raise ConfigError(f"rm_refresh_learning_rate={self.rm_refresh_learning_rate!r}: must be > 0")
+            if self.rm_refresh_source not in REFRESH_SOURCES:
+                raise ConfigError(
+                    f"rm_refresh_source={self.rm_refresh_source!r}: use one of {REFRESH_SOURCES}"
+                )
+            if self.rm_refresh_source == "rollouts" and self.rollouts_per_prompt < 2:
+                raise ConfigError(
+                    "rm_refresh_source='rollouts' needs rollouts_per_prompt >= 2: a pair needs two "
+                    "rollouts of one prompt"
+                )
+            if not 0.0 <= self.rm_refresh_new_share <= 1.0:
+                raise ConfigError(f"rm_refresh_new_share={self.rm_refresh_new_share!r}: must be in [0, 1]")
+        elif self.rm_refresh_replay is not None:
+            raise ConfigError("rm_refresh_replay needs --rm-refresh-every (it feeds the refreshes)")
         if self.rollout_backend not in BACKENDS:
             raise ConfigError(f"rollout_backend={self.rollout_backend!r}: use one of {BACKENDS}")
         if self.rollout_backend == "vllm" and self.full:
@@ -156,6 +203,13 @@ class PPOConfig(TrainConfig):
             value = getattr(self, key)
             if not isinstance(value, int) or isinstance(value, bool) or value < 1:
                 raise ConfigError(f"{key}={value!r}: must be an integer >= 1")
+        if not isinstance(self.rollouts_per_prompt, int) or self.rollouts_per_prompt < 1:
+            raise ConfigError(f"rollouts_per_prompt={self.rollouts_per_prompt!r}: must be an integer >= 1")
+        if self.batch_size % self.rollouts_per_prompt:
+            raise ConfigError(
+                f"batch_size={self.batch_size} is not a multiple of "
+                f"rollouts_per_prompt={self.rollouts_per_prompt}"
+            )
         if self.batch_size % self.mini_batch_size:
             raise ConfigError(
                 f"batch_size={self.batch_size} is not a multiple of mini_batch_size={self.mini_batch_size}"

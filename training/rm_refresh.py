@@ -19,6 +19,14 @@ for the human labellers:
    -log sigmoid(r_chosen - r_rejected), as TRL's RewardTrainer) for --rm-refresh-steps
    mini-batches drawn from the whole buffer, and its accuracy on the new comparisons measured
    again.
+
+Two choices keep a refresh from replacing what the reward model knew with the few comparisons
+of one refresh (the failure measured first: 6-17 new pairs, fitted perfectly, forgotten by the
+next refresh): `--rm-refresh-source rollouts` takes the comparisons from PPO's own rollouts
+(with --rollouts-per-prompt G >= 2 every iteration's groups are judged, so a refresh costs no
+sampling and sees every rollout since the last one), and `--rm-refresh-replay FILE` puts the
+pairs the reward model was first trained on into the pool every mini-batch draws from, while
+`--rm-refresh-new-share` of each mini-batch comes from the new comparisons.
 """
 
 from __future__ import annotations
@@ -73,13 +81,40 @@ def bradley_terry_loss(chosen: Any, rejected: Any) -> Any:
 
 class RewardRefresher:
     """The comparison buffer and the fine-tuning of one in-memory reward model
-    (training.reward.RewardModelScorer)."""
+    (training.reward.RewardModelScorer).
 
-    def __init__(self, steps: int, batch_size: int, learning_rate: float, seed: int) -> None:
+    `buffer` holds the on-policy comparisons gathered so far, `pending` those judged since the
+    last refresh (the rollouts source fills it every iteration), `replay` the reward model's
+    original training pairs (never checkpointed: they are re-read from their file)."""
+
+    def __init__(
+        self,
+        steps: int,
+        batch_size: int,
+        learning_rate: float,
+        seed: int,
+        *,
+        new_share: float = 0.0,
+        replay: Sequence[Comparison] = (),
+    ) -> None:
         self.steps, self.batch_size, self.learning_rate = steps, batch_size, learning_rate
-        self.seed = seed
+        self.seed, self.new_share = seed, new_share
+        self.replay = list(replay)
         self.buffer: list[Comparison] = []
+        self.pending: list[Comparison] = []
         self.refreshes = 0
+
+    def batches(self, new: Sequence[Comparison], rng: random.Random) -> list[list[Comparison]]:
+        """--rm-refresh-steps mini-batches: `new_share` of each from the new comparisons, the
+        rest from everything known (buffer and replay), without repeats inside a batch."""
+        pool = self.replay + self.buffer
+        n_new = min(len(new), round(self.batch_size * self.new_share)) if new else 0
+        out = []
+        for _ in range(self.steps):
+            batch = rng.sample(list(new), n_new) if n_new else []
+            rest = min(self.batch_size - n_new, len(pool))
+            out.append(batch + rng.sample(pool, rest))
+        return [b for b in out if b]
 
     def refresh(self, scorer: Any, new: list[Comparison]) -> dict[str, float]:
         """Steps 3-4 of the module docstring; the metrics, under `rm_refresh/`."""
@@ -89,13 +124,13 @@ class RewardRefresher:
         self.buffer.extend(new)
         self.refreshes += 1
         losses: list[float] = []
-        if self.buffer:
-            rng = random.Random(self.seed * 7_919 + self.refreshes)
+        rng = random.Random(self.seed * 7_919 + self.refreshes)
+        batches = self.batches(new, rng)
+        if batches:
             model = scorer.model
             optimizer = torch.optim.AdamW(model.parameters(), lr=self.learning_rate, weight_decay=0.0)
             model.train()
-            for _ in range(self.steps):
-                batch = rng.sample(self.buffer, min(self.batch_size, len(self.buffer)))
+            for batch in batches:
                 chosen = scorer.scores([(p.messages, p.chosen) for p in batch])
                 rejected = scorer.scores([(p.messages, p.rejected) for p in batch])
                 loss = bradley_terry_loss(chosen, rejected)
@@ -108,6 +143,7 @@ class RewardRefresher:
         return {
             "rm_refresh/pairs": float(len(new)),
             "rm_refresh/pairs_total": float(len(self.buffer)),
+            "rm_refresh/replay_pairs": float(len(self.replay)),
             "rm_refresh/accuracy_before": before,
             "rm_refresh/accuracy_after": pairwise_accuracy(scorer, new),
             "rm_refresh/loss": sum(losses) / len(losses) if losses else float("nan"),
@@ -118,13 +154,36 @@ class RewardRefresher:
     def save(self, directory: Path, scorer: Any) -> None:
         scorer.model.save_pretrained(directory, safe_serialization=True)
         scorer.tokenizer.save_pretrained(directory)
-        with (directory / "comparisons.jsonl").open("w") as f:
-            for p in self.buffer:
-                row = {"messages": p.messages, "chosen": p.chosen, "rejected": p.rejected}
-                f.write(json.dumps(row) + "\n")
+        for name, rows in (("comparisons.jsonl", self.buffer), ("pending.jsonl", self.pending)):
+            with (directory / name).open("w") as f:
+                for p in rows:
+                    row = {"messages": p.messages, "chosen": p.chosen, "rejected": p.rejected}
+                    f.write(json.dumps(row) + "\n")
         (directory / "refresh_state.json").write_text(json.dumps({"refreshes": self.refreshes}))
 
     def load(self, directory: Path) -> None:
-        rows = [json.loads(line) for line in (directory / "comparisons.jsonl").read_text().splitlines()]
-        self.buffer = [Comparison(r["messages"], r["chosen"], r["rejected"]) for r in rows]
+        self.buffer = read_comparisons(directory / "comparisons.jsonl")
+        pending = directory / "pending.jsonl"
+        self.pending = read_comparisons(pending) if pending.is_file() else []
         self.refreshes = int(json.loads((directory / "refresh_state.json").read_text())["refreshes"])
+
+
+def read_comparisons(path: Path) -> list[Comparison]:
+    rows = [json.loads(line) for line in path.read_text().splitlines()]
+    return [Comparison(r["messages"], r["chosen"], r["rejected"]) for r in rows]
+
+
+def replay_pairs(path: str | Path) -> list[Comparison]:
+    """A reward model's training pairs (a preference file `bonserve train rm` reads, in the
+    conversational format) as comparisons: prompt messages, chosen and rejected reply texts."""
+    from core.flags import ConfigError
+    from training.data import load_preference_data
+
+    rows, _ = load_preference_data(path)
+    out = []
+    for i, row in enumerate(rows, start=1):
+        prompt, chosen, rejected = row["prompt"], row["chosen"], row["rejected"]
+        if not (isinstance(prompt, list) and isinstance(chosen, list) and isinstance(rejected, list)):
+            raise ConfigError(f"{path}: row {i}: replay pairs must be conversational (message lists)")
+        out.append(Comparison(prompt, chosen[-1]["content"], rejected[-1]["content"]))
+    return out

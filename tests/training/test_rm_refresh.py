@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import json
 import math
+import random
 from pathlib import Path
 
 import pytest
@@ -16,7 +17,13 @@ from core.registry import Registry
 from training import ppo
 from training.ppo_config import PPOConfig
 from training.reward import RewardModelScorer
-from training.rm_refresh import Comparison, RewardRefresher, comparisons, pairwise_accuracy
+from training.rm_refresh import (
+    Comparison,
+    RewardRefresher,
+    comparisons,
+    pairwise_accuracy,
+    replay_pairs,
+)
 
 MESSAGES = [{"role": "user", "content": "Say 7."}]
 
@@ -57,11 +64,62 @@ def test_refresh_teaches_a_real_reward_model_the_gold_ranking(tiny: Registry) ->
     assert not scorer.model.training  # back in eval mode for scoring
 
 
+def test_refresh_batches_mix_new_comparisons_with_the_pool() -> None:
+    """new_share of every mini-batch from this refresh's comparisons, the rest from the buffer
+    and the replayed pairs; no comparison twice in one batch."""
+    replay = [Comparison(MESSAGES, f"r{i}", "x") for i in range(10)]
+    old = [Comparison(MESSAGES, f"o{i}", "x") for i in range(6)]
+    new = [Comparison(MESSAGES, f"n{i}", "x") for i in range(5)]
+    refresher = RewardRefresher(
+        steps=7, batch_size=8, learning_rate=1e-5, seed=3, new_share=0.5, replay=replay
+    )
+    refresher.buffer = list(old)
+    batches = refresher.batches(new, random.Random(0))
+    assert len(batches) == 7
+    for batch in batches:
+        chosen = [c.chosen for c in batch]
+        assert len(batch) == 8 and len(set(map(id, batch))) == 8
+        assert sum(c.startswith("n") for c in chosen) == 4  # drawn from `new` first
+        assert all(c[0] in "ron" for c in chosen)
+    seen = {c.chosen[0] for b in batches for c in b}
+    assert seen == {"r", "o", "n"}  # the replay and the old buffer both feed the batches
+    # new_share 0: the batch comes from the pool alone (here empty of new ones: not yet added)
+    plain = RewardRefresher(steps=2, batch_size=4, learning_rate=1e-5, seed=3)
+    assert plain.batches(new, random.Random(0)) == []  # nothing in the pool, nothing new drawn
+
+
+def test_replay_pairs_reads_a_conversational_preference_file(tmp_path: Path) -> None:
+    path = tmp_path / "pairs.jsonl"
+    row = {
+        "prompt": MESSAGES,
+        "chosen": [{"role": "assistant", "content": "7"}],
+        "rejected": [{"role": "assistant", "content": "8"}],
+    }
+    path.write_text(json.dumps(row) + "\n")
+    assert replay_pairs(path) == [Comparison(MESSAGES, "7", "8")]
+    path.write_text(json.dumps({"prompt": "Say 7.", "chosen": "7", "rejected": "8"}) + "\n")
+    with pytest.raises(ConfigError, match="conversational"):
+        replay_pairs(path)
+
+
 def test_refresh_needs_a_reward_model_and_gold_labels() -> None:
     with pytest.raises(ConfigError, match="needs --reward rm"):
         PPOConfig(name="p", rm_refresh_every=2)
     with pytest.raises(ConfigError, match="rm_refresh_k=1"):
         PPOConfig(name="p", reward="rm", reward_model="r", rm_refresh_every=2, rm_refresh_k=1)
+    refresh = {"name": "p", "reward": "rm", "reward_model": "r", "rm_refresh_every": 2}
+    with pytest.raises(ConfigError, match="rollouts_per_prompt >= 2"):
+        PPOConfig(**refresh, rm_refresh_source="rollouts")
+    with pytest.raises(ConfigError, match="rm_refresh_source='fresh'"):
+        PPOConfig(**refresh, rm_refresh_source="fresh")
+    with pytest.raises(ConfigError, match=r"rm_refresh_new_share=1\.5"):
+        PPOConfig(**refresh, rm_refresh_new_share=1.5)
+    with pytest.raises(ConfigError, match="rm_refresh_replay needs --rm-refresh-every"):
+        PPOConfig(name="p", reward="rm", reward_model="r", rm_refresh_replay="pairs.jsonl")
+    with pytest.raises(ConfigError, match="not a multiple of rollouts_per_prompt=3"):
+        PPOConfig(name="p", batch_size=32, rollouts_per_prompt=3)
+    ok = PPOConfig(**refresh, rm_refresh_source="rollouts", rollouts_per_prompt=4)
+    assert ok.rm_refresh_source == "rollouts"
 
 
 @pytest.mark.slow
@@ -111,3 +169,73 @@ def test_ppo_refreshes_its_reward_model_and_writes_it(tiny: Registry, tmp_path: 
     fresh = RewardModelScorer(rm.path)([(MESSAGES, "7")])[0]
     original = RewardModelScorer(tiny.path_of("tiny-rm"))([(MESSAGES, "7")])[0]
     assert fresh != original
+
+
+@pytest.mark.slow
+@pytest.mark.timeout(300)
+@pytest.mark.usefixtures("one_thread", "digits_task")
+def test_ppo_refreshes_from_its_rollouts_with_replay(tiny: Registry, tmp_path: Path) -> None:
+    """--rm-refresh-source rollouts: iterations of 2 prompts x 4 rollouts; the comparisons of
+    each iteration's groups wait in `pending` and are what the next refresh trains on (no
+    extra sampling); the replayed pairs are counted and kept out of the checkpointed buffer."""
+    replay = tmp_path / "replay.jsonl"
+    rows = [
+        {
+            "prompt": [{"role": "user", "content": f"Say {i}."}],
+            "chosen": [{"role": "assistant", "content": f"{i}{i}"}],
+            "rejected": [{"role": "assistant", "content": "ab"}],
+        }
+        for i in range(5)
+    ]
+    replay.write_text("".join(json.dumps(r) + "\n" for r in rows))
+    config = PPOConfig(
+        name="t-ppo-rollouts",
+        registry=str(tiny.root),
+        output_dir=str(tmp_path / "run"),
+        base="tiny",
+        task="digits",
+        reward="rm",
+        reward_model="tiny-rm",
+        rollout_backend="hf",
+        batch_size=8,
+        rollouts_per_prompt=4,
+        mini_batch_size=8,
+        num_ppo_epochs=1,
+        max_new_tokens=8,
+        max_length=64,
+        save_steps=3,
+        max_steps=3,
+        rm_refresh_every=1,
+        rm_refresh_source="rollouts",
+        rm_refresh_replay=str(replay),
+        rm_refresh_new_share=0.5,
+        rm_refresh_steps=2,
+    )
+    trainer = ppo.PPOTrainer(config, tiny)
+    prompts = trainer.batch_prompts(0)
+    assert len(prompts) == 8 and len({p.id for p in prompts}) == 2
+    assert [p.id for p in prompts[:4]] == [prompts[0].id] * 4  # a group sits together
+    expected: list[int] = []
+    original = trainer.rollout_comparisons
+
+    def counted(rollouts: ppo.Rollouts, gold: list[float]) -> list[Comparison]:
+        found = original(rollouts, gold)
+        by_prompt: dict[str, list[float]] = {}
+        for p, g in zip(rollouts.prompts, gold, strict=True):
+            by_prompt.setdefault(p.id, []).append(g)
+        if any(max(g) > min(g) for g in by_prompt.values()):
+            assert found, "a group with different gold rewards gave no comparison"
+        expected.append(len(found))
+        return found
+
+    trainer.rollout_comparisons = counted  # type: ignore[method-assign]
+    trainer.train()
+    log = [json.loads(line) for line in (tmp_path / "run" / ppo.LOG_FILE).read_text().splitlines()]
+    assert "rm_refresh/pairs" not in log[0]
+    for i in (1, 2):  # refresh i trains on iteration i-1's rollouts, judged when rolled out
+        assert log[i]["rm_refresh/pairs"] == expected[i - 1]
+        assert log[i]["rm_refresh/replay_pairs"] == 5
+    assert log[2]["rm_refresh/pairs_total"] == expected[0] + expected[1]
+    saved = tmp_path / "run" / "checkpoint-3" / "reward_model"
+    assert len((saved / "comparisons.jsonl").read_text().splitlines()) == expected[0] + expected[1]
+    assert len((saved / "pending.jsonl").read_text().splitlines()) == expected[2]
