@@ -9,8 +9,10 @@ same held-out arithmetic prompts (training.tasks "arithmetic", split "heldout") 
 full BoN-8, pruned BoN-8 at several schedules in both checkpoint modes ("overlap": decode on
 while the partial answers are scored; "hold": stop at the checkpoint, resume the survivors),
 BoN-16 pruned to about BoN-8's decode budget (half the candidates aborted after 4 tokens:
-16*4 + 8*(L-4) ~ 8L) and to under it (three quarters aborted), and threshold mode (BoN-8
-that stops once a finished candidate reaches the median chosen reward of the full BoN-8 row).
+16*4 + 8*(L-4) ~ 8L) and to under it (three quarters aborted), "margin" rows (at the
+checkpoint, abort the running candidates whose partial reward is below the best finished
+one's: `bon_prune_margin`), and threshold mode (BoN-8 that stops once a finished candidate
+reaches the median chosen reward of the full BoN-8 row).
 `--rows` picks a subset (full-8 always runs: the ratios and the threshold come from it).
 Every request uses the same seed per prompt, so rows differ only by what they prune. Columns:
 gold quality (task.reward of the returned answer) with its 95% interval, decoded tokens per
@@ -48,6 +50,12 @@ def _prune(best_of: int, at: list[int], fraction: float, mode: str) -> dict[str,
     return {"best_of": best_of, "bon_prune_at": at, "bon_prune_fraction": fraction, "bon_prune_mode": mode}
 
 
+def _margin(best_of: int, at: list[int], margin: float, mode: str, fraction: float = 0.0) -> dict[str, Any]:
+    """Pruning against the finished candidates: at the checkpoint, abort the running ones whose
+    partial reward is more than `margin` below the best finished one (and `fraction` of them)."""
+    return {**_prune(best_of, at, fraction, mode), "bon_prune_margin": margin}
+
+
 ROWS: dict[str, dict[str, Any]] = {
     "full-8": {"best_of": 8},
     "overlap-8 @4 x0.5": _prune(8, [4], 0.5, "overlap"),
@@ -62,6 +70,11 @@ ROWS: dict[str, dict[str, Any]] = {
     "hold-8 @4+12 x0.5": _prune(8, [4, 12], 0.5, "hold"),
     "hold-16 @4 x0.75 (under BoN-8 budget)": _prune(16, [4], 0.75, "hold"),
     "hold-16 @8 x0.75 (under BoN-8 budget)": _prune(16, [8], 0.75, "hold"),
+    "hold-8 @12 margin 0": _margin(8, [12], 0.0, "hold"),
+    "hold-8 @16 margin 0": _margin(8, [16], 0.0, "hold"),
+    "hold-8 @12 x0.5 margin 0": _margin(8, [12], 0.0, "hold", fraction=0.5),
+    "overlap-8 @12 margin 0": _margin(8, [12], 0.0, "overlap"),
+    "hold-16 @12 x0.5 margin 0": _margin(16, [12], 0.0, "hold", fraction=0.5),
     "threshold-8": {"best_of": 8},
 }
 

@@ -13,7 +13,8 @@ BONSERVE=${BONSERVE:-.venv/bin/bonserve}
 BASE=${BASE:-smollm2-135m-instruct}
 RM=${RM:-rm-base-lora}              # trained on the base's own samples (T=0.8), bon_pays.md
 BUDGET=${BUDGET:-1600}
-RUNS_WANTED=${RUNS_WANTED:-refresh frozen}
+RUNS_WANTED=${RUNS_WANTED:-refresh frozen}   # also: rollouts, frozen-grouped
+REPLAY=${REPLAY:-docs/benchmarks/bon_pays_t04/prefs-base-train.jsonl}  # what RM was trained on
 mkdir -p "$OUT"
 # shellcheck source=benchmarks/lib.sh
 source "$(dirname "$0")/lib.sh"
@@ -26,6 +27,12 @@ for run in $RUNS_WANTED; do
     refresh) name=ppo-rm-refresh; extra=(--rm-refresh-every 3 --rm-refresh-prompts 32 --rm-refresh-k 4
       --rm-refresh-steps 20 --rm-refresh-batch-size 8 --rm-refresh-learning-rate 1e-5) ;;
     frozen) name=ppo-rm-frozen; extra=() ;;
+    # The refresh redone: comparisons from PPO's own rollouts (8 prompts x 4 a batch), the
+    # reward model's original pairs replayed beside them, half of each refresh batch new.
+    rollouts) name=ppo-rm-rollouts; extra=(--rollouts-per-prompt 4 --rm-refresh-every 2
+      --rm-refresh-source rollouts --rm-refresh-replay "$REPLAY" --rm-refresh-new-share 0.5
+      --rm-refresh-steps 30 --rm-refresh-batch-size 16 --rm-refresh-learning-rate 1e-5) ;;
+    frozen-grouped) name=ppo-rm-frozen-grouped; extra=(--rollouts-per-prompt 4) ;;
     *) echo "unknown run $run" >&2; exit 2 ;;
   esac
   train ppo "$name" "${recipe[@]}" "${extra[@]}"

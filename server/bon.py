@@ -41,7 +41,11 @@ stream waits for every child). Once every running candidate has decoded a checkp
 count, their partial answers are scored through the same template as a finished one, in one
 reward-model call, and the lowest `fraction` of those still running are aborted by cancelling
 their streams (vLLM aborts a request whose generator closes), never leaving fewer than `n`
-survivors (PRUNED); a candidate that has finished is never pruned. With a threshold, once `n`
+survivors (PRUNED); a candidate that has finished is never pruned. With a margin
+(`bon_prune_margin`), a checkpoint also aborts every running candidate whose partial reward is
+more than the margin below the `n`-th best reward of the candidates already finished (as
+ranked): once `n` answers are in hand, a continuation that already scores below them is not
+worth decoding to its end. With a threshold, once `n`
 finished candidates' rewards (the ranking value: length penalty applied) reach it the rest are
 aborted (STOPPED). Only finished survivors are ranked; usage still bills every decoded token
 and every token the reward model read. Before an abort the aborted candidates' streams get one
@@ -297,6 +301,7 @@ class Pruning:
     fraction: float = 0.5  # share of the still-running candidates aborted at each checkpoint
     reward_threshold: float | None = None  # stop once n finished candidates reach it
     mode: str = "hold"  # PRUNE_MODES: pause at each checkpoint while scoring, or decode on
+    margin: float | None = None  # also abort partials this far below the n-th finished reward
 
     @property
     def active(self) -> bool:
@@ -333,6 +338,24 @@ def to_prune(
     k = max(0, min(k, len(running), finished + len(running) - n))
     order = sorted(running, key=lambda c: (c.partial_reward or 0.0, -c.index))
     return order[:k]
+
+
+def below_finished(
+    running: Sequence[Candidate],
+    candidates: Sequence[Candidate],
+    n: int,
+    margin: float,
+    length_penalty: float = 0.0,
+) -> list[Candidate]:
+    """The running candidates whose partial reward is more than `margin` below the `n`-th best
+    reward among the finished, scored candidates (the value that ranks them: length penalty
+    applied); none while fewer than `n` have finished, so `n` survivors always remain."""
+    scored = [c for c in candidates if c.outcome == FINISHED and c.reward is not None]
+    if len(scored) < n:
+        return []
+    values = penalised([c.reward or 0.0 for c in scored], [c.finish_reason for c in scored], length_penalty)
+    bar = sorted(values, reverse=True)[n - 1] - margin
+    return [c for c in running if c.partial_reward is not None and c.partial_reward < bar]
 
 
 def threshold_met(
@@ -438,7 +461,7 @@ async def sample_pruned(
             unfinished = [c for c in running if not c.finished]  # a finished one is never pruned
             if checkpoints and unfinished and all(len(c.token_ids) >= checkpoints[0] for c in unfinished):
                 checkpoints.pop(0)
-                await _checkpoint(bon, prep, unfinished, candidates, pruning.fraction, abort)
+                await _checkpoint(bon, prep, unfinished, candidates, pruning, abort, scoring)
                 if hold:  # the survivors were paused: resume them to the next checkpoint
                     upto = pause_at()
                     for c in unfinished:
@@ -461,11 +484,14 @@ async def _checkpoint(
     prep: PreparedRequest,
     running: list[Candidate],
     candidates: list[Candidate],
-    fraction: float,
+    pruning: Pruning,
     abort: Callable[[Sequence[Candidate], str], Awaitable[None]],
+    scoring: dict[int, asyncio.Task[None]],
 ) -> None:
     """Score the running candidates' partial answers (one reward-model call), then abort the
-    lowest `fraction` of those still unfinished (a finished one is never pruned)."""
+    lowest `fraction` of those still unfinished (a finished one is never pruned) and, with a
+    margin, those below the finished candidates (`below_finished`, once their own scoring is
+    done)."""
     messages = prep.messages or [{"role": "user", "content": prep.prompt_text}]
     for c in running:
         c.partial_text, c.partial_tokens = c.text, len(c.token_ids)
@@ -474,8 +500,15 @@ async def _checkpoint(
     for c, r, seq in zip(running, rewards, ids, strict=True):
         c.partial_reward = r
         c.reward_tokens += len(seq)
+    if pruning.margin is not None:  # the finished candidates' rewards are the bar
+        await asyncio.gather(*scoring.values())
+
     # some finish while the scoring runs: they count as finished, whether or not their stream
     # has ended yet, and are never pruned
     still = [c for c in running if c.outcome is None and not c.finished]
     finished = sum(1 for c in candidates if c.outcome == FINISHED or (c.outcome is None and c.finished))
-    await abort(to_prune(still, finished, prep.n, fraction, at_checkpoint=len(running)), PRUNED)
+    chosen = to_prune(still, finished, prep.n, pruning.fraction, at_checkpoint=len(running))
+    if pruning.margin is not None:
+        low = below_finished(still, candidates, prep.n, pruning.margin, bon.length_penalty)
+        chosen += [c for c in low if c not in chosen]
+    await abort(chosen, PRUNED)

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import math
 from dataclasses import replace
 from pathlib import Path
 from typing import Literal
@@ -108,6 +109,15 @@ class Settings(BaseSettings):
             "bon_prune_mode: 'hold' (the candidates stop at the checkpoint while their partial "
             "answers are scored, the survivors resume from there) or 'overlap' (they decode on "
             "meanwhile). docs/benchmarks/bon_pruning_hold.md measures the two."
+        ),
+    )
+    default_bon_prune_margin: str = Field(
+        "",
+        description=(
+            "With a pruning schedule, when a request sets no bon_prune_margin: at each "
+            "checkpoint also abort the running candidates whose partial reward is more than "
+            "this margin below the n-th best finished candidate's. 'M' for every model, "
+            "'NAME=M,...' per served model, or both. Off ('') by default."
         ),
     )
     default_bon_reward_threshold: str = Field(
@@ -331,6 +341,11 @@ class Settings(BaseSettings):
         spec = _per_model(self.default_bon_prune, served_name)
         return None if spec is None else parse_prune(spec)
 
+    def bon_prune_margin_for(self, served_name: str) -> float | None:
+        """The default pruning margin of one served model (see `default_bon_prune_margin`)."""
+        spec = _per_model(self.default_bon_prune_margin, served_name)
+        return None if spec is None else float(spec)
+
     def bon_reward_threshold_for(self, served_name: str) -> float | None:
         """The default early-stop reward of one served model (see `default_bon_reward_threshold`)."""
         spec = _per_model(self.default_bon_reward_threshold, served_name)
@@ -339,15 +354,21 @@ class Settings(BaseSettings):
     @model_validator(mode="after")
     def _check_bon_defaults(self) -> Settings:
         for part in filter(None, (p.strip() for p in self.default_bon_prune.split(","))):
-            parse_prune(part.rpartition("=")[2])
-        for part in filter(None, (p.strip() for p in self.default_bon_reward_threshold.split(","))):
-            try:
-                float(part.rpartition("=")[2])
-            except ValueError:
+            name, _, spec = part.rpartition("=")
+            if parse_prune(spec)[1] == 0 and _per_model(self.default_bon_prune_margin, name) is None:
                 raise ValueError(
-                    f"default_bon_reward_threshold={self.default_bon_reward_threshold!r}: "
-                    "expected 'T' or 'NAME=T,...'"
-                ) from None
+                    f"default_bon_prune={self.default_bon_prune!r}: fraction 0 prunes nothing "
+                    f"without a default_bon_prune_margin for {name or 'every model'}"
+                )
+        for key in ("default_bon_reward_threshold", "default_bon_prune_margin"):
+            spec = getattr(self, key)
+            for part in filter(None, (p.strip() for p in spec.split(","))):
+                try:
+                    value = float(part.rpartition("=")[2])
+                except ValueError:
+                    value = math.nan
+                if not math.isfinite(value):
+                    raise ValueError(f"{key}={spec!r}: expected a number 'V' or 'NAME=V,...'")
         return self
 
     @model_validator(mode="after")
@@ -419,7 +440,8 @@ def _per_model(spec: str, served_name: str) -> str | None:
 
 
 def parse_prune(spec: str) -> tuple[tuple[int, ...], float]:
-    """'AT+AT@FRACTION' -> ((AT, AT), FRACTION); checkpoints >= 1 ascending, 0 < FRACTION < 1."""
+    """'AT+AT@FRACTION' -> ((AT, AT), FRACTION); checkpoints >= 1 ascending, 0 <= FRACTION < 1
+    (0: only the margin prunes, `default_bon_prune_margin`)."""
     at, _, fraction = spec.partition("@")
     try:
         checkpoints = tuple(int(a) for a in at.split("+"))
@@ -428,6 +450,6 @@ def parse_prune(spec: str) -> tuple[tuple[int, ...], float]:
         raise ValueError(f"bon prune {spec!r}: expected 'AT+AT@FRACTION', e.g. '4+8@0.5'") from None
     if any(a < 1 for a in checkpoints) or list(checkpoints) != sorted(set(checkpoints)):
         raise ValueError(f"bon prune {spec!r}: checkpoints must be ascending token counts >= 1")
-    if not 0 < share < 1:
-        raise ValueError(f"bon prune {spec!r}: the fraction must lie strictly between 0 and 1")
+    if not 0 <= share < 1:
+        raise ValueError(f"bon prune {spec!r}: the fraction must lie in [0, 1)")
     return checkpoints, share

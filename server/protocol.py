@@ -161,11 +161,22 @@ class SamplingFields(_Strict):
     )
     bon_prune_fraction: float | None = Field(
         None,
-        gt=0,
+        ge=0,
         lt=1,
         description="Share of the unfinished candidates each checkpoint aborts (default: the "
-        "server's --default-bon-prune fraction, else 0.5). Same condition as bon_prune_at, and "
-        "a checkpoint to prune at: bon_prune_at or the server's schedule (400 otherwise).",
+        "server's --default-bon-prune fraction, else 0.5; 0 leaves the pruning to "
+        "bon_prune_margin, which it then needs). Same condition as bon_prune_at, and a "
+        "checkpoint to prune at: bon_prune_at or the server's schedule (400 otherwise).",
+    )
+    bon_prune_margin: float | None = Field(
+        None,
+        allow_inf_nan=False,
+        description="At each checkpoint, also abort every unfinished candidate whose partial "
+        "reward is more than this margin below the n-th best reward of the candidates already "
+        "finished (as ranked, length_penalty applied): once n answers are in hand, a "
+        "continuation that already scores below them stops decoding. Same condition as "
+        "bon_prune_fraction. Absent: the server's --default-bon-prune-margin for the model (off "
+        "unless set); null turns it off for this request.",
     )
     bon_reward_threshold: float | None = Field(
         None,

@@ -203,7 +203,26 @@ class BaseServing:
                 f"server default schedule for '{model.name}' (--default-bon-prune)",
                 "bon_prune_fraction",
             )
-        fraction = req.bon_prune_fraction or (default[1] if default else 0.5)
+        if req.bon_prune_margin is not None and not at:
+            raise bad_request(
+                "bon_prune_margin needs bon_prune_at (the token counts at which to prune), or a "
+                f"server default schedule for '{model.name}' (--default-bon-prune)",
+                "bon_prune_margin",
+            )
+        if req.bon_prune_fraction is not None:
+            fraction = req.bon_prune_fraction
+        else:
+            fraction = default[1] if default else 0.5
+        if "bon_prune_margin" in sent:
+            margin = req.bon_prune_margin
+        else:
+            margin = self.settings.bon_prune_margin_for(model.name)
+        if at and fraction == 0 and margin is None:
+            raise bad_request(
+                "bon_prune_fraction 0 prunes nothing by itself: send a bon_prune_margin with it, "
+                "or a fraction above 0",
+                "bon_prune_fraction",
+            )
         if "bon_reward_threshold" in sent:
             threshold = req.bon_reward_threshold
         else:
@@ -211,7 +230,7 @@ class BaseServing:
         mode = req.bon_prune_mode or self.settings.bon_prune_mode
         if at and mode == "hold":
             _refuse_hold(req)
-        return Pruning(at, fraction, threshold, mode)
+        return Pruning(at, fraction, threshold, mode, margin)
 
     def _candidates(self, req: SamplingFields, model: ServedModel, pairing: Pairing, selector: str) -> int:
         """How many candidates to sample: the request's best_of, else the model's default
@@ -489,7 +508,7 @@ def _cannot_rank(name: str, pairing: Pairing, selector: str) -> APIError:
     )
 
 
-_PRUNING_FIELDS = ("bon_prune_at", "bon_prune_fraction", "bon_reward_threshold")
+_PRUNING_FIELDS = ("bon_prune_at", "bon_prune_fraction", "bon_prune_margin", "bon_reward_threshold")
 
 
 def _refuse_pruning(req: SamplingFields, best_of: int, selector: str) -> None:

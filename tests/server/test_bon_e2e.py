@@ -257,6 +257,43 @@ def test_pruned_best_of_on_the_real_engine(
         assert pruned["usage"]["bonserve"]["resumed_prompt_tokens"] > 0
 
 
+def test_margin_prunes_against_the_finished_candidates_on_the_real_engine(bon_server: ServerProcess) -> None:
+    """bon_prune_margin on the real engine, fraction 0: at the checkpoint every running
+    candidate whose partial reward is below the best finished candidate's reward is aborted and
+    the others decode on. The checkpoint is placed just after the shortest candidate of a full
+    Best-of-N on the same seed ends (the pruned request samples the same candidates up to it),
+    so one has finished there and at least one is still running."""
+    url = bon_server.v1 + "/chat/completions"
+    body = {"model": bon_server.model, "messages": MESSAGES, "best_of": 4, "max_tokens": 24}
+    body |= {"temperature": 1.0, "return_candidates": True}
+    for seed in range(7, 17):
+        full = httpx.post(url, json={**body, "seed": seed}, timeout=120).json()
+        lengths = sorted(c["completion_tokens"] for c in full["candidates"] if c["finish_reason"] == "stop")
+        longest = max(c["completion_tokens"] for c in full["candidates"])
+        if lengths and longest >= lengths[0] + 3:
+            break
+    else:
+        pytest.fail("no seed gave a candidate that ends 3 tokens before another")
+    at = lengths[0] + 1
+    prune = {"seed": seed, "bon_prune_at": [at], "bon_prune_fraction": 0.0, "bon_prune_mode": "hold"}
+    r = httpx.post(url, json={**body, **prune, "bon_prune_margin": 0.0}, timeout=120).json()
+    cands = r["candidates"]
+    best_done = max(c["reward"] for c in cands if c["outcome"] == "finished" and c["completion_tokens"] <= at)
+    for c in cands:
+        if c["outcome"] == "pruned":
+            assert c["partial_reward"] < best_done, c
+        elif c["partial_reward"] is not None:  # running at the checkpoint and kept
+            assert c["partial_reward"] >= best_done, c
+    # a margin so far below that every running candidate is under the bar: all are aborted
+    r = httpx.post(url, json={**body, **prune, "bon_prune_margin": -1e9}, timeout=120).json()
+    outcomes = {c["index"]: c["outcome"] for c in r["candidates"]}
+    assert all(outcomes[c["index"]] == "finished" for c in full["candidates"] if c["completion_tokens"] < at)
+    kept_long = [c for c in r["candidates"] if c["outcome"] == "finished" and c["completion_tokens"] > at]
+    assert not kept_long, r["candidates"]
+    assert r["usage"]["bonserve"]["candidates_pruned"] >= 1
+    assert r["usage"]["completion_tokens"] < full["usage"]["completion_tokens"]
+
+
 def test_hold_resumes_where_the_candidate_paused(
     bon_server: ServerProcess, default_model: Path, reward_registry: Registry
 ) -> None:

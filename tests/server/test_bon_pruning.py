@@ -19,6 +19,7 @@ from server.bon import (
     BestOfN,
     Candidate,
     Pruning,
+    below_finished,
     candidate_seed,
     prune_count,
     sample_pruned,
@@ -165,6 +166,21 @@ def test_threshold_compares_the_penalised_reward_that_ranks() -> None:
     assert threshold_met([done(1, 11.0)], 1, 5.0, length_penalty=10.0)  # not cut: no penalty
 
 
+def test_below_finished_uses_the_nth_best_finished_reward_as_the_bar() -> None:
+    running = [Candidate(i, partial_reward=r) for i, r in ((2, 1.0), (3, 4.0), (4, 6.0))]
+    finished = [done(0, 5.0), done(1, 3.0)]
+    cands = [*finished, *running]
+    assert [c.index for c in below_finished(running, cands, 1, 0.0)] == [2, 3]  # below 5
+    assert [c.index for c in below_finished(running, cands, 2, 0.0)] == [2]  # below 3
+    assert [c.index for c in below_finished(running, cands, 1, 2.0)] == [2]  # below 5 - 2
+    assert below_finished(running, cands, 3, 0.0) == []  # fewer than n finished: no bar
+    unscored = [Candidate(5, finish_reason="stop", outcome=FINISHED), *running]  # scoring in flight
+    assert below_finished(running, unscored, 1, 0.0) == []
+    cut = Candidate(0, finish_reason="length", reward=5.0, outcome=FINISHED)
+    # ranked as 5 - 3 = 2: only the partial at 1.0 is below it
+    assert [c.index for c in below_finished(running, [cut, *running], 1, 0.0, length_penalty=3.0)] == [2]
+
+
 def test_candidate_seed_matches_vllm_children() -> None:
     assert candidate_seed(7, 3) == 10
     assert candidate_seed(None, 3) is None
@@ -198,6 +214,52 @@ async def test_checkpoint_aborts_the_worst_half_and_keeps_partial_rewards() -> N
     assert sum(c.reward_tokens for c in cands) == partial + (1 + 30) + (1 + 40)
     ranked = BestOfN(scorer).rank(survivors(cands))
     assert [survivors(cands)[i].index for i in ranked.order] == [3, 2]
+
+
+@pytest.mark.timeout(10)
+@pytest.mark.parametrize("mode", ["overlap", "hold"])
+async def test_margin_aborts_partials_below_the_finished_and_keeps_the_rest(mode: str) -> None:
+    """Fraction 0, margin 0: at the checkpoint candidates 0 and 1 have finished (reward
+    1 + 10 = 11 each); running candidate 2's partial scores 1 + 4 = 5 < 11 and is aborted,
+    candidate 3's 1 + 16 = 17 is not and decodes to its end."""
+    streams = FakeCandidateStreams(lengths=[2, 2, 20, 20], widths=[5, 5, 1, 4])
+    prep = prepared(best_of=4, messages=MESSAGES)
+    pruning = Pruning(prune_at=(4,), fraction=0.0, mode=mode, margin=0.0)
+    cands = await sample_pruned(BestOfN(FakeRewardScorer()), prep, resumable(streams, mode), pruning)
+    assert [c.outcome for c in cands] == [FINISHED, FINISHED, PRUNED, FINISHED]
+    assert [c.reward for c in (cands[0], cands[1], cands[3])] == [11.0, 11.0, 81.0]
+    assert cands[2].partial_reward == 5.0 and cands[2].reward is None
+    assert streams.decoded[2] < 20 and streams.decoded[3] == 20
+    # a margin wider than the gap prunes nothing; fraction 0 then leaves every candidate
+    streams = FakeCandidateStreams(lengths=[2, 2, 20, 20], widths=[5, 5, 1, 4])
+    wide = Pruning(prune_at=(4,), fraction=0.0, mode=mode, margin=7.0)
+    cands = await sample_pruned(BestOfN(FakeRewardScorer()), prep, resumable(streams, mode), wide)
+    assert [c.outcome for c in cands] == [FINISHED] * 4 and streams.decoded == [2, 2, 20, 20]
+
+
+def resumable(
+    streams: FakeCandidateStreams, mode: str
+) -> Callable[[Candidate, int | None], AsyncIterator[Any]]:
+    """`streams.start`, and in "hold" mode a segment that ends at `upto` tokens (as the engine
+    ends a request at its max_tokens, finish "length") and resumes from the candidate's tokens."""
+    if mode == "overlap":
+        return streams.start
+
+    async def start(c: Candidate, upto: int | None) -> AsyncIterator[Any]:
+        index, have = c.index, len(c.token_ids)
+        end = streams.lengths[index] if upto is None else min(upto, streams.lengths[index])
+        try:
+            for step in range(have, end):
+                await asyncio.sleep(0)
+                streams.decoded[index] += 1
+                last = step == end - 1
+                reason = ("stop" if end == streams.lengths[index] else "length") if last else None
+                yield SimpleNamespace(outputs=[FakeCompletion(0, "a" * streams.widths[index], [7], reason)])
+        except (asyncio.CancelledError, GeneratorExit):
+            streams.aborted.add(index)
+            raise
+
+    return start
 
 
 @pytest.mark.timeout(10)
@@ -468,6 +530,8 @@ async def test_threshold_over_http_and_server_defaults(bon_client: Callable[...,
         ({"bon_prune_at": [8, 4]}, "bon_prune_at"),
         ({"bon_prune_at": [0]}, "bon_prune_at"),
         ({"bon_prune_fraction": 1.0}, "bon_prune_fraction"),
+        ({"bon_prune_fraction": -0.1}, "bon_prune_fraction"),
+        ({"bon_prune_at": [4], "bon_prune_margin": "x"}, "bon_prune_margin"),
         ({"bon_prune_at": "4"}, "bon_prune_at"),
     ],
 )
@@ -487,6 +551,9 @@ def test_invalid_server_defaults_are_refused() -> None:
         {"default_bon_prune": "8+4"},
         {"default_bon_prune": "4@1.5"},
         {"default_bon_reward_threshold": "x"},
+        {"default_bon_prune_margin": "p=nan"},
+        {"default_bon_prune": "4@0"},  # prunes nothing without a margin
+        {"default_bon_prune": "policy=4@0", "default_bon_prune_margin": "other=0.5"},
     ):
         with pytest.raises(ValueError, match=r"default_bon|bon prune"):
             Settings(**bad)
@@ -555,6 +622,27 @@ async def test_a_prune_fraction_without_a_schedule_is_400(bon_client: Callable[.
     assert (
         r.json()["usage"]["bonserve"]["candidates_pruned"] == 2
     )  # the request's fraction, the default's checkpoint
+
+
+@pytest.mark.timeout(30)
+async def test_margin_needs_a_schedule_and_fraction_zero_needs_a_margin(
+    bon_client: Callable[..., Any],  # noqa: F811
+) -> None:
+    engine = FakeSeededStepLLM(steps=10)
+    c = await bon_client(policy=engine)
+    base = {**CHAT, "best_of": 4, "seed": 0}
+    err = assert_envelope(await c.post("/v1/chat/completions", json={**base, "bon_prune_margin": 0.0}), 400)
+    assert err["param"] == "bon_prune_margin" and "needs bon_prune_at" in err["message"]
+    zero = {**base, "bon_prune_at": [4], "bon_prune_fraction": 0.0}
+    err = assert_envelope(await c.post("/v1/chat/completions", json=zero), 400)
+    assert err["param"] == "bon_prune_fraction" and "prunes nothing" in err["message"]
+    assert not engine.requests
+    r = await c.post("/v1/chat/completions", json={**zero, "bon_prune_margin": 1e9})
+    assert r.status_code == 200, r.text  # a margin no partial can fall below: nothing pruned
+    assert r.json()["usage"]["bonserve"]["candidates_pruned"] == 0
+    assert (
+        Settings(default_bon_prune="p=4@0", default_bon_prune_margin="0.5").bon_prune_margin_for("p") == 0.5
+    )
 
 
 @pytest.mark.timeout(30)
