@@ -9,6 +9,7 @@ import json
 import math
 import random
 from pathlib import Path
+from typing import Any
 
 import pytest
 
@@ -122,12 +123,9 @@ def test_refresh_needs_a_reward_model_and_gold_labels() -> None:
     assert ok.rm_refresh_source == "rollouts"
 
 
-@pytest.mark.slow
-@pytest.mark.timeout(300)
-@pytest.mark.usefixtures("one_thread", "digits_task")
-def test_ppo_refreshes_its_reward_model_and_writes_it(tiny: Registry, tmp_path: Path) -> None:
-    common = {
-        "name": "t-ppo-refresh",
+def tiny_refresh_run(tiny: Registry, tmp_path: Path, **options: Any) -> dict[str, Any]:
+    """PPOConfig options of a short refreshed run on the tiny model (`options` override)."""
+    return {
         "registry": str(tiny.root),
         "output_dir": str(tmp_path / "run"),
         "base": "tiny",
@@ -140,12 +138,19 @@ def test_ppo_refreshes_its_reward_model_and_writes_it(tiny: Registry, tmp_path: 
         "num_ppo_epochs": 1,
         "max_new_tokens": 8,
         "max_length": 64,
-        "save_steps": 2,
         "rm_refresh_every": 1,
-        "rm_refresh_prompts": 4,
-        "rm_refresh_k": 3,
         "rm_refresh_steps": 2,
+        **options,
     }
+
+
+@pytest.mark.slow
+@pytest.mark.timeout(300)
+@pytest.mark.usefixtures("one_thread", "digits_task")
+def test_ppo_refreshes_its_reward_model_and_writes_it(tiny: Registry, tmp_path: Path) -> None:
+    common = tiny_refresh_run(
+        tiny, tmp_path, name="t-ppo-refresh", save_steps=2, rm_refresh_prompts=4, rm_refresh_k=3
+    )
     trainer = ppo.PPOTrainer(PPOConfig(max_steps=2, **common), tiny)
     trainer.train()
     log = [json.loads(line) for line in (tmp_path / "run" / ppo.LOG_FILE).read_text().splitlines()]
@@ -189,27 +194,17 @@ def test_ppo_refreshes_from_its_rollouts_with_replay(tiny: Registry, tmp_path: P
     ]
     replay.write_text("".join(json.dumps(r) + "\n" for r in rows))
     config = PPOConfig(
-        name="t-ppo-rollouts",
-        registry=str(tiny.root),
-        output_dir=str(tmp_path / "run"),
-        base="tiny",
-        task="digits",
-        reward="rm",
-        reward_model="tiny-rm",
-        rollout_backend="hf",
-        batch_size=8,
-        rollouts_per_prompt=4,
-        mini_batch_size=8,
-        num_ppo_epochs=1,
-        max_new_tokens=8,
-        max_length=64,
-        save_steps=3,
-        max_steps=3,
-        rm_refresh_every=1,
-        rm_refresh_source="rollouts",
-        rm_refresh_replay=str(replay),
-        rm_refresh_new_share=0.5,
-        rm_refresh_steps=2,
+        **tiny_refresh_run(
+            tiny,
+            tmp_path,
+            name="t-ppo-rollouts",
+            rollouts_per_prompt=4,
+            save_steps=3,
+            max_steps=3,
+            rm_refresh_source="rollouts",
+            rm_refresh_replay=str(replay),
+            rm_refresh_new_share=0.5,
+        )
     )
     trainer = ppo.PPOTrainer(config, tiny)
     prompts = trainer.batch_prompts(0)
