@@ -30,6 +30,7 @@ OWNED_ENGINE_ARGS = {
     "max_lora_rank": "--max-lora-rank",
     "max_model_len": "--max-model-len",
     "kv_cache_memory_bytes": "--kv-cache-gib / --reward-kv-cache-gib",
+    "block_size": "--kv-block-size",
     "gpu_memory_utilization": "--gpu-memory-utilization / --reward-gpu-memory-utilization",
     "max_num_seqs": "--max-num-seqs / --reward-max-num-seqs",
     "dtype": "--dtype",
@@ -88,6 +89,26 @@ def resolve_dtype(choice: str, *, cuda: bool | None = None, flags: Set[str] | No
     return "bfloat16" if BF16_CPU_FLAGS & (cpu_flags() if flags is None else flags) else "float32"
 
 
+# KV block size on CPU: vLLM's CPU backend picks 128 tokens, and prefix caching reuses whole
+# blocks only, so a chat prompt shorter than a block (a Best-of-N request's ~45 tokens here) is
+# never reused: every candidate, resumed segment and reward-model scoring prefills it again.
+# 32 is the smallest size the CPU attention kernels are tuned for (vLLM warns below multiples
+# of 32). Measured: docs/benchmarks/kv_block_size.md.
+CPU_BLOCK_SIZE = 32
+
+
+def block_size(choice: int | None, *, cuda: bool | None = None) -> int | None:
+    """`block_size` as given, or by device when None: CPU_BLOCK_SIZE on CPU, vLLM's own choice
+    (None: not passed) on a CUDA GPU."""
+    if choice is not None:
+        return choice
+    if cuda is None:
+        import torch
+
+        cuda = torch.cuda.is_available()
+    return None if cuda else CPU_BLOCK_SIZE
+
+
 def eager(choice: bool | None) -> bool:
     """`enforce_eager` as given, or by device when None: eager unless a CUDA GPU is present."""
     if choice is not None:
@@ -117,6 +138,8 @@ class EngineOptions:
     # Off: on the CPU backend of vLLM 0.32 a seeded request whose prefill is chunked kills
     # the engine core ("CPU Generator does not use offset").
     enable_chunked_prefill: bool = False
+    # None = by device (`block_size`): 32 on CPU, where vLLM's 128 leaves prefix caching idle.
+    kv_block_size: int | None = None
     max_loras: int = 0  # 0 = LoRA off
     max_lora_rank: int = 64
     # None = vLLM's default. On GPU vLLM refuses to start unless free memory is at least this
@@ -140,7 +163,11 @@ class EngineOptions:
 
 def _common(opts: EngineOptions, model_path: Path, name: str | None) -> dict[str, Any]:
     # Passed only when set: vLLM's own defaults otherwise (CPU behaviour unchanged).
-    optional = {"gpu_memory_utilization": opts.gpu_memory_utilization, "max_num_seqs": opts.max_num_seqs}
+    optional = {
+        "gpu_memory_utilization": opts.gpu_memory_utilization,
+        "max_num_seqs": opts.max_num_seqs,
+        "block_size": block_size(opts.kv_block_size),
+    }
     return {
         "model": str(model_path),
         "served_model_name": name,  # the `model_name` label of vLLM's metrics

@@ -155,6 +155,14 @@ class Settings(BaseSettings):
             "derives the fraction from one NUMA node, which co-located engines share."
         ),
     )
+    kv_block_size: int | None = Field(
+        _ENGINE.kv_block_size,
+        ge=1,
+        description="Tokens per KV-cache block in both engines. Unset: by device - 32 on CPU, where "
+        "vLLM's own 128 is longer than a short chat prompt, so prefix caching (whole blocks only) "
+        "never reused the prompt that every Best-of-N candidate and reward-model scoring shares "
+        "(docs/benchmarks/kv_block_size.md); vLLM's default on a GPU.",
+    )
     reward_kv_cache_gib: float | None = Field(
         None,
         gt=0,
@@ -282,6 +290,7 @@ class Settings(BaseSettings):
         return EngineOptions(
             max_model_len=self.max_model_len,
             kv_cache_gib=self.kv_cache_gib,
+            kv_block_size=self.kv_block_size,
             dtype=self.dtype,
             seed=self.engine_seed,
             enforce_eager=self.enforce_eager,

@@ -8,8 +8,10 @@ import pytest
 from pydantic import ValidationError
 
 from core.engine_args import (
+    CPU_BLOCK_SIZE,
     DTYPE_ENV,
     EngineOptions,
+    block_size,
     cpu_flags,
     default_dtype,
     offline,
@@ -38,6 +40,17 @@ def test_reward_kwargs_and_thread_placement() -> None:
     kwargs = reward_engine_kwargs(EngineOptions(enforce_eager=True), Path("/rm"))
     assert kwargs["runner"] == "pooling" and kwargs["enforce_eager"] is True
     assert reward_engine_env(2) == {"VLLM_CPU_OMP_THREADS_BIND": "nobind", "OMP_NUM_THREADS": "2"}
+
+
+def test_kv_block_size_follows_the_device_unless_given() -> None:
+    assert block_size(None, cuda=False) == CPU_BLOCK_SIZE == 32  # prefix caching on short prompts
+    assert block_size(None, cuda=True) is None  # vLLM's own choice on a GPU
+    assert block_size(128, cuda=False) == 128 and block_size(16, cuda=True) == 16
+    assert policy_engine_kwargs(EngineOptions(kv_block_size=64), Path("/m"))["block_size"] == 64
+    assert reward_engine_kwargs(EngineOptions(kv_block_size=64), Path("/rm"))["block_size"] == 64
+    with pytest.raises(ValueError, match="--kv-block-size"):
+        EngineOptions(engine_args={"block_size": 16})
+    assert Settings(kv_block_size=64).engine_options().kv_block_size == 64
 
 
 def test_offline_drops_the_async_only_option() -> None:
