@@ -73,6 +73,7 @@ ROWS: dict[str, dict[str, Any]] = {
     "hold-8 @12 margin 0": _margin(8, [12], 0.0, "hold"),
     "hold-8 @16 margin 0": _margin(8, [16], 0.0, "hold"),
     "hold-8 @12 x0.5 margin 0": _margin(8, [12], 0.0, "hold", fraction=0.5),
+    "hold-8 @8+12 x0.5 margin 0": _margin(8, [8, 12], 0.0, "hold", fraction=0.5),
     "overlap-8 @12 margin 0": _margin(8, [12], 0.0, "overlap"),
     "hold-16 @12 x0.5 margin 0": _margin(16, [12], 0.0, "hold", fraction=0.5),
     "threshold-8": {"best_of": 8},
