@@ -43,7 +43,7 @@ from loadtests.servers import start_bonserve  # noqa: E402
 from training.tasks import get_task  # noqa: E402
 
 
-# name -> request extras; "threshold" gets its value from the full BoN-8 row. "hold" rows stop
+# name -> request extras; "threshold" rows get their value from the full BoN-8 row. "hold" rows stop
 # every candidate at the checkpoint while the reward model scores and resume the survivors;
 # "overlap" rows decode on meanwhile and abort the pruned ones mid-flight.
 def _prune(best_of: int, at: list[int], fraction: float, mode: str) -> dict[str, Any]:
@@ -77,6 +77,7 @@ ROWS: dict[str, dict[str, Any]] = {
     "overlap-8 @12 margin 0": _margin(8, [12], 0.0, "overlap"),
     "hold-16 @12 x0.5 margin 0": _margin(16, [12], 0.0, "hold", fraction=0.5),
     "threshold-8": {"best_of": 8},
+    "hold-8 @12 x0.5 margin 0 + threshold": _margin(8, [12], 0.0, "hold", fraction=0.5),
 }
 
 
@@ -217,7 +218,7 @@ def main() -> int:
         asyncio.run(run_row(server.base_url, args.policy, examples[:2], {"best_of": 2}, args))  # warm-up
         selected = {name: ROWS[name] for name in ROWS if name == "full-8" or name in args.rows}
         for name, extras in selected.items():
-            if name == "threshold-8":
+            if name == "threshold-8" or name.endswith("+ threshold"):
                 chosen = [r["reward"] for r in results["full-8"] if r["reward"] is not None]
                 extras = {**extras, "bon_reward_threshold": statistics.median(chosen)}
             results[name] = asyncio.run(run_row(server.base_url, args.policy, examples, extras, args))
