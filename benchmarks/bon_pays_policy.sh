@@ -4,16 +4,21 @@
 # 1. on-policy reward data: k=8 samples of every train prompt (2000) from POLICY at TEMPERATURE,
 #    every (correct, wrong) pair of distinct replies (`data prefs --pairs all`);
 # 2. the last 300 of those prompts set aside as validation (benchmarks/split_prefs.py);
-# 3. two reward-model recipes, one epoch over the remaining pairs each: LoRA on the bundled
-#    base model (the recipe the base's reward model used) and LoRA on the policy itself (the
-#    InstructGPT choice: the reward model starts from the model whose answers it judges);
-# 4. both compared on the validation prompts' samples (benchmarks/rm_recipes.py): the one with
-#    the larger share of the oracle gap captured (then pairwise accuracy) is kept;
+# 3. three reward-model recipes, one epoch over their pairs each (cut at RM_BUDGET seconds):
+#    LoRA on the bundled base model (the recipe the base's reward model used), LoRA on the
+#    policy itself (the InstructGPT choice: the reward model starts from the model whose
+#    answers it judges), and, with MIX set, LoRA on the base over these pairs plus an earlier
+#    policy's (MIX: its pairs file; prompts must not overlap the validation ones);
+# 4. all compared on the validation prompts' samples (benchmarks/rm_recipes.py), beside the
+#    reward models in COMPARE (e.g. the earlier policy's own): the one with the larger share of
+#    the oracle gap captured (then pairwise accuracy) is kept;
 # 5. `bonserve eval` with BoN-8 at TEMPERATURE on the 300 held-out prompts with that reward
 #    model, every selector, per-prompt outcomes, recorded for the server's pairing gate.
 # Stages whose output exists are skipped, so an interrupted run resumes where it stopped.
 #
-#   POLICY=arith-ppo-merged TEMPERATURE=0.7 TAG=ppo bash benchmarks/bon_pays_policy.sh  # ~1.5 h, 2 cores
+#   POLICY=arith-ppo-merged TEMPERATURE=0.7 TAG=ppo N_PROMPTS=1300 RM_BUDGET=1500 \
+#     MIX=docs/benchmarks/bon_pays_t04/prefs-base-train.jsonl COMPARE=rm-base-t04-epoch \
+#     bash benchmarks/bon_pays_policy.sh                                                  # ~1.5 h, 2 cores
 set -euo pipefail
 POLICY=${POLICY:?set POLICY to the registry entry to rerank}
 TAG=${TAG:?set TAG, the short name of the policy in entry and file names}
@@ -24,6 +29,8 @@ PYTHON=${PYTHON:-.venv/bin/python}
 N_PROMPTS=${N_PROMPTS:-2000}
 VALIDATION=${VALIDATION:-300}
 RM_BUDGET=${RM_BUDGET:-2700}        # seconds per reward model; one epoch usually ends first
+MIX=${MIX:-}                        # an earlier policy's pairs, for the mixed recipe
+COMPARE=${COMPARE:-}                # more reward models to compare (space-separated entries)
 mkdir -p "$OUT"
 # shellcheck source=benchmarks/lib.sh
 source "$(dirname "$0")/lib.sh"
@@ -41,9 +48,19 @@ common=(--data "$OUT/split/train.jsonl" --eval-data "$OUT/split/val.jsonl" --for
   --max-steps "$epoch" --max-time-s "$RM_BUDGET" --learning-rate 2e-4)
 train rm "rm-$TAG-lora" "${common[@]}"
 train rm "rm-$TAG-frompolicy" "${common[@]}" --base "$POLICY"
+candidates=("rm-$TAG-lora" "rm-$TAG-frompolicy")
+if [[ -n $MIX ]]; then
+  cat "$OUT/split/train.jsonl" "$MIX" >"$OUT/split/train-mix.jsonl"
+  mixed=$(wc -l <"$OUT/split/train-mix.jsonl")
+  train rm "rm-$TAG-mix" --data "$OUT/split/train-mix.jsonl" --eval-data "$OUT/split/val.jsonl" \
+    --for-policy "$POLICY" --max-steps $(((mixed + 7) / 8)) --max-time-s "$RM_BUDGET" --learning-rate 2e-4
+  candidates+=("rm-$TAG-mix")
+fi
+# shellcheck disable=SC2206
+candidates+=($COMPARE)
 
 stage recipes "$OUT/rm_recipes/results.json" "$PYTHON" benchmarks/rm_recipes.py \
-  --samples "$OUT/split/val.samples.jsonl" --reward-models "rm-$TAG-lora" "rm-$TAG-frompolicy" \
+  --samples "$OUT/split/val.samples.jsonl" --reward-models "${candidates[@]}" \
   --n 8 --out "$OUT/rm_recipes"
 best=$("$PYTHON" - "$OUT/rm_recipes/results.json" <<'PY'
 import json, sys
