@@ -78,6 +78,8 @@ ROWS: dict[str, dict[str, Any]] = {
     "hold-16 @12 x0.5 margin 0": _margin(16, [12], 0.0, "hold", fraction=0.5),
     "threshold-8": {"best_of": 8},
     "hold-8 @12 x0.5 margin 0 + threshold": _margin(8, [12], 0.0, "hold", fraction=0.5),
+    "hold-8 @12 x0.75 margin 0 + threshold": _margin(8, [12], 0.0, "hold", fraction=0.75),
+    "hold-8 @10 x0.5 margin 0 + threshold": _margin(8, [10], 0.0, "hold", fraction=0.5),
 }
 
 
