@@ -16,7 +16,9 @@ bonserve loadtest compare --models base,dpo --best-of 1,4,8 --out report/   # al
 from __future__ import annotations
 
 import argparse
+import contextlib
 import logging
+import signal
 import sys
 from collections.abc import Sequence
 from pathlib import Path
@@ -269,10 +271,36 @@ def make_parser() -> argparse.ArgumentParser:
     return parser
 
 
+def exit_on_sigterm(signum: int, frame: Any) -> None:
+    """SIGTERM for the batch subcommands: stop our child processes, then exit normally.
+    Python's default SIGTERM ends the interpreter at once, and vLLM's engine-core process,
+    which nothing else stops, outlives it: a killed `eval`, `data prefs` or Job left that
+    process running, orphaned, holding its memory. The children are stopped here rather than
+    by the engine's own shutdown because the signal may arrive while the engine is still
+    being built. `serve` keeps uvicorn's own handling (drain, then exit)."""
+    import psutil
+
+    children = psutil.Process().children(recursive=True)
+    for child in children:
+        with contextlib.suppress(psutil.NoSuchProcess):
+            child.terminate()
+    _, alive = psutil.wait_procs(children, timeout=10)
+    for child in alive:
+        with contextlib.suppress(psutil.NoSuchProcess):
+            child.kill()
+    raise SystemExit(128 + signum)
+
+
 def main(argv: Sequence[str] | None = None) -> int:
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s %(message)s")
     args = make_parser().parse_args(argv)
-    return int(args.func(args) or 0)
+    if args.func is cmd_serve:
+        return int(args.func(args) or 0)
+    previous = signal.signal(signal.SIGTERM, exit_on_sigterm)
+    try:
+        return int(args.func(args) or 0)
+    finally:  # callers that run main() in-process (tests) get their own handling back
+        signal.signal(signal.SIGTERM, previous)
 
 
 if __name__ == "__main__":

@@ -7,6 +7,7 @@ LoRARequest); the reward model is `init_reward_model` (real checkpoint, untraine
 
 from __future__ import annotations
 
+import contextlib
 import json
 import math
 from pathlib import Path
@@ -178,3 +179,43 @@ def test_eval_lora_policy_with_bon_and_reward_model(
     assert recorded["evaluations"]["rm-init"]["lora-policy"]["bon_accuracy"] == pytest.approx(bon)
     kl = result["kl_to_base"]
     assert kl["base"] == DEFAULT_MODEL_NAME and math.isfinite(kl["estimate"]) and kl["estimate"] != 0.0
+
+
+def test_sigterm_stops_eval_with_its_engine_processes(tmp_registry: Registry, tmp_path: Path) -> None:
+    """SIGTERM (what Kubernetes, `timeout` and a job runner send) to `bonserve eval` while its
+    engine runs ends the command with 143 and takes vLLM's engine-core process with it, instead
+    of leaving that process orphaned and holding its memory."""
+    import os
+    import signal
+    import subprocess
+    import sys
+    import time
+
+    import psutil
+
+    out = tmp_path / "eval.json"
+    log = (tmp_path / "eval.log").open("wb")
+    cmd = [sys.executable, "-m", "bonserve", "eval", "--model", DEFAULT_MODEL_NAME, "--task", "arithmetic"]
+    cmd += ["--enforce-eager", "--registry", str(tmp_registry.root), "--out", str(out)]
+    proc = subprocess.Popen(cmd, stdout=log, stderr=subprocess.STDOUT, start_new_session=True)
+    try:
+        parent = psutil.Process(proc.pid)
+        engine: list[psutil.Process] = []
+        deadline = time.monotonic() + 300
+        while not engine and proc.poll() is None and time.monotonic() < deadline:
+            time.sleep(1)
+            with contextlib.suppress(psutil.NoSuchProcess):  # name(): the 15-char comm
+                engine = [c for c in parent.children(recursive=True) if "EngineCor" in c.name()]
+        assert engine, (tmp_path / "eval.log").read_text()[-3000:]
+        time.sleep(5)  # signalled mid-run: the engine is up or still loading, not yet done
+        children = parent.children(recursive=True)
+        proc.send_signal(signal.SIGTERM)
+        assert proc.wait(timeout=90) == 128 + signal.SIGTERM
+        _, alive = psutil.wait_procs(children, timeout=15)
+        assert not alive, [(c.pid, c.name()) for c in alive]
+        assert not out.exists()
+    finally:  # whatever the outcome, nothing of the command's process group outlives the test
+        with contextlib.suppress(ProcessLookupError):
+            os.killpg(proc.pid, signal.SIGKILL)
+        proc.wait()
+        log.close()
