@@ -20,6 +20,7 @@ import contextlib
 import logging
 import signal
 import sys
+import threading
 from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
@@ -294,8 +295,8 @@ def exit_on_sigterm(signum: int, frame: Any) -> None:
 def main(argv: Sequence[str] | None = None) -> int:
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s %(message)s")
     args = make_parser().parse_args(argv)
-    if args.func is cmd_serve:
-        return int(args.func(args) or 0)
+    if args.func is cmd_serve or threading.current_thread() is not threading.main_thread():
+        return int(args.func(args) or 0)  # signal handlers can only be set from the main thread
     previous = signal.signal(signal.SIGTERM, exit_on_sigterm)
     try:
         return int(args.func(args) or 0)
