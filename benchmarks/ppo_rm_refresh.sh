@@ -19,6 +19,10 @@ mkdir -p "$OUT"
 # shellcheck source=benchmarks/lib.sh
 source "$(dirname "$0")/lib.sh"
 
+# The refresh redone: comparisons from PPO's own rollouts (8 prompts x 4 a batch), the reward
+# model's original pairs replayed beside them, half of each refresh batch new.
+from_rollouts=(--rollouts-per-prompt 4 --rm-refresh-source rollouts --rm-refresh-replay "$REPLAY"
+  --rm-refresh-new-share 0.5 --rm-refresh-batch-size 16 --rm-refresh-learning-rate 1e-5)
 recipe=(--base "$BASE" --task arithmetic --reward rm --reward-model "$RM" --normalize-scores
   --batch-size 32 --mini-batch-size 8 --num-ppo-epochs 2 --temperature 0.7 --max-new-tokens 32
   --learning-rate 3e-4 --kl-coef 0.02 --max-steps 40 --save-steps 5 --max-time-s "$BUDGET")
@@ -27,17 +31,11 @@ for run in $RUNS_WANTED; do
     refresh) name=ppo-rm-refresh; extra=(--rm-refresh-every 3 --rm-refresh-prompts 32 --rm-refresh-k 4
       --rm-refresh-steps 20 --rm-refresh-batch-size 8 --rm-refresh-learning-rate 1e-5) ;;
     frozen) name=ppo-rm-frozen; extra=() ;;
-    # The refresh redone: comparisons from PPO's own rollouts (8 prompts x 4 a batch), the
-    # reward model's original pairs replayed beside them, half of each refresh batch new.
-    rollouts) name=ppo-rm-rollouts; extra=(--rollouts-per-prompt 4 --rm-refresh-every 2
-      --rm-refresh-source rollouts --rm-refresh-replay "$REPLAY" --rm-refresh-new-share 0.5
-      --rm-refresh-steps 30 --rm-refresh-batch-size 16 --rm-refresh-learning-rate 1e-5) ;;
+    rollouts) name=ppo-rm-rollouts; extra=("${from_rollouts[@]}" --rm-refresh-every 2 --rm-refresh-steps 30) ;;
     frozen-grouped) name=ppo-rm-frozen-grouped; extra=(--rollouts-per-prompt 4) ;;
     # `rollouts` spent 80% of its budget refreshing: refresh a third as often, for a
     # fifth of its steps, from the comparisons of six iterations.
-    rollouts-lite) name=ppo-rm-rollouts-lite; extra=(--rollouts-per-prompt 4 --rm-refresh-every 6
-      --rm-refresh-source rollouts --rm-refresh-replay "$REPLAY" --rm-refresh-new-share 0.5
-      --rm-refresh-steps 6 --rm-refresh-batch-size 16 --rm-refresh-learning-rate 1e-5) ;;
+    rollouts-lite) name=ppo-rm-rollouts-lite; extra=("${from_rollouts[@]}" --rm-refresh-every 6 --rm-refresh-steps 6) ;;
     *) echo "unknown run $run" >&2; exit 2 ;;
   esac
   train ppo "$name" "${recipe[@]}" "${extra[@]}"

@@ -10,8 +10,14 @@ from __future__ import annotations
 import contextlib
 import json
 import math
+import os
+import signal
+import subprocess
+import sys
+import time
 from pathlib import Path
 
+import psutil
 import pytest
 
 from bonserve.cli import main as bonserve
@@ -185,14 +191,6 @@ def test_sigterm_stops_eval_with_its_engine_processes(tmp_registry: Registry, tm
     """SIGTERM (what Kubernetes, `timeout` and a job runner send) to `bonserve eval` while its
     engine runs ends the command with 143 and takes vLLM's engine-core process with it, instead
     of leaving that process orphaned and holding its memory."""
-    import os
-    import signal
-    import subprocess
-    import sys
-    import time
-
-    import psutil
-
     out = tmp_path / "eval.json"
     log = (tmp_path / "eval.log").open("wb")
     cmd = [sys.executable, "-m", "bonserve", "eval", "--model", DEFAULT_MODEL_NAME, "--task", "arithmetic"]
