@@ -13,7 +13,7 @@ BONSERVE=${BONSERVE:-.venv/bin/bonserve}
 BASE=${BASE:-smollm2-135m-instruct}
 RM=${RM:-rm-base-lora}              # trained on the base's own samples (T=0.8), bon_pays.md
 BUDGET=${BUDGET:-1600}
-RUNS_WANTED=${RUNS_WANTED:-refresh frozen}   # also: rollouts, rollouts-lite, frozen-grouped
+RUNS_WANTED=${RUNS_WANTED:-refresh frozen}   # also: rollouts, rollouts-lite, frozen-grouped, frozen-kl, batch-kl
 REPLAY=${REPLAY:-docs/benchmarks/bon_pays_t04/prefs-base-train.jsonl}  # what RM was trained on
 mkdir -p "$OUT"
 # shellcheck source=benchmarks/lib.sh
@@ -23,6 +23,7 @@ source "$(dirname "$0")/lib.sh"
 # model's original pairs replayed beside them, half of each refresh batch new.
 from_rollouts=(--rollouts-per-prompt 4 --rm-refresh-source rollouts --rm-refresh-replay "$REPLAY"
   --rm-refresh-new-share 0.5 --rm-refresh-batch-size 16 --rm-refresh-learning-rate 1e-5)
+kl_control=(--kl-coef 0.05 --target-kl 4 --kl-horizon 32)
 recipe=(--base "$BASE" --task arithmetic --reward rm --reward-model "$RM" --normalize-scores
   --batch-size 32 --mini-batch-size 8 --num-ppo-epochs 2 --temperature 0.7 --max-new-tokens 32
   --learning-rate 3e-4 --kl-coef 0.02 --max-steps 40 --save-steps 5 --max-time-s "$BUDGET")
@@ -36,6 +37,16 @@ for run in $RUNS_WANTED; do
     # `rollouts` spent 80% of its budget refreshing: refresh a third as often, for a
     # fifth of its steps, from the comparisons of six iterations.
     rollouts-lite) name=ppo-rm-rollouts-lite; extra=("${from_rollouts[@]}" --rm-refresh-every 6 --rm-refresh-steps 6) ;;
+    # A KL control that binds: the coefficient starts at 0.05 and is steered toward 4 nats
+    # (the gold-reward run ended at 4.9) over a horizon of one batch, so it can grow 1.2x
+    # per iteration. Run with RM=rm-ppo-mix, the reward model that ranks on-policy pairs best.
+    frozen-kl) name=ppo-$RM-frozen-kl; extra=("${kl_control[@]}") ;;
+    # Refreshes that see every rollout: pairs across the iteration's batch (any right rollout
+    # above any wrong one), one rollout per prompt, with the KL control of frozen-kl. Set
+    # REPLAY to the pairs RM was trained on.
+    batch-kl) name=ppo-$RM-batch-kl; extra=("${kl_control[@]}" --rm-refresh-source rollouts
+      --rm-refresh-pairs batch --rm-refresh-replay "$REPLAY" --rm-refresh-new-share 0.5
+      --rm-refresh-batch-size 16 --rm-refresh-learning-rate 2e-5 --rm-refresh-every 4 --rm-refresh-steps 8) ;;
     *) echo "unknown run $run" >&2; exit 2 ;;
   esac
   train ppo "$name" "${recipe[@]}" "${extra[@]}"

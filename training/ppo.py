@@ -82,7 +82,13 @@ from training.common import load_causal_lm, load_tokenizer, lora_config, prepare
 from training.ppo_config import PPOConfig
 from training.ppo_rollouts import Batch, HFRollouts, Rollouts, VLLMRollouts, forward
 from training.prompts import Prompt, load_prompts
-from training.rm_refresh import Comparison, RewardRefresher, comparisons, replay_pairs
+from training.rm_refresh import (
+    Comparison,
+    RewardRefresher,
+    batch_comparisons,
+    comparisons,
+    replay_pairs,
+)
 
 LOG_FILE = "ppo_log.jsonl"
 STAT_KEYS = (
@@ -288,7 +294,13 @@ class PPOTrainer:
 
     def rollout_comparisons(self, rollouts: Rollouts, gold: Sequence[float]) -> list[Comparison]:
         """Every (better, worse) pair of distinct replies among one prompt's rollouts, ranked by
-        the gold verifier: the refresh comparisons of --rm-refresh-source rollouts."""
+        the gold verifier: the refresh comparisons of --rm-refresh-source rollouts. With
+        --rm-refresh-pairs batch, every such pair among all of the iteration's rollouts."""
+        if self.config.rm_refresh_pairs == "batch":
+            texts = self.tokenizer.batch_decode(rollouts.response_ids, skip_special_tokens=True)
+            return batch_comparisons(
+                [(p.messages, t, g) for p, t, g in zip(rollouts.prompts, texts, gold, strict=True)]
+            )
         groups: dict[str, tuple[Prompt, list[str], list[float]]] = {}
         for prompt, ids, g in zip(rollouts.prompts, rollouts.response_ids, gold, strict=True):
             text = self.tokenizer.decode(ids, skip_special_tokens=True)

@@ -10,6 +10,7 @@ from training.train_config import TrainConfig
 REWARDS = ("gold", "rm")
 BACKENDS = ("auto", "vllm", "hf")
 REFRESH_SOURCES = ("samples", "rollouts")
+REFRESH_PAIRS = ("prompt", "batch")
 
 
 @dataclass(kw_only=True)
@@ -60,7 +61,16 @@ class PPOConfig(TrainConfig):
         metadata={
             "help": "Where a refresh's comparisons come from: 'samples' (--rm-refresh-k fresh samples of "
             "--rm-refresh-prompts prompts, drawn at the refresh) or 'rollouts' (PPO's own rollouts since the "
-            "last refresh, grouped by --rollouts-per-prompt >= 2: no extra sampling)."
+            "last refresh, grouped by --rollouts-per-prompt >= 2 unless --rm-refresh-pairs batch: no extra "
+            "sampling)."
+        },
+    )
+    rm_refresh_pairs: str = field(
+        default="prompt",
+        metadata={
+            "help": "Which rollouts a comparison pairs: 'prompt' (two replies to one prompt) or 'batch' "
+            "(any better and worse rollout of one iteration, across prompts, as PPO compares scores; "
+            "needs --rm-refresh-source rollouts)."
         },
     )
     rm_refresh_replay: str | None = field(
@@ -175,7 +185,17 @@ class PPOConfig(TrainConfig):
                 raise ConfigError(
                     f"rm_refresh_source={self.rm_refresh_source!r}: use one of {REFRESH_SOURCES}"
                 )
-            if self.rm_refresh_source == "rollouts" and self.rollouts_per_prompt < 2:
+            if self.rm_refresh_pairs not in REFRESH_PAIRS:
+                raise ConfigError(f"rm_refresh_pairs={self.rm_refresh_pairs!r}: use one of {REFRESH_PAIRS}")
+            if self.rm_refresh_pairs == "batch" and self.rm_refresh_source != "rollouts":
+                raise ConfigError(
+                    "rm_refresh_pairs='batch' pairs PPO's rollouts: needs --rm-refresh-source rollouts"
+                )
+            if (
+                self.rm_refresh_source == "rollouts"
+                and self.rm_refresh_pairs == "prompt"
+                and self.rollouts_per_prompt < 2
+            ):
                 raise ConfigError(
                     "rm_refresh_source='rollouts' needs rollouts_per_prompt >= 2: a pair needs two "
                     "rollouts of one prompt"
@@ -184,6 +204,8 @@ class PPOConfig(TrainConfig):
                 raise ConfigError(f"rm_refresh_new_share={self.rm_refresh_new_share!r}: must be in [0, 1]")
         elif self.rm_refresh_replay is not None:
             raise ConfigError("rm_refresh_replay needs --rm-refresh-every (it feeds the refreshes)")
+        elif self.rm_refresh_pairs != "prompt":
+            raise ConfigError("rm_refresh_pairs needs --rm-refresh-every (it shapes the refreshes)")
         if self.rollout_backend not in BACKENDS:
             raise ConfigError(f"rollout_backend={self.rollout_backend!r}: use one of {BACKENDS}")
         if self.rollout_backend == "vllm" and self.full:

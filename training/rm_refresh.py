@@ -27,6 +27,15 @@ next refresh): `--rm-refresh-source rollouts` takes the comparisons from PPO's o
 sampling and sees every rollout since the last one), and `--rm-refresh-replay FILE` puts the
 pairs the reward model was first trained on into the pool every mini-batch draws from, while
 `--rm-refresh-new-share` of each mini-batch comes from the new comparisons.
+
+A third widens what a refresh learns from. Comparisons within one prompt are few when the policy
+is mostly wrong (2-14 per refresh, measured): `--rm-refresh-pairs batch` pairs every better
+rollout with every worse one of the same iteration, across prompts (`batch_comparisons`). PPO
+compares the reward model's scores across prompts too (one normalisation, one value baseline),
+so a reward model that ranks a right answer to one question above a wrong answer to another is
+what it needs, and an iteration of 32 rollouts with c right answers gives c x (32 - c) pairs
+(the verifiers of Cobbe et al. 2021 are trained on such per-sample labels, not within-prompt
+pairs).
 """
 
 from __future__ import annotations
@@ -43,33 +52,67 @@ Messages = list[dict[str, str]]
 
 @dataclass(frozen=True)
 class Comparison:
+    """A better and a worse reply; `rejected_messages` is the worse reply's prompt when it
+    answers another one (`batch_comparisons`), None when both answer `messages`."""
+
     messages: Messages
     chosen: str
     rejected: str
+    rejected_messages: Messages | None = None
+
+    def chosen_item(self) -> tuple[Messages, str]:
+        return self.messages, self.chosen
+
+    def rejected_item(self) -> tuple[Messages, str]:
+        return self.rejected_messages or self.messages, self.rejected
 
 
 def comparisons(messages: Messages, replies: Sequence[str], gold: Sequence[float]) -> list[Comparison]:
     """Every pair of distinct replies to one prompt whose gold rewards differ, the higher one
     chosen (a reply sampled twice counts once)."""
-    best: dict[str, float] = {}
-    for reply, g in zip(replies, gold, strict=True):
-        best[reply] = max(g, best.get(reply, g))
-    ranked = sorted(best.items(), key=lambda item: (-item[1], item[0]))
+    return batch_comparisons([(messages, r, g) for r, g in zip(replies, gold, strict=True)])
+
+
+def batch_comparisons(judged: Sequence[tuple[Messages, str, float]]) -> list[Comparison]:
+    """Every pair of (prompt, reply) items of one batch whose gold rewards differ, across
+    prompts, the higher one chosen (an item sampled twice counts once)."""
+    best: dict[str, tuple[Messages, str, float]] = {}
+    for messages, reply, g in judged:
+        key = json.dumps([messages, reply])
+        if key not in best or g > best[key][2]:
+            best[key] = (messages, reply, g)
+    ranked = sorted(best.values(), key=lambda item: (-item[2], json.dumps(item[:2])))
     return [
-        Comparison(messages, hi, lo)
-        for i, (hi, g_hi) in enumerate(ranked)
-        for lo, g_lo in ranked[i + 1 :]
+        Comparison(m_hi, hi, lo, None if m_lo == m_hi else m_lo)
+        for i, (m_hi, hi, g_hi) in enumerate(ranked)
+        for m_lo, lo, g_lo in ranked[i + 1 :]
         if g_hi > g_lo
     ]
+
+
+def unique_items(pairs: Sequence[Comparison]) -> tuple[list[tuple[Messages, str]], list[tuple[int, int]]]:
+    """The distinct (prompt, reply) items of `pairs` and each pair's (chosen, rejected) indices
+    into them: a batch's c x (n - c) comparisons share n items, so each is scored once."""
+    index: dict[str, int] = {}
+    items: list[tuple[Messages, str]] = []
+
+    def at(item: tuple[Messages, str]) -> int:
+        key = json.dumps(item)
+        if key not in index:
+            index[key] = len(items)
+            items.append(item)
+        return index[key]
+
+    return items, [(at(p.chosen_item()), at(p.rejected_item())) for p in pairs]
 
 
 def pairwise_accuracy(scorer: Any, pairs: Sequence[Comparison]) -> float:
     """Share of pairs whose chosen reply the reward model scores higher (NaN with none)."""
     if not pairs:
         return float("nan")
-    chosen = scorer([(p.messages, p.chosen) for p in pairs])
-    rejected = scorer([(p.messages, p.rejected) for p in pairs])
-    return sum(c > r for c, r in zip(chosen, rejected, strict=True)) / len(pairs)
+    items, index = unique_items(pairs)
+    scores = scorer(items)
+    return sum(scores[c] > scores[r] for c, r in index) / len(pairs)
 
 
 def bradley_terry_loss(chosen: Any, rejected: Any) -> Any:
@@ -131,8 +174,9 @@ class RewardRefresher:
             optimizer = torch.optim.AdamW(model.parameters(), lr=self.learning_rate, weight_decay=0.0)
             model.train()
             for batch in batches:
-                chosen = scorer.scores([(p.messages, p.chosen) for p in batch])
-                rejected = scorer.scores([(p.messages, p.rejected) for p in batch])
+                items, index = unique_items(batch)
+                scores = scorer.scores(items)
+                chosen, rejected = (scores[torch.tensor(side)] for side in zip(*index, strict=True))
                 loss = bradley_terry_loss(chosen, rejected)
                 loss.backward()
                 torch.nn.utils.clip_grad_norm_(model.parameters(), 1.0)
@@ -158,6 +202,8 @@ class RewardRefresher:
             with (directory / name).open("w") as f:
                 for p in rows:
                     row = {"messages": p.messages, "chosen": p.chosen, "rejected": p.rejected}
+                    if p.rejected_messages is not None:
+                        row["rejected_messages"] = p.rejected_messages
                     f.write(json.dumps(row) + "\n")
         (directory / "refresh_state.json").write_text(json.dumps({"refreshes": self.refreshes}))
 
@@ -170,7 +216,7 @@ class RewardRefresher:
 
 def read_comparisons(path: Path) -> list[Comparison]:
     rows = [json.loads(line) for line in path.read_text().splitlines()]
-    return [Comparison(r["messages"], r["chosen"], r["rejected"]) for r in rows]
+    return [Comparison(r["messages"], r["chosen"], r["rejected"], r.get("rejected_messages")) for r in rows]
 
 
 def replay_pairs(path: str | Path) -> list[Comparison]:

@@ -21,8 +21,10 @@ from training.reward import RewardModelScorer
 from training.rm_refresh import (
     Comparison,
     RewardRefresher,
+    batch_comparisons,
     comparisons,
     pairwise_accuracy,
+    read_comparisons,
     replay_pairs,
 )
 
@@ -34,6 +36,49 @@ def test_comparisons_pair_every_reply_the_gold_reward_ranks() -> None:
     expected = {("7", "9"), ("7", "8"), ("7", "x"), ("9", "8"), ("9", "x")}
     assert {(c.chosen, c.rejected) for c in got} == expected
     assert comparisons(MESSAGES, ["a", "b"], [0.0, 0.0]) == []  # a tie says nothing
+
+
+def test_batch_comparisons_pair_rollouts_across_prompts() -> None:
+    """Every right rollout against every wrong one of the batch, whatever prompt each answers;
+    the worse reply keeps its own prompt, None when it is the chosen one's."""
+    other = [{"role": "user", "content": "Say 8."}]
+    judged = [
+        (MESSAGES, "7", 1.0),
+        (MESSAGES, "1", 0.0),
+        (other, "8", 1.0),
+        (other, "2", 0.0),
+        (other, "8", 1.0),
+    ]
+    got = batch_comparisons(judged)
+    pairs = {
+        (c.chosen, c.rejected, None if c.rejected_messages is None else c.rejected_messages[0]["content"])
+        for c in got
+    }
+    expected = {("7", "1", None), ("7", "2", "Say 8."), ("8", "1", "Say 7."), ("8", "2", None)}
+    assert pairs == expected and len(got) == 4  # "8" to "Say 8." twice counts once
+    by_prompt = {(c.chosen, c.rejected) for c in got if c.rejected_messages is None}
+    assert by_prompt == {(c.chosen, c.rejected) for c in comparisons(MESSAGES, ["7", "1"], [1.0, 0.0])} | {
+        (c.chosen, c.rejected) for c in comparisons(other, ["8", "2"], [1.0, 0.0])
+    }
+    assert [c.rejected_item() for c in got if c.rejected == "2"] == [(other, "2"), (other, "2")]
+    assert batch_comparisons([(MESSAGES, "a", 0.0), (other, "b", 0.0)]) == []
+
+
+def test_pairwise_accuracy_scores_each_distinct_reply_once() -> None:
+    """A batch's c x (n - c) comparisons share their n replies: each is scored once (the cost
+    of the `before` accuracy grows with the rollouts, not with the pairs)."""
+    calls: list[int] = []
+
+    def by_length(items: list[tuple[object, str]]) -> list[float]:
+        calls.append(len(items))
+        return [float(len(text)) for _, text in items]
+
+    judged = [(MESSAGES, "right" * (i + 1), 1.0) for i in range(3)] + [
+        (MESSAGES, f"w{i}", 0.0) for i in range(5)
+    ]
+    pairs = batch_comparisons(judged)
+    assert len(pairs) == 15 and pairwise_accuracy(by_length, pairs) == 1.0
+    assert calls == [8]
 
 
 def test_pairwise_accuracy_counts_strict_wins() -> None:
@@ -63,6 +108,24 @@ def test_refresh_teaches_a_real_reward_model_the_gold_ranking(tiny: Registry) ->
     assert metrics["rm_refresh/accuracy_after"] == 1.0, metrics
     assert metrics["rm_refresh/accuracy_after"] > metrics["rm_refresh/accuracy_before"]
     assert not scorer.model.training  # back in eval mode for scoring
+
+
+def test_refresh_learns_cross_prompt_comparisons_and_keeps_them(tiny: Registry, tmp_path: Path) -> None:
+    """--rm-refresh-pairs batch on the tiny random reward model: every digit reply above every
+    letter reply of the batch, across prompts; the pairs (with the worse reply's own prompt)
+    survive a checkpoint."""
+    scorer = RewardModelScorer(tiny.path_of("tiny-rm"))
+    judged = [([{"role": "user", "content": f"Say {i}."}], f"{i} {i * 7}", 1.0) for i in range(6)]
+    judged += [([{"role": "user", "content": f"Name {i}."}], f"say {chr(97 + i)}", 0.0) for i in range(6)]
+    pairs = batch_comparisons(judged)
+    assert len(pairs) == 36 and all(p.rejected_messages is not None for p in pairs)
+    refresher = RewardRefresher(steps=30, batch_size=8, learning_rate=1e-3, seed=0)
+    metrics = refresher.refresh(scorer, pairs)
+    assert metrics["rm_refresh/accuracy_after"] == 1.0, metrics
+    scores = scorer([(m, r) for m, r, _ in judged])
+    assert min(scores[:6]) > max(scores[6:])  # one scale across prompts: what PPO compares
+    refresher.save(tmp_path, scorer)
+    assert read_comparisons(tmp_path / "comparisons.jsonl") == pairs
 
 
 def test_refresh_batches_mix_new_comparisons_with_the_pool() -> None:
@@ -121,6 +184,14 @@ def test_refresh_needs_a_reward_model_and_gold_labels() -> None:
         PPOConfig(name="p", batch_size=32, rollouts_per_prompt=3)
     ok = PPOConfig(**refresh, rm_refresh_source="rollouts", rollouts_per_prompt=4)
     assert ok.rm_refresh_source == "rollouts"
+    with pytest.raises(ConfigError, match="rm_refresh_pairs='rollout'"):
+        PPOConfig(**refresh, rm_refresh_source="rollouts", rm_refresh_pairs="rollout")
+    with pytest.raises(ConfigError, match="needs --rm-refresh-source rollouts"):
+        PPOConfig(**refresh, rm_refresh_pairs="batch")
+    with pytest.raises(ConfigError, match="rm_refresh_pairs needs --rm-refresh-every"):
+        PPOConfig(name="p", reward="rm", reward_model="r", rm_refresh_pairs="batch")
+    across = PPOConfig(**refresh, rm_refresh_source="rollouts", rm_refresh_pairs="batch")
+    assert across.rollouts_per_prompt == 1  # pairs across prompts need no groups
 
 
 def tiny_refresh_run(tiny: Registry, tmp_path: Path, **options: Any) -> dict[str, Any]:
@@ -234,3 +305,41 @@ def test_ppo_refreshes_from_its_rollouts_with_replay(tiny: Registry, tmp_path: P
     saved = tmp_path / "run" / "checkpoint-3" / "reward_model"
     assert len((saved / "comparisons.jsonl").read_text().splitlines()) == expected[0] + expected[1]
     assert len((saved / "pending.jsonl").read_text().splitlines()) == expected[2]
+
+
+@pytest.mark.slow
+@pytest.mark.timeout(300)
+@pytest.mark.usefixtures("one_thread", "digits_task")
+def test_ppo_refreshes_from_pairs_across_its_batch(tiny: Registry, tmp_path: Path) -> None:
+    """--rm-refresh-pairs batch with one rollout per prompt: each iteration's comparisons are
+    every (right, wrong) pair of its 8 rollouts, counted here from the gold rewards alone."""
+    config = PPOConfig(
+        **tiny_refresh_run(
+            tiny,
+            tmp_path,
+            name="t-ppo-batch-pairs",
+            max_steps=2,
+            rm_refresh_source="rollouts",
+            rm_refresh_pairs="batch",
+        )
+    )
+    trainer = ppo.PPOTrainer(config, tiny)
+    assert len({p.id for p in trainer.batch_prompts(0)}) == 8
+    expected: list[int] = []
+    original = trainer.rollout_comparisons
+
+    def counted(rollouts: ppo.Rollouts, gold: list[float]) -> list[Comparison]:
+        found = original(rollouts, gold)
+        best: dict[tuple[str, str], float] = {}
+        for p, ids, g in zip(rollouts.prompts, rollouts.response_ids, gold, strict=True):
+            key = (p.id, trainer.tokenizer.decode(ids, skip_special_tokens=True))
+            best[key] = max(g, best.get(key, g))
+        golds = list(best.values())
+        expected.append(sum(a > b for a in golds for b in golds))
+        return found
+
+    trainer.rollout_comparisons = counted  # type: ignore[method-assign]
+    trainer.train()
+    log = [json.loads(line) for line in (tmp_path / "run" / ppo.LOG_FILE).read_text().splitlines()]
+    assert expected[0] > 0  # the seeded tiny run has right and wrong rollouts (13 pairs)
+    assert log[1]["rm_refresh/pairs"] == expected[0]
