@@ -7,6 +7,7 @@
 # Stages whose output exists are skipped, so an interrupted run resumes where it stopped.
 #
 #   bash benchmarks/ppo_rm_refresh.sh [OUT_DIR]    # ~35 min per run on 2 CPU cores
+#   RM=rm-ppo-mix RUNS_WANTED=frozen-kl bash benchmarks/ppo_rm_refresh.sh docs/benchmarks/ppo_rm_onpolicy
 set -euo pipefail
 OUT=${1:-docs/benchmarks/ppo_rm_refresh}
 BONSERVE=${BONSERVE:-.venv/bin/bonserve}
