@@ -14,7 +14,7 @@ BONSERVE=${BONSERVE:-.venv/bin/bonserve}
 BASE=${BASE:-smollm2-135m-instruct}
 RM=${RM:-rm-base-lora}              # trained on the base's own samples (T=0.8), bon_pays.md
 BUDGET=${BUDGET:-1600}
-RUNS_WANTED=${RUNS_WANTED:-refresh frozen}   # also: rollouts, rollouts-lite, frozen-grouped, frozen-kl, batch-kl
+RUNS_WANTED=${RUNS_WANTED:-refresh frozen}   # also: rollouts, rollouts-lite, frozen-grouped, frozen-kl, frozen-kl-fixed, batch-kl
 REPLAY=${REPLAY:-docs/benchmarks/bon_pays_t04/prefs-base-train.jsonl}  # what RM was trained on
 mkdir -p "$OUT"
 # shellcheck source=benchmarks/lib.sh
@@ -42,6 +42,9 @@ for run in $RUNS_WANTED; do
     # (the gold-reward run ended at 4.9) over a horizon of one batch, so it can grow 1.2x
     # per iteration. Run with RM=rm-ppo-mix, the reward model that ranks on-policy pairs best.
     frozen-kl) name=ppo-$RM-frozen-kl; extra=("${kl_control[@]}") ;;
+    # frozen-kl's coefficient decayed while the KL was under target and the policy hacked the
+    # reward for a third of the run before it bound: a fixed coefficient that binds from the start.
+    frozen-kl-fixed) name=ppo-$RM-frozen-kl-fixed; extra=(--kl-coef 0.15) ;;
     # Refreshes that see every rollout: pairs across the iteration's batch (any right rollout
     # above any wrong one), one rollout per prompt, with the KL control of frozen-kl. Set
     # REPLAY to the pairs RM was trained on.
