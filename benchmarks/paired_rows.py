@@ -7,6 +7,12 @@ rows' own intervals suggest.
 
 Arguments after the report come in pairs (A, B): each prints mean(A - B) over the prompts both
 rows answered, with its 95% interval, and writes them as JSON with --out.
+
+The report may also be a directory of `bonserve eval --out` reports: the labels are then their
+names (NAME.json), and a row's per-prompt quality is its greedy gold reward (NAME.prompts.jsonl).
+
+    .venv/bin/python benchmarks/paired_rows.py docs/benchmarks/ppo_rm_onpolicy \
+        eval-ppo-rm-ppo-mix-frozen-kl eval-ppo-rm-ppo-mix-batch-kl
 """
 
 from __future__ import annotations
@@ -22,8 +28,19 @@ sys.path.insert(0, str(ROOT))
 from training.eval import ci95  # noqa: E402
 
 
-def per_prompt(row: dict) -> dict[int, float]:
+def per_prompt(row: dict) -> dict[int | str, float]:
     return {r["prompt_index"]: float(r["quality"]) for r in row["requests"] if r.get("quality") is not None}
+
+
+def eval_rows(directory: Path, labels: list[str]) -> dict[str, dict]:
+    """`bonserve eval` reports as rows: each prompt's greedy gold reward is its quality."""
+    rows = {}
+    for label in labels:
+        lines = (directory / f"{label}.prompts.jsonl").read_text().splitlines()
+        prompts = [json.loads(line) for line in lines if line]
+        requests = [{"prompt_index": p["id"], "quality": p["greedy_gold"]} for p in prompts]
+        rows[label] = {"label": label, "requests": requests}
+    return rows
 
 
 def main() -> int:
@@ -34,7 +51,10 @@ def main() -> int:
     args = parser.parse_args()
     if len(args.pairs) % 2:
         parser.error("row labels come in (A, B) pairs")
-    rows = {row["label"]: row for row in json.loads(args.report.read_text())["rows"]}
+    if args.report.is_dir():
+        rows = eval_rows(args.report, args.pairs)
+    else:
+        rows = {row["label"]: row for row in json.loads(args.report.read_text())["rows"]}
     results = []
     for a, b in zip(args.pairs[::2], args.pairs[1::2], strict=True):
         qa, qb = per_prompt(rows[a]), per_prompt(rows[b])
