@@ -35,6 +35,10 @@ from training.tasks import get_task
 NUMBER = re.compile(r"\d+")
 
 
+def read_lines(path: str) -> list[str]:
+    return Path(path).read_text().splitlines()
+
+
 def template(text: str, a: int, b: int) -> tuple[str, int] | None:
     """`text` with its three numbers replaced by {a} {b} {r}, and its result r, if the
     numbers are exactly (a, b, r) in that order; otherwise None."""
@@ -47,7 +51,7 @@ def template(text: str, a: int, b: int) -> tuple[str, int] | None:
 
 def main() -> int:
     ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    ap.add_argument("--samples", required=True, help="OUT.samples.jsonl of `bonserve data prefs` (the policy's).")
+    ap.add_argument("--samples", required=True, help="The policy's OUT.samples.jsonl (`data prefs`).")
     ap.add_argument("--exclude", nargs="*", default=[], help="JSONL files whose row ids get no pairs.")
     ap.add_argument("--policy", required=True, help="The policy the samples came from (each row's `policy`).")
     ap.add_argument("--task", default="arithmetic")
@@ -58,9 +62,9 @@ def main() -> int:
 
     task = get_task(args.task)
     examples = {ex.id: ex for ex in task.examples("train")}
-    excluded = {json.loads(line)["id"] for path in args.exclude for line in Path(path).read_text().splitlines()}
+    excluded = {json.loads(line)["id"] for path in args.exclude for line in read_lines(path)}
     # Templates come only from prompts that are not excluded: validation replies stay unseen.
-    sampled = [json.loads(line) for line in Path(args.samples).read_text().splitlines()]
+    sampled = [json.loads(line) for line in read_lines(args.samples)]
     sampled = [row for row in sampled if row["id"] not in excluded]
     right: list[str] = []
     wrong: list[tuple[str, int]] = []  # (template, error)
