@@ -87,6 +87,7 @@ from training.rm_refresh import (
     RewardRefresher,
     batch_comparisons,
     comparisons,
+    refresh_fits,
     replay_pairs,
 )
 
@@ -204,6 +205,8 @@ class PPOTrainer:
             else None
         )
         self.last_refresh: dict[str, float] = {}
+        self.deadline: float | None = None  # time.monotonic() at which --max-time-s runs out
+        self.last_refresh_s: float | None = None  # how long the previous refresh took
         torch.manual_seed(config.seed)
         self.tokenizer = load_tokenizer(self.start)
         self.stop_ids = {self.tokenizer.eos_token_id}
@@ -552,6 +555,7 @@ class PPOTrainer:
         )
         last: dict[str, float] = {}
         start = time.monotonic()
+        self.deadline = None if config.max_time_s is None else start + config.max_time_s
         try:
             with (
                 (self.run_dir / LOG_FILE).open("a") if main else contextlib.nullcontext() as log,
@@ -593,8 +597,13 @@ class PPOTrainer:
         step, every = self.state.step, self.config.rm_refresh_every
         t0 = time.perf_counter()
         if every and step > 0 and step % every == 0:
-            refreshed = self.refresh_reward_model(step)
-            refreshed["time/rm_refresh_s"] = time.perf_counter() - t0
+            left = None if self.deadline is None else self.deadline - time.monotonic()
+            # rank 0's clock decides for all, as for the budget itself
+            if self.procs.broadcast_flag(refresh_fits(left, self.last_refresh_s)):
+                refreshed = self.refresh_reward_model(step)
+                self.last_refresh_s = refreshed["time/rm_refresh_s"] = time.perf_counter() - t0
+            else:
+                refreshed = {"rm_refresh/skipped": 1.0}
         t0 = time.perf_counter()
         rollouts = self.rollout(roller, step)
         t1 = time.perf_counter()

@@ -46,7 +46,8 @@ class PPOConfig(TrainConfig):
             "help": "With --reward rm: every N iterations sample the current policy on "
             "--rm-refresh-prompts training prompts x --rm-refresh-k, judge the samples with the "
             "task's gold labels and fine-tune the reward model on every (correct, wrong) pair "
-            "gathered so far (0 = the reward model stays frozen)."
+            "gathered so far (0 = the reward model stays frozen). With --max-time-s, a refresh is "
+            "skipped when less time is left than the previous one took."
         },
     )
     rm_refresh_prompts: int = field(default=32, metadata={"help": "Prompts sampled per refresh."})

@@ -25,6 +25,7 @@ from training.rm_refresh import (
     comparisons,
     pairwise_accuracy,
     read_comparisons,
+    refresh_fits,
     replay_pairs,
 )
 
@@ -126,6 +127,15 @@ def test_refresh_learns_cross_prompt_comparisons_and_keeps_them(tiny: Registry, 
     assert min(scores[:6]) > max(scores[6:])  # one scale across prompts: what PPO compares
     refresher.save(tmp_path, scorer)
     assert read_comparisons(tmp_path / "comparisons.jsonl") == pairs
+
+
+def test_refresh_fits_when_the_previous_one_took_less_than_the_time_left() -> None:
+    assert refresh_fits(None, 400.0)  # no --max-time-s
+    assert refresh_fits(10.0, None)  # no refresh measured yet
+    assert refresh_fits(400.0, 394.0)
+    assert refresh_fits(394.0, 394.0)
+    assert not refresh_fits(255.0, 394.0)
+    assert not refresh_fits(-5.0, 1.0)  # already past the budget
 
 
 def test_refresh_batches_mix_new_comparisons_with_the_pool() -> None:
@@ -343,3 +353,32 @@ def test_ppo_refreshes_from_pairs_across_its_batch(tiny: Registry, tmp_path: Pat
     log = [json.loads(line) for line in (tmp_path / "run" / ppo.LOG_FILE).read_text().splitlines()]
     assert expected[0] > 0  # the seeded tiny run has right and wrong rollouts (13 pairs)
     assert log[1]["rm_refresh/pairs"] == expected[0]
+
+
+@pytest.mark.slow
+@pytest.mark.timeout(300)
+@pytest.mark.usefixtures("one_thread", "digits_task")
+@pytest.mark.parametrize(("previous_s", "refreshes"), [(7200.0, 0), (1.0, 1)])
+def test_ppo_skips_a_refresh_that_would_overrun_its_budget(
+    tiny: Registry, tmp_path: Path, previous_s: float, refreshes: int
+) -> None:
+    """With an hour of --max-time-s, a refresh is skipped when the previous one took two hours
+    and run when it took a second; a skipped one is logged and leaves the reward model as is."""
+    config = PPOConfig(
+        **tiny_refresh_run(
+            tiny,
+            tmp_path,
+            name="t-ppo-fits",
+            max_steps=2,
+            max_time_s=3600,
+            rm_refresh_prompts=4,
+            rm_refresh_k=3,
+        )
+    )
+    trainer = ppo.PPOTrainer(config, tiny)
+    trainer.last_refresh_s = previous_s
+    trainer.train()
+    log = [json.loads(line) for line in (tmp_path / "run" / ppo.LOG_FILE).read_text().splitlines()]
+    assert trainer.refresher is not None and trainer.refresher.refreshes == refreshes
+    assert ("rm_refresh/skipped" in log[1]) == (refreshes == 0)
+    assert ("rm_refresh/pairs" in log[1]) == (refreshes == 1)
