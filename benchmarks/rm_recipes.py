@@ -16,6 +16,12 @@ each reward model (scored by vLLM's pooling runner, the engine the server uses):
   model breaking ties and picking the representative);
 beside the selectors that need no reward model (one sample, majority vote, pass@n).
 Writes OUT/results.json, OUT/per_prompt.jsonl (every reward) and prints a markdown table.
+
+--verifiers compares generative verifiers (training/verifier.py: registry entries that write
+their check out; the score is log p(right) - log p(wrong) at the verdict) on the same replies.
+--samples may also be the OUT.prompts.jsonl that `bonserve eval --n` writes (held-out prompts,
+the greedy reply's gold beside the samples): then each model's Best-of-n minus greedy, paired
+per prompt, is reported too.
 """
 
 from __future__ import annotations
@@ -32,8 +38,9 @@ sys.path.insert(0, str(ROOT))
 
 from core.registry import Registry  # noqa: E402
 from training.eval import answer_parser, ci95, gap_captured, pick_majority, pick_reward  # noqa: E402
-from training.generation import resolve_reward_model, score_rewards  # noqa: E402
+from training.generation import resolve_policy, resolve_reward_model, score_rewards  # noqa: E402
 from training.prefs import all_pairs  # noqa: E402
+from training.verifier import score_with_verifier  # noqa: E402
 
 
 def mean(values: list[Any]) -> float:
@@ -59,6 +66,10 @@ def judge(rows: list[dict[str, Any]], rewards: list[list[float]], n: int, parse:
         "bon_accuracy_ci95": ci95(bon),
         "gap_captured": gap_captured(mean(bon), per_sample, oracle),
     }
+    if all("greedy_gold" in row for row in rows):
+        diff = [float(b) - row["greedy_gold"] for b, row in zip(bon, rows, strict=True)]
+        out["bon_minus_greedy"] = mean(diff)
+        out["bon_minus_greedy_ci95"] = ci95(diff)
     if parse is not None:
         picks = [
             pick_majority([parse(t) for t in row["samples"][:n]], r[:n])
@@ -73,14 +84,20 @@ def judge(rows: list[dict[str, Any]], rewards: list[list[float]], n: int, parse:
 def main() -> int:
     ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     ap.add_argument("--samples", required=True, help="OUT.samples.jsonl of `bonserve data prefs` (held-out).")
-    ap.add_argument("--reward-models", nargs="+", required=True, help="Registry entries to compare.")
+    ap.add_argument("--reward-models", nargs="*", default=[], help="Reward models (registry) to compare.")
+    ap.add_argument("--verifiers", nargs="*", default=[], help="Generative verifiers (registry) to compare.")
     ap.add_argument("--n", type=int, default=8, help="Best-of-n on the first n replies of each prompt.")
     ap.add_argument("--task", default="arithmetic", help="Task whose parser the majority vote uses.")
     ap.add_argument("--registry", default=None)
     ap.add_argument("--out", required=True, help="Output directory.")
     args = ap.parse_args()
 
+    if not args.reward_models and not args.verifiers:
+        raise SystemExit("nothing to compare: give --reward-models and/or --verifiers")
     rows = [json.loads(line) for line in Path(args.samples).read_text().splitlines()]
+    for row in rows:  # `bonserve eval` writes the user turn as text
+        if isinstance(row["prompt"], str):
+            row["prompt"] = [{"role": "user", "content": row["prompt"]}]
     if any(row.get("gold") is None for row in rows):
         raise SystemExit(f"{args.samples}: rows without gold scores (sampled with --judge rm?)")
     if min(len(row["samples"]) for row in rows) < args.n:
@@ -91,6 +108,8 @@ def main() -> int:
     per_sample = mean([g == 1.0 for row in rows for g in row["gold"][:n]])
     oracle = mean([max(row["gold"][:n]) == 1.0 for row in rows])
     baselines: dict[str, Any] = {"per_sample_accuracy": per_sample, "pass_at_n": oracle, "prompts": len(rows)}
+    if all("greedy_gold" in row for row in rows):
+        baselines["greedy_accuracy"] = mean([row["greedy_gold"] == 1.0 for row in rows])
     if parse is not None:
         vote = [pick_majority([parse(t) for t in row["samples"][:n]]) for row in rows]
         ok = [p is not None and row["gold"][p] == 1.0 for row, p in zip(rows, vote, strict=True)]
@@ -99,11 +118,18 @@ def main() -> int:
 
     results: dict[str, Any] = {}
     per_prompt: dict[str, list[list[float]]] = {}
-    for name in args.reward_models:
-        entry = resolve_reward_model(registry, name)
-        items = [(row["prompt"], t) for row in rows for t in row["samples"]]
+    items = [(row["prompt"], t) for row in rows for t in row["samples"]]
+    for name in [*args.reward_models, *args.verifiers]:
         t0 = time.perf_counter()
-        flat = score_rewards(entry.path, items)
+        if name in args.verifiers:
+            policy = resolve_policy(registry, name)
+            if policy.adapter is not None:
+                raise SystemExit(f"{name}: a verifier is scored as full weights; merge the adapter first")
+            entry = policy.entry
+            flat = score_with_verifier(entry.path, items)
+        else:
+            entry = resolve_reward_model(registry, name)
+            flat = score_rewards(entry.path, items)
         sizes = [len(row["samples"]) for row in rows]
         rewards, at = [], 0
         for size in sizes:
@@ -141,15 +167,20 @@ def main() -> int:
     def gap(x: float | None) -> str:
         return "n/a" if x is None else f"{x:.2f}"
 
-    print(f"{len(rows)} held-out prompts x {n}: per-sample {per_sample:.3f}, pass@{n} {oracle:.3f}", end="")
+    greedy = f", greedy {baselines['greedy_accuracy']:.3f}" if "greedy_accuracy" in baselines else ""
+    print(
+        f"{len(rows)} held-out prompts x {n}{greedy}: per-sample {per_sample:.3f}, pass@{n} {oracle:.3f}",
+        end="",
+    )
     if "majority_accuracy" in baselines:
         print(
             f", majority {baselines['majority_accuracy']:.3f} (gap {gap(baselines['majority_gap_captured'])})"
         )
     print(
-        f"\n| reward model | pairwise acc. | pairs | BoN-{n} acc. | gap captured | RM+majority acc. (gap) |"
+        f"\n| reward model | pairwise acc. | pairs | BoN-{n} acc. | gap captured | RM+majority acc. (gap) "
+        "| BoN - greedy |"
     )
-    print("|---|---:|---:|---:|---:|---:|")
+    print("|---|---:|---:|---:|---:|---:|---:|")
     for name, r in results.items():
         both = (
             f"{r['reward_majority_accuracy']:.3f} ({gap(r['reward_majority_gap_captured'])})"
@@ -158,7 +189,12 @@ def main() -> int:
         )
         print(
             f"| {name} | {r['pairwise_accuracy']:.3f} ± {r['pairwise_accuracy_ci95']:.3f} | {r['pairs']} | "
-            f"{r['bon_accuracy']:.3f} ± {r['bon_accuracy_ci95']:.3f} | {gap(r['gap_captured'])} | {both} |"
+            f"{r['bon_accuracy']:.3f} ± {r['bon_accuracy_ci95']:.3f} | {gap(r['gap_captured'])} | {both} | "
+            + (
+                f"{r['bon_minus_greedy']:+.3f} ± {r['bon_minus_greedy_ci95']:.3f} |"
+                if "bon_minus_greedy" in r
+                else "- |"
+            )
         )
     return 0
 

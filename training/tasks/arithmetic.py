@@ -55,3 +55,19 @@ class ArithmeticTask(Task):
     def reward(self, example: Example, completion: str) -> float:
         value = parse_answer(completion)
         return 1.0 if value is not None and value == example.meta["answer"] else 0.0
+
+    def worked_check(self, meta: dict[str, Any], completion: str) -> str:
+        """The column sum with its carry, then the reply's answer as this task parses it:
+        "8 + 5 = 13, carry 1. 9 + 1 + 1 = 11. So 98 + 15 = 113. The reply says 26."
+        A one-pass scorer has to do the carry in its head; written out, each step is a
+        one-digit sum (the reward models' misses are mostly slipped carries)."""
+        a, b = int(meta["a"]), int(meta["b"])
+        ones = a % 10 + b % 10
+        carry = ones // 10
+        tens = a // 10 + b // 10 + carry
+        value = parse_answer(completion)
+        said = "no number" if value is None else (str(int(value)) if value.is_integer() else repr(value))
+        return (
+            f"{a % 10} + {b % 10} = {ones}, carry {carry}. {a // 10} + {b // 10} + {carry} = {tens}. "
+            f"So {a} + {b} = {a + b}. The reply says {said}."
+        )

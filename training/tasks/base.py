@@ -49,6 +49,12 @@ class Task(ABC):
     def reward(self, example: Example, completion: str) -> float:
         """Gold reward in [0, 1] of `completion` (the assistant's text) for `example`."""
 
+    def worked_check(self, meta: dict[str, Any], completion: str) -> str | None:
+        """The check of `completion` written out step by step, ending with what the reply
+        claims, for training a generative verifier (training/verifier.py); None when the
+        task has no such check. It never states the verdict: the verifier must reach it."""
+        return None
+
     # --- shared machinery ---------------------------------------------------------------
 
     def messages(self, example: Example) -> list[dict[str, str]]:
