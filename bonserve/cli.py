@@ -131,10 +131,10 @@ def cmd_registry_aliases(args: argparse.Namespace) -> int:
 
 
 def add_training_commands(sub: Any) -> None:
-    """`train sft|rm|dpo|ppo|grpo|rloo|distill`, `data prefs|sft`, `eval`, `registry list|show`: each is the
-    `make_parser` / `main` of an entry point in training/scripts/, whose config dataclass
-    (training/<name>_config.py) also defines its flags."""
-    from training.scripts import distill, dpo, grpo, ppo, prefs, rloo, rm, sft, sft_data
+    """`train sft|rm|dpo|ppo|grpo|rloo|distill|verifier`, `data prefs|sft`, `eval`,
+    `registry list|show`: each is the `make_parser` / `main` of an entry point in
+    training/scripts/, whose config dataclass (training/<name>_config.py) also defines its flags."""
+    from training.scripts import distill, dpo, grpo, ppo, prefs, rloo, rm, sft, sft_data, verifier
     from training.scripts import eval as evaluate
 
     train = sub.add_parser("train", help="Train a checkpoint with TRL and write a registry entry.")
@@ -147,6 +147,7 @@ def add_training_commands(sub: Any) -> None:
         ("grpo", grpo, "Online RL: GRPO (GRPOTrainer), gold and/or RM reward."),
         ("rloo", rloo, "Online RL: RLOO (RLOOTrainer), gold and/or RM reward."),
         ("distill", distill, "Best-of-N distillation: SFT on the reward model's picks of own samples."),
+        ("verifier", verifier, "Generative verifier: SFT on worked checks of replies, a Best-of-N reranker."),
     ):
         p = module.make_parser(
             train_sub.add_parser(

@@ -27,7 +27,7 @@ from typing import Any
 # The entry `bonserve models prepare` builds, and what every command starts from by default.
 DEFAULT_MODEL_NAME = "smollm2-135m-instruct"
 MANIFEST = "manifest.json"
-KINDS = ("base", "sft", "rm", "dpo", "ppo", "grpo", "rloo")
+KINDS = ("base", "sft", "rm", "dpo", "ppo", "grpo", "rloo", "verifier")
 FORMATS = ("full", "lora")
 _NAME_RE = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._-]{0,127}$")
 _STAGING_PREFIX = ".staging-"

@@ -42,10 +42,11 @@ def run(config: SFTConfig) -> Entry | None:
 
 
 def fine_tune(
-    config: SFTConfig, rows: Sequence[dict[str, Any]], extra: dict[str, Any] | None = None
+    config: SFTConfig, rows: Sequence[dict[str, Any]], extra: dict[str, Any] | None = None, kind: str = "sft"
 ) -> Entry | None:
     """SFT on validated `rows` (TRL's SFT formats); `extra` goes to the manifest (the
-    Best-of-N distillation trainer records where its rows came from)."""
+    Best-of-N distillation trainer records where its rows came from), `kind` names the entry's
+    kind (a generative verifier is trained this way too)."""
     import trl
 
     from training.data import data_hash
@@ -73,7 +74,7 @@ def fine_tune(
     return save_entry(
         config,
         start,
-        kind="sft",
+        kind=kind,
         final_dir=save_trained(trainer, config),
         data_digest=digest,
         metrics=metrics,

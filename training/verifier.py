@@ -1,42 +1,38 @@
-"""A generative verifier: a small LM that writes its check out before it gives a verdict.
+"""Generative verifiers: training rows, the trainer, and offline scoring with vLLM.
 
-Why: a scalar reward model must judge "98 + 15 = 26" against "98 + 15 = 113" in one forward
-pass. On the PPO policy's samples 71% of the (right, wrong) pairs are a slipped carry, and
-every score model measured ranks those at 0.53-0.67 however it is trained. Written out, the
-check is a chain of one-digit steps the same 135M model can learn (generative verifiers,
-Zhang et al. 2024; process supervision, Lightman et al. 2023).
+The layout (what the verifier reads, where its verdict is) lives in core/verifier.py, shared
+with the server. Rows: each reply under review becomes the check prompt, and the target is
+the task's worked check (Task.worked_check) followed by the gold verdict, so the verifier
+learns to do the check, not to recognise a reply's look. The trainer is SFT (training/sft.py)
+on those rows, completion tokens only, every weight (the server runs the verifier as a full
+checkpoint); the entry is kind "verifier".
 
-The layout, one home for trainer and scorer:
-- input: one user turn, CHECK_PROMPT with the question and the reply under review;
-- output: the task's worked check (Task.worked_check), then VERDICT and " right" or " wrong";
-- score: log p(" right") - log p(" wrong") at the verdict token of the verifier's greedy
-  check, so replies rank by how sure the verifier is, not just by its yes/no.
+    bonserve train verifier --name verifier-arith --data rows.jsonl --task arithmetic \
+        --for-policy arith-ppo-merged --max-steps 240 --batch-size 8 --learning-rate 1e-4
+
+Options: training/verifier_config.py; rows: benchmarks/verifier_data.py.
 """
 
 from __future__ import annotations
 
-import math
 from collections.abc import Iterable, Sequence
 from pathlib import Path
 from typing import Any
 
 from core.chat import Messages
+from core.registry import Entry
+from core.verifier import (
+    CHECK_PROMPT,
+    MAX_CHECK_TOKENS,
+    RIGHT,
+    TOP_LOGPROBS,
+    VERDICT,
+    WRONG,
+    check_messages,
+    completion_score,
+)
 from training.tasks.base import Example, Task
-
-CHECK_PROMPT = "Check the reply to this question.\nQuestion: {question}\nReply: {reply}"
-VERDICT = " Verdict:"
-RIGHT, WRONG = " right", " wrong"
-# A check that never reaches a verdict (or a verdict token outside the top log-probs) scores
-# as a confident "wrong": a reply the verifier could not vouch for never wins on a default.
-FLOOR = -30.0
-MAX_CHECK_TOKENS = 96
-TOP_LOGPROBS = 20
-
-
-def check_messages(messages: Messages, reply: str) -> Messages:
-    """The verifier's input for one reply to the conversation `messages` (last user turn)."""
-    question = next(m["content"] for m in reversed(messages) if m["role"] == "user")
-    return [{"role": "user", "content": CHECK_PROMPT.format(question=question, reply=reply.strip())}]
+from training.verifier_config import VerifierConfig
 
 
 def check_target(task: Task, example: Example, reply: str) -> str | None:
@@ -48,7 +44,8 @@ def check_target(task: Task, example: Example, reply: str) -> str | None:
 
 
 def sft_rows(task: Task, replies: Iterable[tuple[Example, str]]) -> list[dict[str, Any]]:
-    """Prompt/completion rows (TRL SFT format) for `bonserve train sft`, one per reply."""
+    """Prompt/completion rows (TRL SFT format) for `bonserve train verifier`, one per reply
+    (`label`: its gold reward, for counting; the trainer ignores it)."""
     rows = []
     for example, reply in replies:
         target = check_target(task, example, reply)
@@ -63,21 +60,6 @@ def sft_rows(task: Task, replies: Iterable[tuple[Example, str]]) -> list[dict[st
             }
         )
     return rows
-
-
-def verdict_score(tokens: Sequence[str], top_logprobs: Sequence[dict[str, float]]) -> float:
-    """log p(right) - log p(wrong) at the first token after VERDICT in a generated check.
-
-    `tokens[i]` is the i-th generated token's text and `top_logprobs[i]` maps candidate
-    token texts to their log-probabilities at that position."""
-    text = ""
-    for i, token in enumerate(tokens):
-        if text.endswith(VERDICT):
-            right = top_logprobs[i].get(RIGHT, FLOOR)
-            wrong = top_logprobs[i].get(WRONG, FLOOR)
-            return max(FLOOR, min(-FLOOR, right - wrong))
-        text += token
-    return FLOOR
 
 
 def score_with_verifier(
@@ -101,18 +83,44 @@ def score_with_verifier(
         prompts = [{"prompt_token_ids": prompt_ids(tokenizer, [dict(k)])} for k in distinct]
         params = SamplingParams(temperature=0.0, max_tokens=MAX_CHECK_TOKENS, logprobs=TOP_LOGPROBS)
         outputs = llm.generate(prompts, params, use_tqdm=True)
-        scores = []
-        for out in outputs:
-            completion = out.outputs[0]
-            steps = completion.logprobs or []
-            tokens = [
-                step[tid].decoded_token or "" for tid, step in zip(completion.token_ids, steps, strict=False)
-            ]
-            tops = [{lp.decoded_token or "": lp.logprob for lp in step.values()} for step in steps]
-            scores.append(verdict_score(tokens, tops))
+        scores = [completion_score(out.outputs[0]) for out in outputs]
     return [scores[where[k]] for k in keys]
 
 
-def probability_right(score: float) -> float:
-    """The verifier's p(right | right or wrong) from a score (for reading, not ranking)."""
-    return 1.0 / (1.0 + math.exp(-score))
+def run(config: VerifierConfig) -> Entry | None:
+    """SFT on verifier rows, written as a kind "verifier" entry; returns it (None on
+    non-main processes)."""
+    from training.data import load_sft_data
+    from training.sft import fine_tune
+
+    rows, _ = load_sft_data(config.data)
+    if not all(is_check_row(row) for row in rows):
+        from training.data import DataError
+
+        raise DataError(
+            f"{config.data}: not verifier rows (a user turn in core/verifier.py's CHECK_PROMPT layout and "
+            "an assistant check ending in the verdict); make them with benchmarks/verifier_data.py"
+        )
+    labels = [row["completion"][-1]["content"].endswith(RIGHT) for row in rows]
+    extra = {
+        "verifier": {
+            "task": config.task,
+            "rows": len(rows),
+            "right": sum(labels),
+            "wrong": len(labels) - sum(labels),
+        },
+        "trained_for": {"policy": config.for_policy} if config.for_policy else None,
+    }
+    return fine_tune(config, rows, extra=extra, kind="verifier")
+
+
+def is_check_row(row: dict[str, Any]) -> bool:
+    """A prompt/completion row in the verifier's layout."""
+    prompt, completion = row.get("prompt"), row.get("completion")
+    if not (isinstance(prompt, list) and isinstance(completion, list) and prompt and completion):
+        return False
+    head = CHECK_PROMPT.split("{", 1)[0]
+    text = completion[-1].get("content") or ""
+    return str(prompt[-1].get("content", "")).startswith(head) and (
+        text.endswith(VERDICT + RIGHT) or text.endswith(VERDICT + WRONG)
+    )

@@ -10,17 +10,9 @@ from pathlib import Path
 
 import pytest
 
+from core.verifier import FLOOR, RIGHT, VERDICT, WRONG, check_messages, verdict_score
 from training.tasks import Example, get_task
-from training.verifier import (
-    FLOOR,
-    RIGHT,
-    VERDICT,
-    WRONG,
-    check_messages,
-    check_target,
-    sft_rows,
-    verdict_score,
-)
+from training.verifier import check_target, sft_rows
 
 ROOT = Path(__file__).resolve().parents[2]
 arith = get_task("arithmetic")
@@ -150,3 +142,33 @@ def test_verifier_data_keeps_validation_prompts_out(tmp_path: Path) -> None:
         e = next(x for x in train if x.id == r["id"])
         reply = r["prompt"][0]["content"].rsplit("Reply: ", 1)[1]
         assert r["label"] == (1.0 if reply == str(e.meta["answer"]) else 0.0)
+
+
+def test_a_verifier_trains_every_weight(tmp_path: Path) -> None:
+    from core.flags import ConfigError
+    from training.verifier_config import VerifierConfig
+
+    with pytest.raises(ConfigError, match="--full"):
+        VerifierConfig(name="v", data="rows.jsonl")
+    with pytest.raises(ConfigError, match="unknown task"):
+        VerifierConfig(name="v", data="rows.jsonl", full=True, task="algebra")
+
+
+def test_the_trainer_refuses_rows_that_are_not_checks(tmp_path: Path) -> None:
+    from training.data import DataError
+    from training.verifier import run
+    from training.verifier_config import VerifierConfig
+
+    data = tmp_path / "sft.jsonl"
+    row = {
+        "prompt": [{"role": "user", "content": "What is 1 + 2?"}],
+        "completion": [{"role": "assistant", "content": "3"}],
+    }
+    data.write_text(json.dumps(row) + "\n")
+    with pytest.raises(DataError, match="not verifier rows"):
+        run(VerifierConfig(name="v", data=str(data), full=True, registry=str(tmp_path / "reg")))
+    good = sft_rows(arith, [(ex(20, 30), "50")])[0]
+    data.write_text(json.dumps({k: good[k] for k in ("prompt", "completion")}) + "\n")
+    from training.verifier import is_check_row
+
+    assert is_check_row(good)
