@@ -17,8 +17,9 @@ each reward model (scored by vLLM's pooling runner, the engine the server uses):
 beside the selectors that need no reward model (one sample, majority vote, pass@n).
 Writes OUT/results.json, OUT/per_prompt.jsonl (every reward) and prints a markdown table.
 
---verifiers compares generative verifiers (training/verifier.py: registry entries that write
-their check out; the score is log p(right) - log p(wrong) at the verdict) on the same replies.
+Generative verifiers (kind verifier, training/verifier.py: they write their check out; the
+score is log p(right) - log p(wrong) at the verdict) go in --reward-models too; --verifiers
+also takes a full SFT entry trained on verifier rows.
 --samples may also be the OUT.prompts.jsonl that `bonserve eval --n` writes (held-out prompts,
 the greedy reply's gold beside the samples): then each model's Best-of-n minus greedy, paired
 per prompt, is reported too.
@@ -38,7 +39,7 @@ sys.path.insert(0, str(ROOT))
 
 from core.registry import Registry  # noqa: E402
 from training.eval import answer_parser, ci95, gap_captured, pick_majority, pick_reward  # noqa: E402
-from training.generation import resolve_policy, resolve_reward_model, score_rewards  # noqa: E402
+from training.generation import resolve_reward_model, score_rewards  # noqa: E402
 from training.prefs import all_pairs  # noqa: E402
 from training.verifier import score_with_verifier  # noqa: E402
 
@@ -121,13 +122,12 @@ def main() -> int:
     items = [(row["prompt"], t) for row in rows for t in row["samples"]]
     for name in [*args.reward_models, *args.verifiers]:
         t0 = time.perf_counter()
-        if name in args.verifiers:
-            policy = resolve_policy(registry, name)
-            if policy.adapter is not None:
+        if name in args.verifiers:  # also an SFT entry trained on verifier rows
+            entry = registry.load(name)
+            if entry.manifest.format != "full":
                 raise SystemExit(f"{name}: a verifier is scored as full weights; merge the adapter first")
-            entry = policy.entry
             flat = score_with_verifier(entry.path, items)
-        else:
+        else:  # a reward model, or a verifier entry (kind verifier) scored the same way
             entry = resolve_reward_model(registry, name)
             flat = score_rewards(entry.path, items)
         sizes = [len(row["samples"]) for row in rows]

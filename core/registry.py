@@ -28,6 +28,9 @@ from typing import Any
 DEFAULT_MODEL_NAME = "smollm2-135m-instruct"
 MANIFEST = "manifest.json"
 KINDS = ("base", "sft", "rm", "dpo", "ppo", "grpo", "rloo", "verifier")
+# What can rerank Best-of-N candidates: a score model (rm, one logit per reply) or a generative
+# verifier (writes its check out; core/verifier.py). Neither is served as a policy.
+RERANKER_KINDS = ("rm", "verifier")
 FORMATS = ("full", "lora")
 _NAME_RE = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._-]{0,127}$")
 _STAGING_PREFIX = ".staging-"
@@ -248,3 +251,8 @@ def format_manifest(registry: Registry, name: str, *, deep: bool = False) -> str
     """The entry's manifest as JSON (verified first; `deep` re-hashes every file)."""
     entry = registry.load(name, deep=deep)
     return json.dumps({"path": str(entry.path), **asdict(entry.manifest)}, indent=2, sort_keys=True)
+
+
+def is_reranker(manifest: Manifest) -> bool:
+    """A full checkpoint that can rerank Best-of-N candidates (RERANKER_KINDS)."""
+    return manifest.kind in RERANKER_KINDS and manifest.format == "full"

@@ -26,7 +26,7 @@ from server.model_manager import ModelManager
 from server.models import ModelRouter, ServedModel
 from server.pages import install_pages
 from server.protocol import ParamError
-from server.reward import RewardScorer
+from server.reward import make_scorer
 from server.routes import ClientDisconnected, openai_router, ops_router, vllm_router
 from server.startup import plan_policy, plan_rerankers, plan_reward, read_desired_state
 from server.state import AppState
@@ -154,13 +154,13 @@ def build_state(settings: Settings) -> AppState:
     rerank = plan_rerankers(settings, desired, policy)
     reward_start = plan_reward(settings, desired)
     if reward_start is not None:  # the default reward model; the others start with the manager
-        rm_path, rm_name = reward_start
+        rm_path, rm_name, rm_kind = reward_start
         engines["reward"] = ManagedEngine(
             "reward",
-            builder.reward(rm_path, rm_name, "reward"),
+            builder.reranker(rm_path, rm_name, "reward", rm_kind),
             restart_backoff_s=settings.engine_restart_backoff_s,
         )
-        reward = RewardScorer(engines["reward"], rm_name)
+        reward = make_scorer(engines["reward"], rm_name, rm_kind)
         rerank.default, rerank.scorers[rm_name] = rm_name, reward
     elif settings.default_best_of.strip() not in ("", "1") and not settings.reward_models:
         raise SystemExit("--default-best-of needs --reward-model or --reward-models to rerank candidates")

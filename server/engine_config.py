@@ -53,6 +53,14 @@ class EngineBuilder:
         return lambda: build_async_llm(kwargs, metrics_name=metrics_name or f"policy:{name}")
 
     def reward(self, path: Path, name: str, metrics_name: str | None = None) -> Callable[[], Any]:
-        kwargs = self.reward_kwargs(path, name)
+        return self.reranker(path, name, metrics_name, "rm")
+
+    def reranker(self, path: Path, name: str, metrics_name: str | None, kind: str) -> Callable[[], Any]:
+        """The co-located engine of a reranker: pooling for a reward model, generating (same
+        options, no LoRA) for a generative verifier, which writes its check before scoring."""
+        if kind == "verifier":
+            kwargs = policy_engine_kwargs(self.settings.reward_engine_options(), path, name)
+        else:
+            kwargs = self.reward_kwargs(path, name)
         env = reward_engine_env(self.settings.reward_omp_threads)
         return lambda: build_async_llm(kwargs, env, metrics_name=metrics_name or f"reward:{name}")

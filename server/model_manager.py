@@ -49,7 +49,7 @@ from core.desired_state import (
     set_reward_model,
 )
 from core.lora import AdapterError, check_servable_adapter
-from core.registry import Entry, Registry, RegistryError, RegistryNotFound
+from core.registry import RERANKER_KINDS, Entry, Registry, RegistryError, RegistryNotFound, is_reranker
 from core.rerank import read_evaluations
 from server import metrics
 from server.config import Settings
@@ -58,7 +58,7 @@ from server.engines import EngineState, ManagedEngine
 from server.errors import APIError
 from server.models import ModelRouter, ServedModel
 from server.rerankers import Pairing, Rerankers, trained_for_links
-from server.reward import RewardScorer
+from server.reward import RewardScorer, make_scorer
 from server.startup import PolicyStart
 
 logger = logging.getLogger("bonserve.models")
@@ -203,9 +203,11 @@ class ModelManager:
             return self.router.resolve(name), "switch"
         entry = self._entry(name)
         kind, fmt = entry.manifest.kind, entry.manifest.format
-        if kind == "rm":
+        if kind in RERANKER_KINDS:
             raise APIError(
-                422, f"'{name}' is a reward model: use POST /admin/reward/promote", code="wrong_kind"
+                422,
+                f"'{name}' is a reranker (kind {kind}): use POST /admin/reward/promote",
+                code="wrong_kind",
             )
         if fmt == "lora":
             self._check_lora(entry)
@@ -420,7 +422,11 @@ class ModelManager:
             old = self.registry.load(self._entry_name(current))
         except RegistryError:  # a directory checkpoint: nothing to compare against
             return None
-        if new.manifest.kind == "rm" or new.manifest.format != "full" or old.manifest.format != "full":
+        if (
+            new.manifest.kind in RERANKER_KINDS
+            or new.manifest.format != "full"
+            or old.manifest.format != "full"
+        ):
             return None
         if _layout(new) != _layout(old):
             return None
@@ -639,10 +645,10 @@ class ModelManager:
 
     def _reward_entry(self, name: str) -> Entry:
         entry = self._entry(name)
-        if entry.manifest.kind != "rm" or entry.manifest.format != "full":
+        if not is_reranker(entry.manifest):
             raise APIError(
                 422,
-                f"'{name}' is not a full reward-model checkpoint "
+                f"'{name}' is not a full reward-model or verifier checkpoint "
                 f"(kind={entry.manifest.kind}, format={entry.manifest.format})",
                 param="reward_model",
                 code="wrong_kind",
@@ -676,8 +682,9 @@ class ModelManager:
         entry = self._reward_entry(name)
         self._check_memory(entry, self.settings.reward_engine_options().kv_cache_gib)
         key = self.rerank.engine_key(name)
-        engine = await self._start_engine(key, self.builder.reward(entry.path, name, key))
-        scorer = RewardScorer(engine, name)
+        kind = entry.manifest.kind
+        engine = await self._start_engine(key, self.builder.reranker(entry.path, name, key, kind))
+        scorer = make_scorer(engine, name, kind)
         self.rerank.scorers[name] = scorer
         return scorer
 

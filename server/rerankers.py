@@ -31,7 +31,7 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from core.desired_state import AliasRewardModel
-from core.registry import Registry
+from core.registry import Registry, is_reranker
 from core.rerank import Verdict, verdict
 from server import metrics
 from server.models import ModelRouter, ServedModel
@@ -83,7 +83,7 @@ def trained_for_links(registry: Registry) -> dict[str, str]:
         m = entry.manifest
         trained_for = m.extra.get("trained_for")
         policy = trained_for.get("policy") if isinstance(trained_for, dict) else None
-        if m.kind != "rm" or m.format != "full" or not isinstance(policy, str) or not policy:
+        if not is_reranker(m) or not isinstance(policy, str) or not policy:
             continue
         if policy not in newest or (m.created_at, m.name) > newest[policy]:
             newest[policy] = (m.created_at, m.name)

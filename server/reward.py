@@ -1,5 +1,7 @@
-"""Reward scoring on the co-located pooling engine (what ranks Best-of-N candidates, see
-server/bon.py, and answers /v1/rewards)."""
+"""Reward scoring on the co-located engine (what ranks Best-of-N candidates, see server/bon.py,
+and answers /v1/rewards): a reward model's pooling engine (one logit per reply) or a
+generative verifier's generating engine (a greedy check per reply, scored at its verdict;
+core/verifier.py)."""
 
 from __future__ import annotations
 
@@ -9,6 +11,7 @@ from collections.abc import Iterator, Sequence
 from typing import Any
 
 from core.chat import reward_ids
+from core.verifier import MAX_CHECK_TOKENS, TOP_LOGPROBS, check_messages, completion_score
 from server.engines import EngineUnavailable, ManagedEngine
 from server.errors import APIError, bad_request, unavailable
 
@@ -71,3 +74,64 @@ class RewardScorer:
             raise
         except (VLLMClientError, ValueError) as exc:
             raise bad_request(f"reward model rejected the input: {exc}") from exc
+
+
+class VerifierScorer(RewardScorer):
+    """Scores replies with a generative verifier: each reply's check is decoded greedily (all
+    submitted at once, batched by the engine) and scored log p(right) - log p(wrong) at its
+    verdict. Costs a short decode per candidate instead of a prefill, and pays where a score
+    model cannot check the answer in one pass."""
+
+    def conversation_ids(self, messages: list[dict[str, str]], response: str) -> list[int]:
+        """The verifier's input: the check prompt for `response` to the last user turn."""
+        tokenizer = self._require().get_tokenizer()
+        return list(
+            tokenizer.apply_chat_template(
+                check_messages(messages, response),
+                add_generation_prompt=True,
+                tokenize=True,
+                return_dict=False,
+            )
+        )
+
+    async def score(self, sequences: Sequence[list[int]], request_id: str) -> list[float]:
+        from vllm import SamplingParams
+        from vllm.exceptions import VLLMClientError
+        from vllm.sampling_params import RequestOutputKind
+
+        managed = self.engine
+        engine = self._require()
+        assert managed.info is not None
+        limit = managed.info.max_model_len - MAX_CHECK_TOKENS
+        too_long = [i for i, s in enumerate(sequences) if len(s) > limit]
+        if too_long:
+            raise bad_request(
+                f"sequences {too_long} leave the verifier no room to check within its context of "
+                f"{managed.info.max_model_len} tokens"
+            )
+        params = SamplingParams(
+            temperature=0.0,
+            max_tokens=MAX_CHECK_TOKENS,
+            logprobs=TOP_LOGPROBS,
+            output_kind=RequestOutputKind.FINAL_ONLY,
+        )
+
+        async def one(i: int, ids: list[int]) -> float:
+            final = None
+            async for out in engine.generate({"prompt_token_ids": ids}, params, f"{request_id}-vf{i}"):
+                final = out
+            assert final is not None
+            return completion_score(final.outputs[0])
+
+        try:
+            with managed.guard(engine, "the verifier engine"):
+                return list(await asyncio.gather(*(one(i, s) for i, s in enumerate(sequences))))
+        except APIError:
+            raise
+        except (VLLMClientError, ValueError) as exc:
+            raise bad_request(f"verifier rejected the input: {exc}") from exc
+
+
+def make_scorer(engine: ManagedEngine, name: str, kind: str) -> RewardScorer:
+    """The scorer of a reranker of `kind` (a registry kind; a bare directory counts as rm)."""
+    return VerifierScorer(engine, name) if kind == "verifier" else RewardScorer(engine, name)

@@ -15,7 +15,7 @@ from pathlib import Path
 
 from core.desired_state import DesiredState, DesiredStateError, read_desired
 from core.lora import check_servable_adapter, full_weights_of, smallest_servable_rank
-from core.registry import Entry, Registry, RegistryError
+from core.registry import RERANKER_KINDS, Entry, Registry, RegistryError, is_reranker
 from core.rerank import read_evaluations
 from server.config import Settings
 from server.rerankers import Rerankers, trained_for_links
@@ -78,8 +78,8 @@ def _policy_from(settings: Settings, spec: str, flag: str, served_name: str | No
     path, name, entry = resolve_checkpoint(settings, spec, flag)
     if entry is None:
         return PolicyStart(path, served_name or name, name, name, source=flag)
-    if entry.manifest.kind == "rm":
-        raise SystemExit(f"{flag} {spec!r} is a reward model: use --reward-model")
+    if entry.manifest.kind in RERANKER_KINDS:
+        raise SystemExit(f"{flag} {spec!r} is a {entry.manifest.kind} (a reranker): use --reward-model")
     if entry.manifest.format != "lora":
         base = entry.manifest.base_model or entry.name
         return PolicyStart(path, served_name or entry.name, entry.name, base, source=flag)
@@ -126,23 +126,24 @@ def plan_policy(settings: Settings, desired: DesiredState) -> PolicyStart:
     return plan
 
 
-def plan_reward(settings: Settings, desired: DesiredState) -> tuple[Path, str] | None:
-    """The start-up reward model: the desired one when this server runs a reward engine at
-    all (`--reward-model`) and the recorded entry is a full reward model; else the setting."""
+def plan_reward(settings: Settings, desired: DesiredState) -> tuple[Path, str, str] | None:
+    """The start-up reward model (path, name, kind): the desired one when this server runs a
+    reward engine at all (`--reward-model`) and the recorded entry is a full reranker (a reward
+    model or a generative verifier); else the setting (a directory counts as kind rm)."""
     if not settings.reward_model:
         return None
     target = desired.reward_model
     if target and target != settings.reward_model:
         try:
             entry = Registry(settings.registry).load(target)
-            if entry.manifest.kind == "rm" and entry.manifest.format == "full":
+            if is_reranker(entry.manifest):
                 logger.info("starting the reward engine on %s (the desired reward model)", target)
-                return entry.path, entry.name
+                return entry.path, entry.name, entry.manifest.kind
             logger.error("desired reward model %s is not a full reward model: ignored", target)
         except RegistryError as exc:
             logger.error("desired reward model %s: %s: using --reward-model", target, exc)
-    path, name, _ = resolve_checkpoint(settings, settings.reward_model, "--reward-model")
-    return path, name
+    path, name, setting = resolve_checkpoint(settings, settings.reward_model, "--reward-model")
+    return path, name, setting.manifest.kind if setting is not None else "rm"
 
 
 def plan_rerankers(settings: Settings, desired: DesiredState, policy: PolicyStart) -> Rerankers:
@@ -162,8 +163,8 @@ def plan_rerankers(settings: Settings, desired: DesiredState, policy: PolicyStar
             entry = registry.load(rm)
         except RegistryError as exc:
             raise SystemExit(f"--reward-models {policy_name}={rm}: {exc}") from exc
-        if entry.manifest.kind != "rm" or entry.manifest.format != "full":
-            raise SystemExit(f"--reward-models {policy_name}={rm}: not a full reward-model entry")
+        if not is_reranker(entry.manifest):
+            raise SystemExit(f"--reward-models {policy_name}={rm}: not a full reward-model or verifier entry")
     alias = settings.alias
     pairing = desired.alias_reward_models.get(alias) if alias else None
     if alias and pairing is not None:

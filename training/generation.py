@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import contextlib
 import gc
+import json
 from collections.abc import Iterator, Sequence
 from dataclasses import dataclass
 from pathlib import Path
@@ -18,7 +19,7 @@ from typing import Any
 
 from core.engine_args import EngineOptions, offline, policy_engine_kwargs, reward_engine_kwargs
 from core.lora import adapter_rank, full_weights_of
-from core.registry import Entry, Registry, RegistryError
+from core.registry import MANIFEST, RERANKER_KINDS, Entry, Registry, RegistryError, is_reranker
 
 Messages = list[dict[str, str]]
 
@@ -47,8 +48,8 @@ class Policy:
 
 def resolve_policy(registry: Registry, name: str) -> Policy:
     entry = registry.load(name)
-    if entry.manifest.kind == "rm":
-        raise RegistryError(f"{name!r} is a reward model (kind rm), not a policy")
+    if entry.manifest.kind in RERANKER_KINDS:
+        raise RegistryError(f"{name!r} is a reranker (kind {entry.manifest.kind}), not a policy")
     if entry.manifest.format != "lora":
         return Policy(name=name, entry=entry, weights=entry.path, base_name=entry.manifest.base_model or name)
     root = full_weights_of(registry, entry)
@@ -64,10 +65,10 @@ def resolve_policy(registry: Registry, name: str) -> Policy:
 
 def resolve_reward_model(registry: Registry, name: str) -> Entry:
     entry = registry.load(name)
-    if entry.manifest.kind != "rm" or entry.manifest.format != "full":
+    if not is_reranker(entry.manifest):
         raise RegistryError(
             f"{name!r} is kind {entry.manifest.kind!r} format {entry.manifest.format!r}; "
-            "a reward model is a full checkpoint of kind 'rm'"
+            "a reward model is a full checkpoint of kind 'rm' (or 'verifier', a generative verifier)"
         )
     return entry
 
@@ -241,14 +242,32 @@ def score_rewards(
     kv_cache_gib: float = 1.0,
     batch_size: int = 16,
 ) -> list[float]:
-    """Raw reward (the score logit) of each (conversation, response)."""
+    """Raw reward of each (conversation, response): the score logit of a reward model, or a
+    generative verifier's verdict score when the entry at `path` is kind verifier."""
     if not items:
         return []
+    if is_verifier(path):
+        if backend != "vllm":
+            raise ValueError(f"{path.name}: a generative verifier is scored with vLLM only")
+        from training.verifier import score_with_verifier
+
+        return score_with_verifier(path, items, kv_cache_gib=kv_cache_gib)
     if backend == "vllm":
         return _vllm_rewards(path, items, kv_cache_gib)
     if backend == "transformers":
         return _transformers_rewards(path, items, batch_size)
     raise ValueError(f"reward backend {backend!r}: use 'vllm' or 'transformers'")
+
+
+def is_verifier(path: Path) -> bool:
+    """The checkpoint at `path` is a registry entry of kind verifier (core/verifier.py)."""
+    manifest = path / MANIFEST
+    if not manifest.is_file():
+        return False
+    try:
+        return json.loads(manifest.read_text()).get("kind") == "verifier"
+    except (OSError, ValueError):
+        return False
 
 
 def _vllm_rewards(path: Path, items: Sequence[tuple[Messages, str]], kv_cache_gib: float) -> list[float]:

@@ -131,9 +131,13 @@ def build_reward_functions(
     if task is not None:
         fns.append(GoldReward(task, gold_weight))
     if reward_model is not None:
-        fns.append(
-            RewardModelReward(resolve_reward_model(registry, reward_model).path, rm_weight, device=device)
-        )
+        entry = resolve_reward_model(registry, reward_model)
+        if entry.manifest.kind == "verifier":
+            raise ValueError(
+                f"{reward_model!r} is a generative verifier: online RL scores rollouts with a reward "
+                "model (kind rm); a verifier reranks Best-of-N (server, eval, distill)"
+            )
+        fns.append(RewardModelReward(entry.path, rm_weight, device=device))
     if any(f.weight < 0 for f in fns):
         raise ValueError(f"negative reward weights {fns}: a weight is >= 0 (0 = log only)")
     if not any(f.weight > 0 for f in fns):

@@ -229,7 +229,10 @@ class FakeEngineBuilder:
         return FakeLoRAAsyncLLM
 
     def reward(self, path: Any, name: str, metrics_name: str | None = None) -> Any:
-        self.built.append(("reward", path.name, name))
+        return self.reranker(path, name, metrics_name, "rm")
+
+    def reranker(self, path: Any, name: str, metrics_name: str | None, kind: str) -> Any:
+        self.built.append(("reward" if kind == "rm" else kind, path.name, name))
         return FakeRewardLLM
 
 

@@ -268,7 +268,7 @@ async def test_several_reward_models_and_v1_rewards(serve: Serve) -> None:
 
 
 def test_start_up_refuses_a_mapping_to_a_non_reward_model(registry: Registry) -> None:
-    with pytest.raises(SystemExit, match="not a full reward-model entry"):
+    with pytest.raises(SystemExit, match="not a full reward-model or verifier entry"):
         build_state(Settings(registry=registry.root, model="base", reward_models="base=tuned"))
     with pytest.raises(SystemExit, match="not found"):
         build_state(Settings(registry=registry.root, model="base", reward_models="base=no-such-rm"))

@@ -55,21 +55,24 @@ def reference_score(path: Path, messages: list[dict[str, str]], reply: str) -> f
     return FLOOR
 
 
-def test_vllm_verifier_scores_match_transformers(tmp_registry: Registry, tmp_path: Path) -> None:
+VERIFIER = "verifier-tiny"
+
+
+@pytest.fixture(scope="module")
+def verifier_registry(module_registry: Registry, tmp_path_factory: pytest.TempPathFactory) -> Registry:
     task = get_task("arithmetic")
-    examples = task.examples("train", 4)
     replies = [
         (e, r)
-        for e in examples
+        for e in task.examples("train", 4)
         for r in (f"{e.prompt[8:15]} = {e.meta['answer']}", str(e.meta["answer"] + 10))
     ]
-    data = tmp_path / "rows.jsonl"
+    data = tmp_path_factory.mktemp("rows") / "rows.jsonl"
     data.write_text("".join(json.dumps(r) + "\n" for r in sft_rows(task, replies)))
     run_verifier(
         VerifierConfig(
-            name="verifier-tiny",
+            name=VERIFIER,
             data=str(data),
-            registry=str(tmp_registry.root),
+            registry=str(module_registry.root),
             full=True,
             max_steps=8,
             batch_size=4,
@@ -79,13 +82,76 @@ def test_vllm_verifier_scores_match_transformers(tmp_registry: Registry, tmp_pat
             save_steps=100,
         )
     )
-    path = tmp_registry.load("verifier-tiny").path
+    assert module_registry.load(VERIFIER).manifest.kind == "verifier"
+    return module_registry
 
-    e = examples[0]
-    messages = task.messages(e)
-    right, wrong = f"The sum is {e.meta['answer']}.", f"The sum is {e.meta['answer'] + 10}."
+
+def question() -> tuple[list[dict[str, str]], list[str]]:
+    e = get_task("arithmetic").examples("train", 1)[0]
+    replies = [f"The sum is {e.meta['answer']}.", f"The sum is {e.meta['answer'] + 10}."]
+    return get_task("arithmetic").messages(e), replies
+
+
+def test_vllm_verifier_scores_match_transformers(verifier_registry: Registry) -> None:
+    path = verifier_registry.path_of(VERIFIER)
+    messages, (right, wrong) = question()
     scores = score_with_verifier(path, [(messages, right), (messages, wrong), (messages, right)])
     assert len(scores) == 3 and scores[0] == scores[2]
     assert scores[0] != FLOOR or scores[1] != FLOOR, "the tuned verifier never reached a verdict"
     for reply, got in ((right, scores[0]), (wrong, scores[1])):
         assert got == pytest.approx(reference_score(path, messages, reply), abs=0.05)
+
+
+def test_the_server_reranks_with_a_verifier(
+    verifier_registry: Registry, default_model: Path, tmp_path_factory: pytest.TempPathFactory
+) -> None:
+    """`--reward-model` naming a verifier entry: /v1/rewards and Best-of-N score with the
+    verifier's generating engine, and agree with transformers."""
+    import httpx
+    import openai
+
+    from loadtests.servers import start_bonserve
+
+    path = verifier_registry.path_of(VERIFIER)
+    messages, replies = question()
+    srv = start_bonserve(
+        tmp_path_factory.mktemp("verifier-server"),
+        "--model",
+        str(default_model),
+        "--served-model-name",
+        "smollm2-135m-instruct",
+        "--registry",
+        str(verifier_registry.root),
+        "--reward-model",
+        VERIFIER,
+        "--enforce-eager",
+    )
+    try:
+        body = httpx.post(
+            srv.v1 + "/rewards",
+            timeout=120,
+            json={"items": [{"messages": messages, "response": r} for r in replies]},
+        ).json()
+        reference = [reference_score(path, messages, r) for r in replies]
+        assert [d["reward"] for d in body["data"]] == pytest.approx(reference, abs=0.05)
+
+        c = openai.OpenAI(base_url=srv.v1, api_key="unused", max_retries=0, timeout=300)
+        r = c.chat.completions.create(
+            model=srv.model,
+            messages=messages,
+            max_tokens=12,
+            temperature=1.0,
+            seed=3,
+            extra_body={"best_of": 3},
+        )
+        extra = r.usage.model_extra["bonserve"]
+        assert extra["candidates"] == 3 and extra["reward_model_tokens"] > 0
+        reply = r.choices[0].message.content
+        assert r.choices[0].model_extra["reward"] == pytest.approx(
+            reference_score(path, messages, reply), abs=0.05
+        )
+        models = httpx.get(srv.v1 + "/models", timeout=30).json()["data"]
+        served = next(m for m in models if m["id"] == "smollm2-135m-instruct")
+        assert json.dumps(served).count(VERIFIER) >= 1, served
+    finally:
+        srv.stop()
