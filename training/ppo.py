@@ -192,6 +192,13 @@ class PPOTrainer:
         self.procs = Processes.current()
         _check_processes(config, self.procs.world)
         self.scorer = Scorer(config, registry)
+        from training.reward_fns import VerifierReward
+
+        if config.rm_refresh_every and isinstance(self.scorer.function("rm"), VerifierReward):
+            raise ConfigError(
+                f"reward_model={config.reward_model!r} is a generative verifier: --rm-refresh-every "
+                "refreshes a score model's pairs; train the verifier further with `bonserve train verifier`"
+            )
         self.refresher = (
             RewardRefresher(
                 config.rm_refresh_steps,

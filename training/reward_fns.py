@@ -17,7 +17,8 @@ Where the rewards come from:
 - the gold verifier of a built-in task (`GoldReward`, `task.reward(example, completion)`);
 - a registry reward model (`RewardModelReward`, kind rm, full checkpoint): the score logit of
   `AutoModelForSequenceClassification` on `core.chat.reward_ids`, the same text the
-  RewardTrainer trained on and the server's pooling engine scores.
+  RewardTrainer trained on and the server's pooling engine scores;
+- a generative verifier (`VerifierReward`, kind verifier): p(right) of its written-out check.
 
 Reward hacking shows when a learned reward rises and the gold one does not, so whenever a
 task has a verifier it is built too: with weight 0 when only the reward model trains.
@@ -111,6 +112,42 @@ class RewardModelReward(RewardFunction):
         return self._scorer
 
 
+class VerifierReward(RewardFunction):
+    """A generative verifier (kind verifier) as the learned reward: the probability it gives
+    " right" over " wrong" at the verdict of its greedy check, in [0, 1] like the gold reward
+    (its raw log-odds reach +-30, a scale PPO's advantages would have to unlearn). Logged as
+    "rm", the learned reward beside the gold one."""
+
+    name = "rm"
+
+    def __init__(
+        self, path: Path | str, weight: float = 1.0, *, batch_size: int = 32, device: Any = "cpu"
+    ) -> None:
+        super().__init__(weight)
+        self.path = Path(path)
+        self.batch_size, self.device = batch_size, device
+        self._verifier: Any = None
+
+    def __call__(
+        self,
+        messages_list: Sequence[Messages],
+        completions: Sequence[str],
+        examples: Sequence[Example | None],
+    ) -> list[float | None]:
+        import math
+
+        scores = self.loaded()(list(zip(messages_list, completions, strict=True)))
+        return [1.0 / (1.0 + math.exp(-s)) for s in scores]
+
+    def loaded(self) -> Any:
+        """The in-memory verifier (training.verifier.TransformersVerifier), loaded on first use."""
+        from training.verifier import TransformersVerifier
+
+        if self._verifier is None:
+            self._verifier = TransformersVerifier(self.path, self.batch_size, self.device)
+        return self._verifier
+
+
 def build_reward_functions(
     task: Task | None,
     reward_model: str | None,
@@ -133,11 +170,9 @@ def build_reward_functions(
     if reward_model is not None:
         entry = resolve_reward_model(registry, reward_model)
         if entry.manifest.kind == "verifier":
-            raise ValueError(
-                f"{reward_model!r} is a generative verifier: online RL scores rollouts with a reward "
-                "model (kind rm); a verifier reranks Best-of-N (server, eval, distill)"
-            )
-        fns.append(RewardModelReward(entry.path, rm_weight, device=device))
+            fns.append(VerifierReward(entry.path, rm_weight, device=device))
+        else:
+            fns.append(RewardModelReward(entry.path, rm_weight, device=device))
     if any(f.weight < 0 for f in fns):
         raise ValueError(f"negative reward weights {fns}: a weight is >= 0 (0 = log only)")
     if not any(f.weight > 0 for f in fns):

@@ -23,6 +23,7 @@ from core.chat import Messages
 from core.registry import Entry
 from core.verifier import (
     CHECK_PROMPT,
+    FLOOR,
     MAX_CHECK_TOKENS,
     RIGHT,
     TOP_LOGPROBS,
@@ -85,6 +86,78 @@ def score_with_verifier(
         outputs = llm.generate(prompts, params, use_tqdm=True)
         scores = [completion_score(out.outputs[0]) for out in outputs]
     return [scores[where[k]] for k in keys]
+
+
+class TransformersVerifier:
+    """A verifier kept loaded in this process, checking replies with transformers' greedy
+    generate in left-padded batches: for callers that score again and again (PPO scores every
+    rollout batch); one-off scoring of many replies is faster with `score_with_verifier`."""
+
+    def __init__(self, model_dir: Path, batch_size: int = 32, device: Any = "cpu") -> None:
+        import torch
+        from transformers import AutoModelForCausalLM, AutoTokenizer
+
+        self.tokenizer = AutoTokenizer.from_pretrained(model_dir)
+        self.model = AutoModelForCausalLM.from_pretrained(model_dir, dtype=torch.float32).to(device).eval()
+        self.batch_size, self.device = batch_size, device
+        self.pad_id = self.tokenizer.pad_token_id or self.tokenizer.eos_token_id
+        self.verdict = self.tokenizer.encode(VERDICT, add_special_tokens=False)
+        (self.right,) = self.tokenizer.encode(RIGHT, add_special_tokens=False)
+        (self.wrong,) = self.tokenizer.encode(WRONG, add_special_tokens=False)
+
+    def __call__(self, items: Sequence[tuple[Messages, str]]) -> list[float]:
+        """The verdict score (core/verifier.py) of each (conversation, reply); each distinct
+        check is run once."""
+        keys = [check_messages(m, r)[0]["content"] for m, r in items]
+        distinct = list(dict.fromkeys(keys))
+        scores: dict[str, float] = {}
+        for i in range(0, len(distinct), self.batch_size):
+            batch = distinct[i : i + self.batch_size]
+            scores.update(zip(batch, self._checks(batch), strict=True))
+        return [scores[k] for k in keys]
+
+    def _checks(self, contents: Sequence[str]) -> list[float]:
+        import torch
+
+        seqs = [
+            list(
+                self.tokenizer.apply_chat_template(
+                    [{"role": "user", "content": c}],
+                    add_generation_prompt=True,
+                    tokenize=True,
+                    return_dict=False,
+                )
+            )
+            for c in contents
+        ]
+        width = max(len(s) for s in seqs)
+        ids = torch.full((len(seqs), width), self.pad_id, dtype=torch.long)
+        mask = torch.zeros((len(seqs), width), dtype=torch.long)
+        for j, s in enumerate(seqs):  # left padding: every row's next token is at the end
+            ids[j, width - len(s) :] = torch.tensor(s)
+            mask[j, width - len(s) :] = 1
+        with torch.no_grad():
+            out = self.model.generate(
+                input_ids=ids.to(self.device),
+                attention_mask=mask.to(self.device),
+                max_new_tokens=MAX_CHECK_TOKENS,
+                do_sample=False,
+                output_scores=True,
+                return_dict_in_generate=True,
+                pad_token_id=self.pad_id,
+            )
+        new = out.sequences[:, width:].tolist()
+        k = len(self.verdict)
+        result = []
+        for j, tokens in enumerate(new):
+            score = FLOOR
+            for t in range(k, len(tokens)):
+                if tokens[t - k : t] == self.verdict:
+                    lp = torch.log_softmax(out.scores[t][j].float(), dim=-1)
+                    score = max(FLOOR, min(-FLOOR, float(lp[self.right] - lp[self.wrong])))
+                    break
+            result.append(score)
+        return result
 
 
 def run(config: VerifierConfig) -> Entry | None:

@@ -11,15 +11,17 @@ strings), and repeated replies are scored once.
 from __future__ import annotations
 
 import json
+import math
 from pathlib import Path
 
 import pytest
 
 from core.registry import Registry
 from core.verifier import FLOOR, MAX_CHECK_TOKENS, RIGHT, VERDICT, WRONG, check_messages
+from training.reward_fns import VerifierReward
 from training.tasks import get_task
+from training.verifier import TransformersVerifier, score_with_verifier, sft_rows
 from training.verifier import run as run_verifier
-from training.verifier import score_with_verifier, sft_rows
 from training.verifier_config import VerifierConfig
 
 pytestmark = [pytest.mark.engine, pytest.mark.timeout(900)]
@@ -98,8 +100,14 @@ def test_vllm_verifier_scores_match_transformers(verifier_registry: Registry) ->
     scores = score_with_verifier(path, [(messages, right), (messages, wrong), (messages, right)])
     assert len(scores) == 3 and scores[0] == scores[2]
     assert scores[0] != FLOOR or scores[1] != FLOOR, "the tuned verifier never reached a verdict"
-    for reply, got in ((right, scores[0]), (wrong, scores[1])):
-        assert got == pytest.approx(reference_score(path, messages, reply), abs=0.05)
+    reference = [reference_score(path, messages, r) for r in (right, wrong)]
+    assert scores[:2] == pytest.approx(reference, abs=0.05)
+    # the in-process scorer PPO uses (left-padded batched generate) agrees too, and its
+    # reward is the verifier's p(right)
+    in_process = TransformersVerifier(path, batch_size=2)([(messages, right), (messages, wrong)])
+    assert in_process == pytest.approx(reference, abs=0.05)
+    rewards = VerifierReward(path)([messages, messages], [right, wrong], [None, None])
+    assert rewards == pytest.approx([1 / (1 + math.exp(-x)) for x in reference], abs=0.01)
 
 
 def test_the_server_reranks_with_a_verifier(
