@@ -43,37 +43,49 @@ class RewardScorer:
         """The full conversation with `response` as the last assistant turn, templated."""
         return reward_ids(self._require().get_tokenizer(), messages, response)
 
+    # what each scorer calls itself and its engine in errors, and the decode room a sequence
+    # must leave
+    kind_label, engine_label, reserved_tokens = "reward model", "reward", 0
+
     async def score(self, sequences: Sequence[list[int]], request_id: str) -> list[float]:
         """Raw reward logits, one per sequence. All are submitted at once so the engine
         schedules them in the same batch."""
         from vllm import PoolingParams
-        from vllm.exceptions import VLLMClientError
 
-        managed = self.engine  # one instance for the whole call, even if a swap happens
-        engine = self._require()
-        assert managed.info is not None
-        too_long = [i for i, s in enumerate(sequences) if len(s) > managed.info.max_model_len]
-        if too_long:
-            raise bad_request(
-                f"sequences {too_long} exceed the reward model's context of "
-                f"{managed.info.max_model_len} tokens"
-            )
         params = PoolingParams(task="classify", use_activation=False)
 
-        async def one(i: int, ids: list[int]) -> float:
+        async def one(engine: Any, i: int, ids: list[int]) -> float:
             final = None
             async for out in engine.encode({"prompt_token_ids": ids}, params, f"{request_id}-rm{i}"):
                 final = out
             assert final is not None
             return float(final.outputs.data.reshape(-1)[0])
 
+        return await self._each(sequences, one)
+
+    async def _each(self, sequences: Sequence[list[int]], one: Any) -> list[float]:
+        """`one(engine, i, ids)` for every sequence at once, on one engine instance for the
+        whole call (even if a swap happens); too-long input and engine rejections are 400s."""
+        from vllm.exceptions import VLLMClientError
+
+        managed = self.engine
+        engine = self._require()
+        assert managed.info is not None
+        limit = managed.info.max_model_len - self.reserved_tokens
+        too_long = [i for i, s in enumerate(sequences) if len(s) > limit]
+        if too_long:
+            raise bad_request(
+                f"sequences {too_long} exceed the {self.kind_label}'s context of "
+                f"{managed.info.max_model_len} tokens"
+                + (f" less the {self.reserved_tokens} it writes" if self.reserved_tokens else "")
+            )
         try:
-            with managed.guard(engine, "the reward engine"):
-                return list(await asyncio.gather(*(one(i, s) for i, s in enumerate(sequences))))
+            with managed.guard(engine, f"the {self.engine_label} engine"):
+                return list(await asyncio.gather(*(one(engine, i, s) for i, s in enumerate(sequences))))
         except APIError:
             raise
         except (VLLMClientError, ValueError) as exc:
-            raise bad_request(f"reward model rejected the input: {exc}") from exc
+            raise bad_request(f"{self.kind_label} rejected the input: {exc}") from exc
 
 
 class VerifierScorer(RewardScorer):
@@ -94,21 +106,13 @@ class VerifierScorer(RewardScorer):
             )
         )
 
+    kind_label, engine_label, reserved_tokens = "verifier", "verifier", MAX_CHECK_TOKENS
+
     async def score(self, sequences: Sequence[list[int]], request_id: str) -> list[float]:
+        """The verdict score of each check prompt, all decoded at once."""
         from vllm import SamplingParams
-        from vllm.exceptions import VLLMClientError
         from vllm.sampling_params import RequestOutputKind
 
-        managed = self.engine
-        engine = self._require()
-        assert managed.info is not None
-        limit = managed.info.max_model_len - MAX_CHECK_TOKENS
-        too_long = [i for i, s in enumerate(sequences) if len(s) > limit]
-        if too_long:
-            raise bad_request(
-                f"sequences {too_long} leave the verifier no room to check within its context of "
-                f"{managed.info.max_model_len} tokens"
-            )
         params = SamplingParams(
             temperature=0.0,
             max_tokens=MAX_CHECK_TOKENS,
@@ -116,20 +120,14 @@ class VerifierScorer(RewardScorer):
             output_kind=RequestOutputKind.FINAL_ONLY,
         )
 
-        async def one(i: int, ids: list[int]) -> float:
+        async def one(engine: Any, i: int, ids: list[int]) -> float:
             final = None
             async for out in engine.generate({"prompt_token_ids": ids}, params, f"{request_id}-vf{i}"):
                 final = out
             assert final is not None
             return completion_score(final.outputs[0])
 
-        try:
-            with managed.guard(engine, "the verifier engine"):
-                return list(await asyncio.gather(*(one(i, s) for i, s in enumerate(sequences))))
-        except APIError:
-            raise
-        except (VLLMClientError, ValueError) as exc:
-            raise bad_request(f"verifier rejected the input: {exc}") from exc
+        return await self._each(sequences, one)
 
 
 def make_scorer(engine: ManagedEngine, name: str, kind: str) -> RewardScorer:

@@ -79,7 +79,8 @@ def _policy_from(settings: Settings, spec: str, flag: str, served_name: str | No
     if entry is None:
         return PolicyStart(path, served_name or name, name, name, source=flag)
     if entry.manifest.kind in RERANKER_KINDS:
-        raise SystemExit(f"{flag} {spec!r} is a {entry.manifest.kind} (a reranker): use --reward-model")
+        what = "reward model" if entry.manifest.kind == "rm" else "generative verifier"
+        raise SystemExit(f"{flag} {spec!r} is a {what} (kind {entry.manifest.kind}): use --reward-model")
     if entry.manifest.format != "lora":
         base = entry.manifest.base_model or entry.name
         return PolicyStart(path, served_name or entry.name, entry.name, base, source=flag)

@@ -31,6 +31,7 @@ task example back from the dataset column `example` (`encode_example` writes it)
 from __future__ import annotations
 
 import json
+import math
 from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
@@ -86,13 +87,14 @@ class RewardModelReward(RewardFunction):
     """A registry reward model scored with transformers (loaded on first use, kept after)."""
 
     name = "rm"
+    default_batch_size = 16
 
     def __init__(
-        self, path: Path | str, weight: float = 1.0, *, batch_size: int = 16, device: Any = "cpu"
+        self, path: Path | str, weight: float = 1.0, *, batch_size: int | None = None, device: Any = "cpu"
     ) -> None:
         super().__init__(weight)
         self.path = Path(path)
-        self.batch_size, self.device = batch_size, device
+        self.batch_size, self.device = batch_size or self.default_batch_size, device
         self._scorer: Any = None
 
     def __call__(
@@ -101,51 +103,39 @@ class RewardModelReward(RewardFunction):
         completions: Sequence[str],
         examples: Sequence[Example | None],
     ) -> list[float | None]:
-        return list(self.loaded()(list(zip(messages_list, completions, strict=True))))
+        return [self.reward(s) for s in self.loaded()(list(zip(messages_list, completions, strict=True)))]
+
+    def reward(self, score: float) -> float:
+        """The training reward of one raw score (the score logit itself)."""
+        return float(score)
 
     def loaded(self) -> Any:
-        """The in-memory scorer (training.reward.RewardModelScorer), loaded on first use."""
-        from training.reward import RewardModelScorer
-
+        """The in-memory scorer, loaded on first use."""
         if self._scorer is None:
-            self._scorer = RewardModelScorer(self.path, self.batch_size, self.device)
+            self._scorer = self.load()
         return self._scorer
 
+    def load(self) -> Any:
+        from training.reward import RewardModelScorer
 
-class VerifierReward(RewardFunction):
+        return RewardModelScorer(self.path, self.batch_size, self.device)
+
+
+class VerifierReward(RewardModelReward):
     """A generative verifier (kind verifier) as the learned reward: the probability it gives
     " right" over " wrong" at the verdict of its greedy check, in [0, 1] like the gold reward
     (its raw log-odds reach +-30, a scale PPO's advantages would have to unlearn). Logged as
     "rm", the learned reward beside the gold one."""
 
-    name = "rm"
+    default_batch_size = 32
 
-    def __init__(
-        self, path: Path | str, weight: float = 1.0, *, batch_size: int = 32, device: Any = "cpu"
-    ) -> None:
-        super().__init__(weight)
-        self.path = Path(path)
-        self.batch_size, self.device = batch_size, device
-        self._verifier: Any = None
+    def reward(self, score: float) -> float:
+        return 1.0 / (1.0 + math.exp(-score))
 
-    def __call__(
-        self,
-        messages_list: Sequence[Messages],
-        completions: Sequence[str],
-        examples: Sequence[Example | None],
-    ) -> list[float | None]:
-        import math
-
-        scores = self.loaded()(list(zip(messages_list, completions, strict=True)))
-        return [1.0 / (1.0 + math.exp(-s)) for s in scores]
-
-    def loaded(self) -> Any:
-        """The in-memory verifier (training.verifier.TransformersVerifier), loaded on first use."""
+    def load(self) -> Any:
         from training.verifier import TransformersVerifier
 
-        if self._verifier is None:
-            self._verifier = TransformersVerifier(self.path, self.batch_size, self.device)
-        return self._verifier
+        return TransformersVerifier(self.path, self.batch_size, self.device)
 
 
 def build_reward_functions(

@@ -10,9 +10,11 @@ strings), and repeated replies are scored once.
 
 from __future__ import annotations
 
+import functools
 import json
 import math
 from pathlib import Path
+from typing import Any
 
 import pytest
 
@@ -27,14 +29,27 @@ from training.verifier_config import VerifierConfig
 pytestmark = [pytest.mark.engine, pytest.mark.timeout(900)]
 
 
-def reference_score(path: Path, messages: list[dict[str, str]], reply: str) -> float:
+@functools.cache
+def reference_model(path: Path) -> tuple[Any, Any]:
     import torch
     from transformers import AutoModelForCausalLM, AutoTokenizer
 
-    tok = AutoTokenizer.from_pretrained(path)
-    model = AutoModelForCausalLM.from_pretrained(path, dtype=torch.float32).eval()
+    return AutoTokenizer.from_pretrained(path), AutoModelForCausalLM.from_pretrained(
+        path, dtype=torch.float32
+    ).eval()
+
+
+@functools.cache
+def reference_score(path: Path, messages: tuple[tuple[tuple[str, str], ...], ...], reply: str) -> float:
+    """transformers' greedy check and verdict score (`messages` as nested tuples, to cache)."""
+    import torch
+
+    tok, model = reference_model(path)
     ids = tok.apply_chat_template(
-        check_messages(messages, reply), add_generation_prompt=True, return_tensors="pt", return_dict=True
+        check_messages([dict(m) for m in messages], reply),
+        add_generation_prompt=True,
+        return_tensors="pt",
+        return_dict=True,
     )["input_ids"]
     with torch.no_grad():
         out = model.generate(
@@ -88,6 +103,10 @@ def verifier_registry(module_registry: Registry, tmp_path_factory: pytest.TempPa
     return module_registry
 
 
+def frozen(messages: list[dict[str, str]]) -> tuple[tuple[tuple[str, str], ...], ...]:
+    return tuple(tuple(sorted(m.items())) for m in messages)
+
+
 def question() -> tuple[list[dict[str, str]], list[str]]:
     e = get_task("arithmetic").examples("train", 1)[0]
     replies = [f"The sum is {e.meta['answer']}.", f"The sum is {e.meta['answer'] + 10}."]
@@ -100,7 +119,7 @@ def test_vllm_verifier_scores_match_transformers(verifier_registry: Registry) ->
     scores = score_with_verifier(path, [(messages, right), (messages, wrong), (messages, right)])
     assert len(scores) == 3 and scores[0] == scores[2]
     assert scores[0] != FLOOR or scores[1] != FLOOR, "the tuned verifier never reached a verdict"
-    reference = [reference_score(path, messages, r) for r in (right, wrong)]
+    reference = [reference_score(path, frozen(messages), r) for r in (right, wrong)]
     assert scores[:2] == pytest.approx(reference, abs=0.05)
     # the in-process scorer PPO uses (left-padded batched generate) agrees too, and its
     # reward is the verifier's p(right)
@@ -140,7 +159,7 @@ def test_the_server_reranks_with_a_verifier(
             timeout=120,
             json={"items": [{"messages": messages, "response": r} for r in replies]},
         ).json()
-        reference = [reference_score(path, messages, r) for r in replies]
+        reference = [reference_score(path, frozen(messages), r) for r in replies]
         assert [d["reward"] for d in body["data"]] == pytest.approx(reference, abs=0.05)
 
         c = openai.OpenAI(base_url=srv.v1, api_key="unused", max_retries=0, timeout=300)
@@ -156,7 +175,7 @@ def test_the_server_reranks_with_a_verifier(
         assert extra["candidates"] == 3 and extra["reward_model_tokens"] > 0
         reply = r.choices[0].message.content
         assert r.choices[0].model_extra["reward"] == pytest.approx(
-            reference_score(path, messages, reply), abs=0.05
+            reference_score(path, frozen(messages), reply), abs=0.05
         )
         models = httpx.get(srv.v1 + "/models", timeout=30).json()["data"]
         served = next(m for m in models if m["id"] == "smollm2-135m-instruct")
