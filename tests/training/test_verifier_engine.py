@@ -90,6 +90,7 @@ def verifier_registry(module_registry: Registry, tmp_path_factory: pytest.TempPa
             name=VERIFIER,
             data=str(data),
             registry=str(module_registry.root),
+            output_dir=str(tmp_path_factory.mktemp("run")),
             full=True,
             max_steps=8,
             batch_size=4,
