@@ -1,4 +1,4 @@
-"""Generative verifiers: training rows, the trainer, and offline scoring with vLLM.
+"""Generative verifiers: training rows, the trainer, and scoring (vLLM offline, transformers in-process).
 
 The layout (what the verifier reads, where its verdict is) lives in core/verifier.py, shared
 with the server. Rows: each reply under review becomes the check prompt, and the target is
@@ -7,7 +7,7 @@ learns to do the check, not to recognise a reply's look. The trainer is SFT (tra
 on those rows, completion tokens only, every weight (the server runs the verifier as a full
 checkpoint); the entry is kind "verifier".
 
-    bonserve train verifier --name verifier-arith --data rows.jsonl --task arithmetic \
+    bonserve train verifier --full --name verifier-arith --data rows.jsonl --task arithmetic \
         --for-policy arith-ppo-merged --max-steps 240 --batch-size 8 --learning-rate 1e-4
 
 Options: training/verifier_config.py; rows: benchmarks/verifier_data.py.
