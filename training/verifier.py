@@ -75,17 +75,17 @@ def score_with_verifier(
 
     # Best-of-N samples repeat themselves (a tuned policy's 8 samples are often one reply):
     # each distinct check is run once.
-    checks = [check_messages(m, r) for m, r in items]
-    keys = [tuple(sorted(c[0].items())) for c in checks]
+    keys = [check_messages(m, r)[0]["content"] for m, r in items]
     distinct = list(dict.fromkeys(keys))
-    where = {k: i for i, k in enumerate(distinct)}
     with open_llm(llm_kwargs(path, enforce_eager=True, kv_cache_gib=kv_cache_gib)) as llm:
         tokenizer = llm.get_tokenizer()
-        prompts = [{"prompt_token_ids": prompt_ids(tokenizer, [dict(k)])} for k in distinct]
+        prompts = [
+            {"prompt_token_ids": prompt_ids(tokenizer, [{"role": "user", "content": c}])} for c in distinct
+        ]
         params = SamplingParams(temperature=0.0, max_tokens=MAX_CHECK_TOKENS, logprobs=TOP_LOGPROBS)
         outputs = llm.generate(prompts, params, use_tqdm=True)
-        scores = [completion_score(out.outputs[0]) for out in outputs]
-    return [scores[where[k]] for k in keys]
+        scores = dict(zip(distinct, (completion_score(out.outputs[0]) for out in outputs), strict=True))
+    return [scores[k] for k in keys]
 
 
 class TransformersVerifier:
