@@ -14,7 +14,7 @@ BONSERVE=${BONSERVE:-.venv/bin/bonserve}
 BASE=${BASE:-smollm2-135m-instruct}
 RM=${RM:-rm-base-lora}              # trained on the base's own samples (T=0.8), bon_pays.md
 BUDGET=${BUDGET:-1600}
-RUNS_WANTED=${RUNS_WANTED:-refresh frozen}   # also: rollouts, rollouts-lite, frozen-grouped, frozen-kl, frozen-kl-fixed, batch-kl, rare-kl-fixed
+RUNS_WANTED=${RUNS_WANTED:-refresh frozen}   # also: rollouts, rollouts-lite, frozen-grouped, frozen-kl, frozen-kl-fixed, batch-kl, rare-kl-fixed, verifier-refresh
 REPLAY=${REPLAY:-docs/benchmarks/bon_pays_t04/prefs-base-train.jsonl}  # what RM was trained on
 mkdir -p "$OUT"
 # shellcheck source=benchmarks/lib.sh
@@ -57,6 +57,13 @@ for run in $RUNS_WANTED; do
     rare-kl-fixed) name=ppo-$RM-rare-kl-fixed; extra=(--kl-coef 0.15 --rm-refresh-source rollouts
       --rm-refresh-pairs batch --rm-refresh-replay "$REPLAY" --rm-refresh-new-share 0.5
       --rm-refresh-batch-size 16 --rm-refresh-learning-rate 2e-5 --rm-refresh-every 10 --rm-refresh-steps 24) ;;
+    # A generative verifier (RM=verifier-arith-v) refreshed on the worked checks of the
+    # rollouts (training/verifier_refresh.py) every 5 iterations, 4 SFT steps of 8 checks, half
+    # new and half replayed from its rows (REPLAY=docs/benchmarks/verifier/train.jsonl), with
+    # frozen-kl-fixed's KL coefficient: the refreshed counterpart of RM=verifier-arith-v frozen-kl-fixed.
+    verifier-refresh) name=ppo-$RM-refresh-kl-fixed; extra=(--kl-coef 0.15 --rm-refresh-source rollouts
+      --rm-refresh-pairs batch --rm-refresh-replay "$REPLAY" --rm-refresh-new-share 0.5
+      --rm-refresh-batch-size 8 --rm-refresh-learning-rate 1e-5 --rm-refresh-every 5 --rm-refresh-steps 4) ;;
     *) echo "unknown run $run" >&2; exit 2 ;;
   esac
   train ppo "$name" "${recipe[@]}" "${extra[@]}"

@@ -29,7 +29,9 @@ gold labels, and the reward model is fine-tuned on the comparisons gathered so f
 beside the pairs it was first trained on (training/rm_refresh.py); its on-policy pairwise
 accuracy before and after each refresh is
 logged (`rm_refresh/...`), and the refreshed reward model is written as entry NAME-rm, marked
-as trained for the policy NAME (what the server pairs it with).
+as trained for the policy NAME (what the server pairs it with). A generative verifier as the
+reward model is refreshed on the worked checks of the judged rollouts instead of comparisons
+(training/verifier_refresh.py) and written as NAME-rm of kind verifier.
 
 The four roles: the policy is a LoRA adapter on --base (or full weights); the reference is
 --base itself — the same module with the adapter disabled, no second copy — except with
@@ -192,25 +194,7 @@ class PPOTrainer:
         self.procs = Processes.current()
         _check_processes(config, self.procs.world)
         self.scorer = Scorer(config, registry)
-        from training.reward_fns import VerifierReward
-
-        if config.rm_refresh_every and isinstance(self.scorer.function("rm"), VerifierReward):
-            raise ConfigError(
-                f"reward_model={config.reward_model!r} is a generative verifier: --rm-refresh-every "
-                "refreshes a score model's pairs; train the verifier further with `bonserve train verifier`"
-            )
-        self.refresher = (
-            RewardRefresher(
-                config.rm_refresh_steps,
-                config.rm_refresh_batch_size,
-                config.rm_refresh_learning_rate,
-                config.seed,
-                new_share=config.rm_refresh_new_share,
-                replay=replay_pairs(config.rm_refresh_replay) if config.rm_refresh_replay else (),
-            )
-            if config.rm_refresh_every
-            else None
-        )
+        self.refresher = self._refresher() if config.rm_refresh_every else None
         self.last_refresh: dict[str, float] = {}
         self.deadline: float | None = None  # time.monotonic() at which --max-time-s runs out
         self.last_refresh_s: float | None = None  # how long the previous refresh took
@@ -237,6 +221,40 @@ class PPOTrainer:
         self.query_ids = {
             p.id: _prompt_ids(self.tokenizer, p.messages, config.max_length) for p in self.prompts
         }
+
+    def _refresher(self) -> RewardRefresher:
+        """What refreshes the learned reward: a score model on comparisons (rm_refresh.py), a
+        generative verifier on single judged rollouts (verifier_refresh.py)."""
+        from training.reward_fns import VerifierReward
+
+        config = self.config
+        options = {
+            "steps": config.rm_refresh_steps,
+            "batch_size": config.rm_refresh_batch_size,
+            "learning_rate": config.rm_refresh_learning_rate,
+            "seed": config.seed,
+            "new_share": config.rm_refresh_new_share,
+        }
+        if not self.verifier_refresh:
+            replay = replay_pairs(config.rm_refresh_replay) if config.rm_refresh_replay else ()
+            return RewardRefresher(**options, replay=replay)
+        from training.verifier_refresh import VerifierRefresher, replay_checks
+
+        assert isinstance(self.scorer.function("rm"), VerifierReward)
+        if config.rm_refresh_source != "rollouts":
+            raise ConfigError(
+                f"reward_model={config.reward_model!r} is a generative verifier: it refreshes on the "
+                "rollouts PPO already judged and scored, --rm-refresh-source rollouts"
+            )
+        replay = replay_checks(config.rm_refresh_replay) if config.rm_refresh_replay else ()
+        return VerifierRefresher(**options, replay=replay)
+
+    @property
+    def verifier_refresh(self) -> bool:
+        """Whether the learned reward being refreshed is a generative verifier."""
+        from training.reward_fns import VerifierReward
+
+        return bool(self.config.rm_refresh_every) and isinstance(self.scorer.function("rm"), VerifierReward)
 
     # --- models ---------------------------------------------------------------------------
 
@@ -281,7 +299,7 @@ class PPOTrainer:
         batch = Batch.pack(rollouts, self.tokenizer.pad_token_id)
         scores, judged = self.score(rollouts)
         if self.refresher is not None and self.config.rm_refresh_source == "rollouts":
-            self.refresher.pending += self.rollout_comparisons(rollouts, judged["gold"])
+            self.refresher.pending += self.rollout_refresh_items(rollouts, judged)
         old = self.old_outputs(batch)
         kl_coef = self.kl_ctl.value
         rewards, non_score = self.token_rewards(scores, old, batch.mask, kl_coef)
@@ -301,6 +319,19 @@ class PPOTrainer:
             random.Random(self.config.seed * 7919 + i // n).shuffle(order)
             out += [self.prompts[order[i % n]]] * group
         return out
+
+    def rollout_refresh_items(self, rollouts: Rollouts, judged: dict[str, list[float]]) -> list[Any]:
+        """What the next refresh learns from in this iteration's rollouts: comparisons for a
+        score model, a check per distinct rollout (with the verifier's p(right)) for a verifier."""
+        if not self.verifier_refresh:
+            return self.rollout_comparisons(rollouts, judged["gold"])
+        from training.verifier_refresh import rollout_checks
+
+        texts = self.tokenizer.batch_decode(rollouts.response_ids, skip_special_tokens=True)
+        items = zip(rollouts.prompts, texts, judged["rm"], strict=True)
+        return rollout_checks(
+            self.scorer.function("gold").task, [(p.messages, t, p.example, rm) for p, t, rm in items]
+        )
 
     def rollout_comparisons(self, rollouts: Rollouts, gold: Sequence[float]) -> list[Comparison]:
         """Every (better, worse) pair of distinct replies among one prompt's rollouts, ranked by
@@ -721,8 +752,8 @@ class PPOTrainer:
         )
 
     def _save_reward_entry(self) -> Entry:
-        """The refreshed reward model as entry NAME-rm (kind rm, full), parent the reward model
-        PPO started with, trained_for the policy NAME at the rollout temperature."""
+        """The refreshed reward model as entry NAME-rm (kind rm, or verifier, full), parent the
+        reward model PPO started with, trained_for the policy NAME at the rollout temperature."""
         from core.registry import Manifest
         from training.generation import resolve_reward_model
 
@@ -733,7 +764,7 @@ class PPOTrainer:
         refresh_keys = [k for k in dataclasses.asdict(config) if k.startswith("rm_refresh_")]
         manifest = Manifest(
             name=f"{config.name}-rm",
-            kind="rm",
+            kind=start.manifest.kind,
             format="full",
             base_model=start.manifest.base_model,
             parent=start.name,
@@ -749,7 +780,8 @@ class PPOTrainer:
                 },
                 "refreshed_during": config.name,
                 "refreshes": self.refresher.refreshes,
-                "comparisons": len(self.refresher.buffer),
+                ("checks" if self.verifier_refresh else "comparisons"): len(self.refresher.buffer),
+                **({"verifier": {"task": config.task}} if self.verifier_refresh else {}),
             },
         )
         with self.registry.write(manifest) as staging:

@@ -46,7 +46,9 @@ class PPOConfig(TrainConfig):
             "help": "With --reward rm: every N iterations sample the current policy on "
             "--rm-refresh-prompts training prompts x --rm-refresh-k, judge the samples with the "
             "task's gold labels and fine-tune the reward model on every (correct, wrong) pair "
-            "gathered so far (0 = the reward model stays frozen). With --max-time-s, a refresh is "
+            "gathered so far (0 = the reward model stays frozen); a generative verifier (kind verifier) "
+            "is fine-tuned instead on the worked checks of the rollouts since the last refresh "
+            "(--rm-refresh-source rollouts). With --max-time-s, a refresh is "
             "skipped when less time is left than the previous one took."
         },
     )
@@ -77,9 +79,9 @@ class PPOConfig(TrainConfig):
     rm_refresh_replay: str | None = field(
         default=None,
         metadata={
-            "help": "Preference file the reward model was trained on (conversational pairs): its pairs "
-            "join the pool every refresh mini-batch draws from, so a refresh adds to what the model "
-            "knew instead of replacing it."
+            "help": "Preference file the reward model was trained on (conversational pairs; for a "
+            "verifier, its rows file): its rows join the pool every refresh mini-batch draws from, so a "
+            "refresh adds to what the model knew instead of replacing it."
         },
     )
     rm_refresh_new_share: float = field(
@@ -199,7 +201,8 @@ class PPOConfig(TrainConfig):
             ):
                 raise ConfigError(
                     "rm_refresh_source='rollouts' needs rollouts_per_prompt >= 2: a pair needs two "
-                    "rollouts of one prompt"
+                    "rollouts of one prompt (or --rm-refresh-pairs batch; with a verifier, which learns "
+                    "from each rollout alone, pass batch)"
                 )
             if not 0.0 <= self.rm_refresh_new_share <= 1.0:
                 raise ConfigError(f"rm_refresh_new_share={self.rm_refresh_new_share!r}: must be in [0, 1]")

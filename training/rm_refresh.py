@@ -149,16 +149,16 @@ class RewardRefresher:
         seed: int,
         *,
         new_share: float = 0.0,
-        replay: Sequence[Comparison] = (),
+        replay: Sequence[Any] = (),
     ) -> None:
         self.steps, self.batch_size, self.learning_rate = steps, batch_size, learning_rate
         self.seed, self.new_share = seed, new_share
         self.replay = list(replay)
-        self.buffer: list[Comparison] = []
-        self.pending: list[Comparison] = []
+        self.buffer: list[Any] = []  # Comparisons here, Checks in VerifierRefresher
+        self.pending: list[Any] = []
         self.refreshes = 0
 
-    def batches(self, new: Sequence[Comparison], rng: random.Random) -> list[list[Comparison]]:
+    def batches(self, new: Sequence[Any], rng: random.Random) -> list[list[Any]]:
         """--rm-refresh-steps mini-batches: `new_share` of each from the new comparisons, the
         rest from everything known (buffer and replay), without repeats inside a batch."""
         pool = self.replay + self.buffer
