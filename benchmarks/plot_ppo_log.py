@@ -3,7 +3,9 @@
     python benchmarks/plot_ppo_log.py --out proxy_vs_gold.png docs/benchmarks/ppo_rm_refresh/*.ppo_log.jsonl
 
 Reward hacking shows as the proxy (`rewards/rm/mean`, left axis) rising while the gold reward
-(`rewards/gold/mean`, right axis) does not; refreshes of the reward model are marked.
+(`rewards/gold/mean`, right axis) does not; refreshes of the reward model are marked. A proxy
+that is itself a probability of being right (a generative verifier's p(right)) shares the gold
+reward's 0-1 scale, so both axes then run 0-1 and the two curves can be read against each other.
 """
 
 from __future__ import annotations
@@ -35,8 +37,12 @@ def main() -> None:
         gold.plot(steps, [r.get("rewards/gold/mean") for r in rows], "s-", color="tab:blue", label="gold")
         gold.set_ylim(0, 1)
         gold.set_ylabel("gold reward (rollouts)")
+        proxy = [r["rewards/rm/mean"] for r in rows if r.get("rewards/rm/mean") is not None]
+        if proxy and min(proxy) >= 0.0 and max(proxy) <= 1.0:
+            ax.set_ylim(0, 1)
+            ax.set_ylabel("learned reward (rollouts), 0-1 like the gold one")
         for r in rows:
-            if "rm_refresh/pairs" in r:
+            if "rm_refresh/pairs" in r or "rm_refresh/checks" in r:
                 ax.axvline(r["step"], color="grey", alpha=0.3)
         ax.set_title(path.name.removesuffix(".ppo_log.jsonl"))
         lines = ax.get_legend_handles_labels()[0] + gold.get_legend_handles_labels()[0]
