@@ -206,22 +206,32 @@ class RewardRefresher:
 
     # --- checkpoints: the buffer beside the reward model's weights --------------------------
 
+    buffer_file = "comparisons.jsonl"
+
+    @staticmethod
+    def to_row(item: Any) -> dict[str, Any]:
+        """One buffered comparison as the JSON row `read_rows` reads back."""
+        row = {"messages": item.messages, "chosen": item.chosen, "rejected": item.rejected}
+        if item.rejected_messages is not None:
+            row["rejected_messages"] = item.rejected_messages
+        return row
+
+    @staticmethod
+    def read_rows(path: Path) -> list[Any]:
+        return read_comparisons(path)
+
     def save(self, directory: Path, scorer: Any) -> None:
         scorer.model.save_pretrained(directory, safe_serialization=True)
         scorer.tokenizer.save_pretrained(directory)
-        for name, rows in (("comparisons.jsonl", self.buffer), ("pending.jsonl", self.pending)):
+        for name, items in ((self.buffer_file, self.buffer), ("pending.jsonl", self.pending)):
             with (directory / name).open("w") as f:
-                for p in rows:
-                    row = {"messages": p.messages, "chosen": p.chosen, "rejected": p.rejected}
-                    if p.rejected_messages is not None:
-                        row["rejected_messages"] = p.rejected_messages
-                    f.write(json.dumps(row) + "\n")
+                f.writelines(json.dumps(self.to_row(item)) + "\n" for item in items)
         (directory / "refresh_state.json").write_text(json.dumps({"refreshes": self.refreshes}))
 
     def load(self, directory: Path) -> None:
-        self.buffer = read_comparisons(directory / "comparisons.jsonl")
+        self.buffer = self.read_rows(directory / self.buffer_file)
         pending = directory / "pending.jsonl"
-        self.pending = read_comparisons(pending) if pending.is_file() else []
+        self.pending = self.read_rows(pending) if pending.is_file() else []
         self.refreshes = int(json.loads((directory / "refresh_state.json").read_text())["refreshes"])
 
 

@@ -179,21 +179,17 @@ class VerifierRefresher(RewardRefresher):
                 total += float(check_loss(model, tokenizer, part)) * len(part)
         return total / len(checks)
 
-    # --- checkpoints: the buffer beside the verifier's weights -------------------------------
+    # --- checkpoints: the buffer beside the verifier's weights (RewardRefresher.save/load) ---
 
-    def save(self, directory: Path, scorer: Any) -> None:
-        scorer.model.save_pretrained(directory, safe_serialization=True)
-        scorer.tokenizer.save_pretrained(directory)
-        for name, rows in (("checks.jsonl", self.buffer), ("pending.jsonl", self.pending)):
-            with (directory / name).open("w") as f:
-                f.writelines(json.dumps(asdict(c)) + "\n" for c in rows)
-        (directory / "refresh_state.json").write_text(json.dumps({"refreshes": self.refreshes}))
+    buffer_file = "checks.jsonl"
 
-    def load(self, directory: Path) -> None:
-        self.buffer = read_checks(directory / "checks.jsonl")
-        pending = directory / "pending.jsonl"
-        self.pending = read_checks(pending) if pending.is_file() else []
-        self.refreshes = int(json.loads((directory / "refresh_state.json").read_text())["refreshes"])
+    @staticmethod
+    def to_row(item: Any) -> dict[str, Any]:
+        return asdict(item)
+
+    @staticmethod
+    def read_rows(path: Path) -> list[Any]:
+        return read_checks(path)
 
 
 def read_checks(path: Path) -> list[Check]:
