@@ -28,6 +28,10 @@ TRL's server mode is no way out: its weight transfer is NCCL and refuses non-CUD
 `--use-vllm` passes colocate mode through for CUDA machines (untested here) and is refused
 on CPU.
 
+With `--reward rm --rm-refresh-every K` the reward model is refreshed every K generation
+rounds on the policy's own completions, judged by the task's gold labels
+(training/refreshed_reward.py), and written as entry NAME-rm at the end.
+
 Departures from TRL's `trl grpo` / `trl rloo` scripts:
 1. No model hub: --base is a registry entry; a LoRA --base keeps training its adapter (TRL
    keeps a frozen copy as the reference), so the entry is still one adapter vLLM can serve.
@@ -152,6 +156,13 @@ def run_online(
         weights.get("rm", 0.0),
         device=PartialState().device,
     )
+    if config.rm_refresh_every:
+        from training.refreshed_reward import refreshed
+
+        if PartialState().num_processes > 1:
+            raise ConfigError("rm_refresh_every under several processes: each would refresh its own copy")
+        assert config.task is not None  # the config refuses a refresh without gold labels
+        fns = refreshed(fns, config, get_task(config.task), run_dir / "rm_refresh_log.jsonl")
     reward_funcs, reward_weights = to_trl(fns)
 
     continue_adapter = start.is_lora and not config.full
@@ -188,6 +199,21 @@ def run_online(
             if hasattr(args, key)
         },
     }
+    from training.refreshed_reward import RefreshedReward
+
+    refreshed_rm = next((f for f in fns if isinstance(f, RefreshedReward)), None)
+    if refreshed_rm is not None and refreshed_rm.refresher.refreshes and PartialState().is_main_process:
+        from training.rm_refresh import save_refreshed_entry
+
+        save_refreshed_entry(
+            registry,
+            config,
+            refreshed_rm.refresher,
+            refreshed_rm.inner.loaded(),
+            data_hash=digest,
+            metrics=refreshed_rm.last,
+        )
+        extra["rm_refreshes"] = refreshed_rm.refresher.refreshes
     return save_entry(
         config,
         start,

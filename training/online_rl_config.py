@@ -9,13 +9,14 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from core.flags import ConfigError
+from training.rm_refresh_config import RewardRefreshConfig
 from training.train_config import TrainConfig
 
 REWARDS = ("gold", "rm", "both")
 
 
 @dataclass
-class OnlineRLConfig(TrainConfig):
+class OnlineRLConfig(TrainConfig, RewardRefreshConfig):
     """Options of `bonserve train grpo|rloo` (the shared ones are documented on TrainConfig)."""
 
     # Prompts come from a task by default, so the training-data file is optional here; `name`
@@ -143,6 +144,12 @@ class OnlineRLConfig(TrainConfig):
             raise ConfigError(f"temperature={self.temperature!r}: sampling a group needs > 0")
         if self.beta < 0:
             raise ConfigError(f"beta={self.beta!r}: must be >= 0")
+        self.check_refresh(learned_reward=self.reward_weights().get("rm", 0) > 0, gold_labels=bool(self.task))
+        if self.rm_refresh_every and self.resume:
+            raise ConfigError(
+                "rm_refresh_every with --resume: TRL's checkpoints do not hold the refreshed reward "
+                "model, so a resumed run would score with the one it started from; start a new run"
+            )
 
     # --- derived ------------------------------------------------------------------------
 

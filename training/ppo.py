@@ -66,7 +66,6 @@ command line is training/scripts/ppo.py.
 from __future__ import annotations
 
 import contextlib
-import dataclasses
 import json
 import math
 import random
@@ -91,6 +90,7 @@ from training.rm_refresh import (
     comparisons,
     refresh_fits,
     replay_pairs,
+    save_refreshed_entry,
 )
 
 LOG_FILE = "ppo_log.jsonl"
@@ -752,43 +752,16 @@ class PPOTrainer:
         )
 
     def _save_reward_entry(self) -> Entry:
-        """The refreshed reward model as entry NAME-rm (kind rm, or verifier, full), parent the
-        reward model PPO started with, trained_for the policy NAME at the rollout temperature."""
-        from core.registry import Manifest
-        from training.generation import resolve_reward_model
-
-        config = self.config
-        assert config.reward_model is not None and self.refresher is not None
-        start = resolve_reward_model(self.registry, config.reward_model)
-        scorer = self.scorer.function("rm").loaded()
-        refresh_keys = [k for k in dataclasses.asdict(config) if k.startswith("rm_refresh_")]
-        manifest = Manifest(
-            name=f"{config.name}-rm",
-            kind=start.manifest.kind,
-            format="full",
-            base_model=start.manifest.base_model,
-            parent=start.name,
+        """The refreshed reward model as entry NAME-rm (training/rm_refresh.py)."""
+        assert self.config.reward_model is not None and self.refresher is not None
+        return save_refreshed_entry(
+            self.registry,
+            self.config,
+            self.refresher,
+            self.scorer.function("rm").loaded(),
             data_hash=self.digest,
-            hyperparameters={k: getattr(config, k) for k in [*refresh_keys, "seed"]},
             metrics=self.last_refresh,
-            extra={
-                "trained_for": {
-                    "policy": config.name,
-                    "temperature": config.temperature,
-                    "policies": [config.name],
-                    "temperatures": [config.temperature],
-                },
-                "refreshed_during": config.name,
-                "refreshes": self.refresher.refreshes,
-                ("checks" if self.verifier_refresh else "comparisons"): len(self.refresher.buffer),
-                **({"verifier": {"task": config.task}} if self.verifier_refresh else {}),
-            },
         )
-        with self.registry.write(manifest) as staging:
-            scorer.model.save_pretrained(staging, safe_serialization=True)
-            scorer.tokenizer.save_pretrained(staging)
-        print(f"[ppo] wrote refreshed reward model {manifest.name!r}", flush=True)
-        return self.registry.load(manifest.name)
 
 
 def _check_processes(config: PPOConfig, world: int) -> None:

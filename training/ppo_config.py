@@ -5,6 +5,7 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 
 from core.flags import ConfigError
+from training.rm_refresh_config import RewardRefreshConfig
 from training.train_config import TrainConfig
 
 REWARDS = ("gold", "rm")
@@ -14,7 +15,7 @@ REFRESH_PAIRS = ("prompt", "batch")
 
 
 @dataclass(kw_only=True)
-class PPOConfig(TrainConfig):
+class PPOConfig(TrainConfig, RewardRefreshConfig):
     """`bonserve train ppo` options (the shared ones are documented on TrainConfig)."""
 
     data: str | None = field(
@@ -40,25 +41,8 @@ class PPOConfig(TrainConfig):
             "help": "Registry reward model (kind rm); scored each step, logged beside gold if a task has one."
         },
     )
-    rm_refresh_every: int = field(
-        default=0,
-        metadata={
-            "help": "With --reward rm: every N iterations sample the current policy on "
-            "--rm-refresh-prompts training prompts x --rm-refresh-k, judge the samples with the "
-            "task's gold labels and fine-tune the reward model on every (correct, wrong) pair "
-            "gathered so far (0 = the reward model stays frozen); a generative verifier (kind verifier) "
-            "is fine-tuned instead on the worked checks of the rollouts since the last refresh "
-            "(--rm-refresh-source rollouts). With --max-time-s, a refresh is "
-            "skipped when less time is left than the previous one took."
-        },
-    )
     rm_refresh_prompts: int = field(default=32, metadata={"help": "Prompts sampled per refresh."})
     rm_refresh_k: int = field(default=4, metadata={"help": "Samples per prompt at a refresh."})
-    rm_refresh_steps: int = field(default=20, metadata={"help": "Reward-model optimizer steps per refresh."})
-    rm_refresh_batch_size: int = field(default=8, metadata={"help": "Pairs per reward-model step."})
-    rm_refresh_learning_rate: float = field(
-        default=1e-5, metadata={"help": "Learning rate of the reward model's fine-tuning (full weights)."}
-    )
     rm_refresh_source: str = field(
         default="samples",
         metadata={
@@ -74,21 +58,6 @@ class PPOConfig(TrainConfig):
             "help": "Which rollouts a comparison pairs: 'prompt' (two replies to one prompt) or 'batch' "
             "(any better and worse rollout of one iteration, across prompts, as PPO compares scores; "
             "needs --rm-refresh-source rollouts)."
-        },
-    )
-    rm_refresh_replay: str | None = field(
-        default=None,
-        metadata={
-            "help": "Preference file the reward model was trained on (conversational pairs; for a "
-            "verifier, its rows file): its rows join the pool every refresh mini-batch draws from, so a "
-            "refresh adds to what the model knew instead of replacing it."
-        },
-    )
-    rm_refresh_new_share: float = field(
-        default=0.0,
-        metadata={
-            "help": "Share of each refresh mini-batch drawn from the comparisons new at this refresh "
-            "(the rest from everything gathered and replayed); 0 = draw from the whole pool alike."
         },
     )
     rollouts_per_prompt: int = field(
@@ -170,20 +139,12 @@ class PPOConfig(TrainConfig):
             raise ConfigError(
                 "reward='gold' needs a --task with a gold verifier; with --data use --reward rm"
             )
+        self.check_refresh(learned_reward=self.reward == "rm", gold_labels=bool(self.task))
         if self.rm_refresh_every:
-            if self.reward != "rm" or not self.task:
-                raise ConfigError(
-                    "rm_refresh_every needs --reward rm and a --task whose gold labels judge the "
-                    "refresh samples"
-                )
-            counts = ("rm_refresh_every", "rm_refresh_prompts", "rm_refresh_steps", "rm_refresh_batch_size")
-            for key in counts:
-                if getattr(self, key) < 1:
-                    raise ConfigError(f"{key}={getattr(self, key)!r}: must be >= 1")
+            if self.rm_refresh_prompts < 1:
+                raise ConfigError(f"rm_refresh_prompts={self.rm_refresh_prompts!r}: must be >= 1")
             if self.rm_refresh_k < 2:
                 raise ConfigError(f"rm_refresh_k={self.rm_refresh_k!r}: a pair needs 2 samples of a prompt")
-            if not self.rm_refresh_learning_rate > 0:
-                raise ConfigError(f"rm_refresh_learning_rate={self.rm_refresh_learning_rate!r}: must be > 0")
             if self.rm_refresh_source not in REFRESH_SOURCES:
                 raise ConfigError(
                     f"rm_refresh_source={self.rm_refresh_source!r}: use one of {REFRESH_SOURCES}"
@@ -204,10 +165,6 @@ class PPOConfig(TrainConfig):
                     "rollouts of one prompt (or --rm-refresh-pairs batch; with a verifier, which learns "
                     "from each rollout alone, pass batch)"
                 )
-            if not 0.0 <= self.rm_refresh_new_share <= 1.0:
-                raise ConfigError(f"rm_refresh_new_share={self.rm_refresh_new_share!r}: must be in [0, 1]")
-        elif self.rm_refresh_replay is not None:
-            raise ConfigError("rm_refresh_replay needs --rm-refresh-every (it feeds the refreshes)")
         elif self.rm_refresh_pairs != "prompt":
             raise ConfigError("rm_refresh_pairs needs --rm-refresh-every (it shapes the refreshes)")
         if self.rollout_backend not in BACKENDS:

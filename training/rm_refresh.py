@@ -254,3 +254,52 @@ def replay_pairs(path: str | Path) -> list[Comparison]:
             raise ConfigError(f"{path}: row {i}: replay pairs must be conversational (message lists)")
         out.append(Comparison(prompt, chosen[-1]["content"], rejected[-1]["content"]))
     return out
+
+
+def save_refreshed_entry(
+    registry: Any,
+    config: Any,
+    refresher: RewardRefresher,
+    scorer: Any,
+    *,
+    data_hash: str,
+    metrics: dict[str, float],
+) -> Any:
+    """The reward model refreshed while training the policy `config.name` as registry entry
+    NAME-rm: full weights, the kind it started as (rm or verifier), parent the entry it started
+    from, trained_for the policy at its sampling temperature (what the server pairs it with)."""
+    import dataclasses
+
+    from core.registry import Manifest
+    from training.generation import resolve_reward_model
+
+    start = resolve_reward_model(registry, config.reward_model)
+    verifier = start.manifest.kind == "verifier"
+    refresh_keys = [k for k in dataclasses.asdict(config) if k.startswith("rm_refresh_")]
+    manifest = Manifest(
+        name=f"{config.name}-rm",
+        kind=start.manifest.kind,
+        format="full",
+        base_model=start.manifest.base_model,
+        parent=start.name,
+        data_hash=data_hash,
+        hyperparameters={k: getattr(config, k) for k in [*refresh_keys, "seed"]},
+        metrics=metrics,
+        extra={
+            "trained_for": {
+                "policy": config.name,
+                "temperature": config.temperature,
+                "policies": [config.name],
+                "temperatures": [config.temperature],
+            },
+            "refreshed_during": config.name,
+            "refreshes": refresher.refreshes,
+            ("checks" if verifier else "comparisons"): len(refresher.buffer),
+            **({"verifier": {"task": config.task}} if verifier else {}),
+        },
+    )
+    with registry.write(manifest) as staging:
+        scorer.model.save_pretrained(staging, safe_serialization=True)
+        scorer.tokenizer.save_pretrained(staging)
+    print(f"[{config.name}] wrote refreshed reward model {manifest.name!r}", flush=True)
+    return registry.load(manifest.name)

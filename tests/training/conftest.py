@@ -147,6 +147,35 @@ def tiny(tmp_path_factory: pytest.TempPathFactory) -> Registry:
     return registry
 
 
+@pytest.fixture(scope="module")
+def tiny_verifier(tiny: Registry, default_model: Path) -> Registry:
+    """`tiny-verifier` (kind verifier) in the tiny registry: a 2-layer random Llama with the
+    real SmolLM2 tokenizer, whose " right" / " wrong" are single tokens as the layout needs."""
+    import torch
+    from transformers import AutoTokenizer, LlamaConfig, LlamaForCausalLM
+
+    tokenizer = AutoTokenizer.from_pretrained(default_model)
+    torch.manual_seed(0)
+    config = LlamaConfig(
+        vocab_size=len(tokenizer),
+        hidden_size=32,
+        intermediate_size=64,
+        num_hidden_layers=2,
+        num_attention_heads=4,
+        num_key_value_heads=2,
+        max_position_embeddings=512,
+        tie_word_embeddings=True,
+        bos_token_id=tokenizer.bos_token_id,
+        eos_token_id=tokenizer.eos_token_id,
+        pad_token_id=tokenizer.pad_token_id,
+    )
+    manifest = Manifest(name="tiny-verifier", kind="verifier", base_model="tiny", extra={"verifier": {}})
+    with tiny.write(manifest) as staging:
+        LlamaForCausalLM(config).save_pretrained(staging, safe_serialization=True)
+        tokenizer.save_pretrained(staging)
+    return tiny
+
+
 def torchrun_two_cpu_processes(
     module: str, *args: str, timeout_s: float = 500
 ) -> subprocess.CompletedProcess[str]:
