@@ -170,6 +170,26 @@ class RewardRefresher:
             out.append(batch + rng.sample(pool, rest))
         return [b for b in out if b]
 
+    def fit(self, model: Any, batches: list[list[Any]], loss_of: Any) -> list[float]:
+        """One AdamW step per mini-batch on `loss_of(batch)` (full weights, gradients clipped
+        at 1), the model back in eval mode after; the losses."""
+        import torch
+
+        losses: list[float] = []
+        if not batches:
+            return losses
+        optimizer = torch.optim.AdamW(model.parameters(), lr=self.learning_rate, weight_decay=0.0)
+        model.train()
+        for batch in batches:
+            loss = loss_of(batch)
+            loss.backward()
+            torch.nn.utils.clip_grad_norm_(model.parameters(), 1.0)
+            optimizer.step()
+            optimizer.zero_grad(set_to_none=True)
+            losses.append(float(loss.detach()))
+        model.eval()
+        return losses
+
     def refresh(self, scorer: Any, new: list[Comparison]) -> dict[str, float]:
         """Steps 3-4 of the module docstring; the metrics, under `rm_refresh/`."""
         import torch
@@ -177,24 +197,15 @@ class RewardRefresher:
         before = pairwise_accuracy(scorer, new)
         self.buffer.extend(new)
         self.refreshes += 1
-        losses: list[float] = []
         rng = random.Random(self.seed * 7_919 + self.refreshes)
-        batches = self.batches(new, rng)
-        if batches:
-            model = scorer.model
-            optimizer = torch.optim.AdamW(model.parameters(), lr=self.learning_rate, weight_decay=0.0)
-            model.train()
-            for batch in batches:
-                items, index = unique_items(batch)
-                scores = scorer.scores(items)
-                chosen, rejected = (scores[torch.tensor(side)] for side in zip(*index, strict=True))
-                loss = bradley_terry_loss(chosen, rejected)
-                loss.backward()
-                torch.nn.utils.clip_grad_norm_(model.parameters(), 1.0)
-                optimizer.step()
-                optimizer.zero_grad(set_to_none=True)
-                losses.append(float(loss.detach()))
-            model.eval()
+
+        def loss_of(batch: list[Comparison]) -> Any:
+            items, index = unique_items(batch)
+            scores = scorer.scores(items)
+            chosen, rejected = (scores[torch.tensor(side)] for side in zip(*index, strict=True))
+            return bradley_terry_loss(chosen, rejected)
+
+        losses = self.fit(scorer.model, self.batches(new, rng), loss_of)
         return {
             "rm_refresh/pairs": float(len(new)),
             "rm_refresh/pairs_total": float(len(self.buffer)),

@@ -136,25 +136,12 @@ class VerifierRefresher(RewardRefresher):
 
     def refresh(self, scorer: Any, new: list[Any]) -> dict[str, float]:
         """Steps 1-4 of the module docstring; the metrics, under `rm_refresh/`."""
-        import torch
-
         model, tokenizer = scorer.model, scorer.tokenizer
         before = self.mean_loss(model, tokenizer, new)
         self.buffer.extend(new)
         self.refreshes += 1
-        losses: list[float] = []
         batches = self.batches(new, random.Random(self.seed * 7_919 + self.refreshes))
-        if batches:
-            optimizer = torch.optim.AdamW(model.parameters(), lr=self.learning_rate, weight_decay=0.0)
-            model.train()
-            for batch in batches:
-                loss = check_loss(model, tokenizer, batch)
-                loss.backward()
-                torch.nn.utils.clip_grad_norm_(model.parameters(), 1.0)
-                optimizer.step()
-                optimizer.zero_grad(set_to_none=True)
-                losses.append(float(loss.detach()))
-            model.eval()
+        losses = self.fit(model, batches, lambda batch: check_loss(model, tokenizer, batch))
         return {
             "rm_refresh/checks": float(len(new)),
             "rm_refresh/checks_wrong": float(sum(not c.right for c in new)),
