@@ -89,7 +89,7 @@ from training.rm_refresh import (
     batch_comparisons,
     comparisons,
     refresh_fits,
-    replay_pairs,
+    refresher_for,
     save_refreshed_entry,
 )
 
@@ -225,29 +225,13 @@ class PPOTrainer:
     def _refresher(self) -> RewardRefresher:
         """What refreshes the learned reward: a score model on comparisons (rm_refresh.py), a
         generative verifier on single judged rollouts (verifier_refresh.py)."""
-        from training.reward_fns import VerifierReward
-
         config = self.config
-        options = {
-            "steps": config.rm_refresh_steps,
-            "batch_size": config.rm_refresh_batch_size,
-            "learning_rate": config.rm_refresh_learning_rate,
-            "seed": config.seed,
-            "new_share": config.rm_refresh_new_share,
-        }
-        if not self.verifier_refresh:
-            replay = replay_pairs(config.rm_refresh_replay) if config.rm_refresh_replay else ()
-            return RewardRefresher(**options, replay=replay)
-        from training.verifier_refresh import VerifierRefresher, replay_checks
-
-        assert isinstance(self.scorer.function("rm"), VerifierReward)
-        if config.rm_refresh_source != "rollouts":
+        if self.verifier_refresh and config.rm_refresh_source != "rollouts":
             raise ConfigError(
                 f"reward_model={config.reward_model!r} is a generative verifier: it refreshes on the "
                 "rollouts PPO already judged and scored, --rm-refresh-source rollouts"
             )
-        replay = replay_checks(config.rm_refresh_replay) if config.rm_refresh_replay else ()
-        return VerifierRefresher(**options, replay=replay)
+        return refresher_for(config, verifier=self.verifier_refresh)
 
     @property
     def verifier_refresh(self) -> bool:

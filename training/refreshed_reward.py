@@ -33,7 +33,7 @@ from pathlib import Path
 from typing import Any
 
 from training.reward_fns import Messages, RewardFunction, RewardModelReward, VerifierReward
-from training.rm_refresh import RewardRefresher, comparisons, replay_pairs
+from training.rm_refresh import RewardRefresher, comparisons, refresher_for
 from training.tasks import Example, Task
 
 
@@ -116,27 +116,12 @@ def refreshed(
 ) -> list[RewardFunction]:
     """`fns` with the learned reward ("rm") wrapped in a RefreshedReward built from `config`'s
     --rm-refresh-* options (training/rm_refresh_config.py)."""
-    options = {
-        "steps": config.rm_refresh_steps,
-        "batch_size": config.rm_refresh_batch_size,
-        "learning_rate": config.rm_refresh_learning_rate,
-        "seed": config.seed,
-        "new_share": config.rm_refresh_new_share,
-    }
     out: list[RewardFunction] = []
     for fn in fns:
         if fn.name != "rm":
             out.append(fn)
             continue
         assert isinstance(fn, RewardModelReward)
-        refresher: RewardRefresher
-        if isinstance(fn, VerifierReward):
-            from training.verifier_refresh import VerifierRefresher, replay_checks
-
-            replay = replay_checks(config.rm_refresh_replay) if config.rm_refresh_replay else ()
-            refresher = VerifierRefresher(**options, replay=replay)
-        else:
-            replay = replay_pairs(config.rm_refresh_replay) if config.rm_refresh_replay else ()
-            refresher = RewardRefresher(**options, replay=replay)
+        refresher = refresher_for(config, verifier=isinstance(fn, VerifierReward))
         out.append(RefreshedReward(fn, task, refresher, config.rm_refresh_every, log_path))
     return out

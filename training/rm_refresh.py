@@ -267,6 +267,25 @@ def replay_pairs(path: str | Path) -> list[Comparison]:
     return out
 
 
+def refresher_for(config: Any, *, verifier: bool) -> RewardRefresher:
+    """The refresher `config`'s --rm-refresh-* options describe (training/rm_refresh_config.py):
+    comparisons for a score model, checks for a generative verifier (verifier_refresh.py), each
+    with the rows its --rm-refresh-replay file holds."""
+    options = {
+        "steps": config.rm_refresh_steps,
+        "batch_size": config.rm_refresh_batch_size,
+        "learning_rate": config.rm_refresh_learning_rate,
+        "seed": config.seed,
+        "new_share": config.rm_refresh_new_share,
+    }
+    replay_file = config.rm_refresh_replay
+    if not verifier:
+        return RewardRefresher(**options, replay=replay_pairs(replay_file) if replay_file else ())
+    from training.verifier_refresh import VerifierRefresher, replay_checks
+
+    return VerifierRefresher(**options, replay=replay_checks(replay_file) if replay_file else ())
+
+
 def save_refreshed_entry(
     registry: Any,
     config: Any,
