@@ -87,10 +87,8 @@ def replay_checks(path: str | Path) -> list[Check]:
 
 def verdict_accuracy(checks: Sequence[Check]) -> float:
     """Share of checks (with a recorded p(right)) whose verdict, p(right) > 0.5, is the gold one."""
-    scored = [c for c in checks if c.p_right is not None]
-    if not scored:
-        return float("nan")
-    return sum((c.p_right > 0.5) == c.right for c in scored if c.p_right is not None) / len(scored)
+    verdicts = [(c.p_right > 0.5) == c.right for c in checks if c.p_right is not None]
+    return sum(verdicts) / len(verdicts) if verdicts else float("nan")
 
 
 def encode(tokenizer: Any, check: Check) -> tuple[list[int], int]:
